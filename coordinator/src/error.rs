@@ -1,0 +1,55 @@
+//! The coordinator's error type and the one place refusals become gRPC statuses.
+
+use tonic::Status;
+
+use crate::job::Refusal;
+
+/// Errors of the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    /// A configuration value out of range; names the field.
+    #[error("invalid `{field}`: {msg}")]
+    Config {
+        /// The field (TOML key; the flag is the same with `-`).
+        field: String,
+        /// Expected vs given.
+        msg: String,
+    },
+    /// Model, data, checkpoint or device error.
+    #[error(transparent)]
+    Model(#[from] model::ModelError),
+    /// Serving failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// I/O failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The job stopped without completing.
+    #[error("the job failed: {0}")]
+    JobFailed(String),
+    /// Launching local workers failed.
+    #[error("spawning workers: {0}")]
+    Spawn(String),
+}
+
+impl CoordError {
+    /// An I/O error while doing `what`.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io { what: what.into(), source }
+    }
+}
+
+/// The gRPC status for a refusal.
+pub fn refusal_status(r: &Refusal) -> Status {
+    let msg = r.to_string();
+    match r {
+        Refusal::UnknownWorker(_) => Status::not_found(msg),
+        Refusal::Stale(_) | Refusal::NotAssigned(_) => Status::failed_precondition(msg),
+        Refusal::Invalid(_) => Status::invalid_argument(msg),
+    }
+}

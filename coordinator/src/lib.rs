@@ -1,0 +1,24 @@
+//! The coordinator: serves a training job to workers over gRPC, shards every step's slots over
+//! them, commits each step once, and checkpoints; or trains in process as the reference.
+//!
+//! # Layout
+//! - [`cli`], [`config`]: the command line; flags > `CARRY_*` env > TOML > defaults.
+//! - [`job`]: the scheduling state machine (membership, leases, shards, commit, refusals), no I/O.
+//! - [`service`]: the gRPC adapter over the job; [`error`] maps refusals to statuses.
+//! - [`server`]: loads data, resumes, serves (TLS, token, health), waits for the end.
+//! - [`local`]: the in-process reference trainer (`--spawn-workers 0`).
+//! - [`spawn`]: local worker processes (`--spawn-workers K`).
+//! - [`report`], [`plot`]: metrics.csv, checkpoints, validation, progress, Prometheus, the plot.
+//! - [`predict`]: `predict` and `export`.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod job;
+pub mod local;
+pub mod plot;
+pub mod predict;
+pub mod report;
+pub mod server;
+pub mod service;
+pub mod spawn;

@@ -1,0 +1,5 @@
+//! The `coordinator` program.
+
+fn main() -> std::process::ExitCode {
+    coordinator::cli::main()
+}

@@ -1,0 +1,146 @@
+//! `coordinator predict` and `coordinator export`.
+//!
+//! `predict` runs `N` input sequences as one batch of `N` streams and writes `y` `[N, T, F_out]`
+//! and the final `h`, `c` `[layers, N, H]` (PyTorch's `h0`/`c0` layout), so a long stream is
+//! predicted chunk by chunk by feeding one call's final state to the next as `--initial-state`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use model::config::Head;
+use model::data::to_sequences;
+use model::device::{DeviceChoice, make_engine, resolve};
+use model::engine::EngineKind;
+use model::error::fmt_shape;
+use model::export::{export, load_model};
+use model::net::{self, Start};
+use model::npy::{read_npy, read_npz, write_npz};
+use model::state::SlotStates;
+
+use crate::error::CoordError;
+
+/// Options of `coordinator predict`.
+#[derive(Debug, Clone, Args)]
+pub struct PredictArgs {
+    /// A checkpoint (file or run directory) or PyTorch-layout safetensors weights.
+    #[arg(long, env = "CARRY_MODEL")]
+    pub model: PathBuf,
+    /// Input sequences (.npy), shaped (N, T, F) or flat (reshaped as (-1, T, F)).
+    #[arg(long, env = "CARRY_INPUTS")]
+    pub inputs: PathBuf,
+    /// Initial state (.npz with `h` and `c`, each [layers, N, H]); default zero.
+    #[arg(long, env = "CARRY_INITIAL_STATE")]
+    pub initial_state: Option<PathBuf>,
+    /// Conditioning vectors (.npy, [N, C]) for a model with a learned initial-state projection.
+    #[arg(long, env = "CARRY_COND")]
+    pub cond: Option<PathBuf>,
+    /// Output file (.npz with y, h, c).
+    #[arg(long, env = "CARRY_PREDICT_OUT")]
+    pub out: PathBuf,
+    /// Head activation for safetensors weights (a checkpoint knows its own): linear or softmax.
+    #[arg(long, env = "CARRY_HEAD")]
+    pub head: Option<String>,
+    /// Time steps for flat inputs.
+    #[arg(long, default_value_t = 96)]
+    pub timesteps: usize,
+    /// Device: auto, wgpu, vulkan, metal, dx12, cpu.
+    #[arg(long, env = "CARRY_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Engine: fused or burn.
+    #[arg(long, env = "CARRY_ENGINE", default_value = "fused")]
+    pub engine: String,
+}
+
+/// Options of `coordinator export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// A checkpoint (file or run directory) or safetensors weights.
+    #[arg(long, env = "CARRY_MODEL")]
+    pub model: PathBuf,
+    /// Destination .safetensors file (PyTorch layout).
+    #[arg(long, env = "CARRY_EXPORT_OUT")]
+    pub out: PathBuf,
+    /// Head activation to record for safetensors input: linear or softmax.
+    #[arg(long)]
+    pub head: Option<String>,
+}
+
+fn config_err(field: &str, msg: String) -> CoordError {
+    CoordError::Config { field: field.into(), msg }
+}
+
+fn parse_head(h: Option<&str>) -> Result<Option<Head>, CoordError> {
+    h.map(|s| s.parse::<Head>().map_err(|m| config_err("head", m))).transpose()
+}
+
+/// What `predict` wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PredictSummary {
+    /// Sequences.
+    pub n: usize,
+    /// Time steps.
+    pub t: usize,
+}
+
+/// Runs `predict`.
+pub fn predict(a: &PredictArgs) -> Result<PredictSummary, CoordError> {
+    let m = load_model(&a.model, parse_head(a.head.as_deref())?)?;
+    let cfg = &m.config;
+    let inputs_name = a.inputs.display().to_string();
+    let x = to_sequences(read_npy(&a.inputs)?, &inputs_name, a.timesteps, cfg.input)?;
+    if x.f != cfg.input {
+        return Err(model::ModelError::Data {
+            source_name: inputs_name,
+            msg: format!("expected {} input features per step for this model, got shape {}", cfg.input, fmt_shape(&x.shape())),
+        }
+        .into());
+    }
+    let (n, t) = (x.n, x.t);
+    let init = match &a.initial_state {
+        None => None,
+        Some(p) => {
+            let mut arrays = read_npz(p)?;
+            let want = [cfg.layers, n, cfg.hidden];
+            let mut take = |k: &str| -> Result<Vec<f32>, CoordError> {
+                let arr = arrays.remove(k).ok_or_else(|| {
+                    config_err("initial_state", format!("{}: expected arrays `h` and `c`, missing `{k}`", p.display()))
+                })?;
+                if arr.shape != want {
+                    return Err(model::ModelError::shape(format!("{}: {k}", p.display()), &want, &arr.shape).into());
+                }
+                Ok(arr.data)
+            };
+            let (h, c) = (take("h")?, take("c")?);
+            Some(SlotStates::from_flat(cfg.layers, n, cfg.hidden, h, c)?)
+        }
+    };
+    let cond = match &a.cond {
+        None => None,
+        Some(p) => {
+            let arr = read_npy(p)?;
+            let w = cfg.cond.unwrap_or(0);
+            if arr.shape != [n, w] {
+                return Err(model::ModelError::shape(format!("{}", p.display()), &[n, w], &arr.shape).into());
+            }
+            Some(arr.data)
+        }
+    };
+    let device: DeviceChoice = a.device.parse().map_err(|m| config_err("device", m))?;
+    let kind: EngineKind = a.engine.parse().map_err(|m| config_err("engine", m))?;
+    let mut engine = make_engine(kind, &resolve(device)?, cfg, 0)?;
+    let start = match &init {
+        Some(s) => Start::Carry(s),
+        None => Start::Reset { cond: cond.as_deref() },
+    };
+    let (y, fin) = net::forward(engine.as_mut(), cfg, &m.params, &x.values, n, t, start)?;
+    let sh = [cfg.layers, n, cfg.hidden];
+    write_npz(&a.out, &[("y", &[n, t, cfg.output], &y), ("h", &sh, fin.h()), ("c", &sh, fin.c())])?;
+    Ok(PredictSummary { n, t })
+}
+
+/// Runs `export`.
+pub fn export_model(a: &ExportArgs) -> Result<(), CoordError> {
+    let m = load_model(&a.model, parse_head(a.head.as_deref())?)?;
+    export(&a.out, &m.config, &m.params)?;
+    Ok(())
+}

@@ -1,0 +1,295 @@
+//! The model and training hyper-parameters, with `validate()` errors that name the field.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::ModelError;
+
+/// Activation of the per-time-step dense head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Head {
+    /// Identity: regression outputs.
+    #[default]
+    Linear,
+    /// Softmax over the output features of each time step (the seed model's choice).
+    Softmax,
+}
+
+impl FromStr for Head {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "linear" => Ok(Self::Linear),
+            "softmax" => Ok(Self::Softmax),
+            other => Err(format!("expected `linear` or `softmax`, got `{other}`")),
+        }
+    }
+}
+
+impl fmt::Display for Head {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Linear => "linear",
+            Self::Softmax => "softmax",
+        })
+    }
+}
+
+/// When slot states go back to zero (or to the learned initial state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResetPolicy {
+    /// Never: streams continue across epochs too.
+    Never,
+    /// At the start of every epoch (Keras' usual `reset_states()` callback).
+    #[default]
+    Epoch,
+    /// Before every step whose index within the epoch is a multiple of `K` (so also at epoch start).
+    Every(u64),
+}
+
+impl ResetPolicy {
+    /// Whether states reset before step `step_in_epoch`.
+    pub fn resets_at(&self, step_in_epoch: u64) -> bool {
+        match *self {
+            Self::Never => false,
+            Self::Epoch => step_in_epoch == 0,
+            Self::Every(k) => step_in_epoch % k == 0,
+        }
+    }
+}
+
+impl FromStr for ResetPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "never" => Ok(Self::Never),
+            "epoch" => Ok(Self::Epoch),
+            _ => match s.strip_prefix("every:").map(str::parse::<u64>) {
+                Some(Ok(k)) if k > 0 => Ok(Self::Every(k)),
+                _ => Err(format!("expected `never`, `epoch` or `every:K` with K >= 1, got `{s}`")),
+            },
+        }
+    }
+}
+
+impl fmt::Display for ResetPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Never => f.write_str("never"),
+            Self::Epoch => f.write_str("epoch"),
+            Self::Every(k) => write!(f, "every:{k}"),
+        }
+    }
+}
+
+impl Serialize for ResetPolicy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ResetPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where validation streams start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ValState {
+    /// From the final training state of the same slots (Keras `evaluate` on a stateful model).
+    #[default]
+    Carry,
+    /// From zero (or the learned initial state).
+    Zero,
+}
+
+impl FromStr for ValState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "carry" => Ok(Self::Carry),
+            "zero" => Ok(Self::Zero),
+            other => Err(format!("expected `carry` or `zero`, got `{other}`")),
+        }
+    }
+}
+
+impl fmt::Display for ValState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Carry => "carry",
+            Self::Zero => "zero",
+        })
+    }
+}
+
+/// Shape of the network.
+///
+/// # Shapes
+/// Input `[B, T, input]`, every LSTM layer's state `(h, c)` each `[B, hidden]`, output
+/// `[B, T, output]`; parameters in the PyTorch `nn.LSTM` + `nn.Linear` layout (see `params`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Input features per time step (`F`).
+    pub input: usize,
+    /// LSTM units per layer (`H`).
+    pub hidden: usize,
+    /// Stacked LSTM layers.
+    pub layers: usize,
+    /// Output features per time step.
+    pub output: usize,
+    /// Head activation.
+    pub head: Head,
+    /// Dropout probability on the last LSTM layer's output sequence during training.
+    pub dropout: f32,
+    /// Width of the per-sequence conditioning vector that a learned projection maps to the initial
+    /// `(h, c)` of every layer at each reset; `None` starts resets from zero.
+    #[serde(default)]
+    pub cond: Option<usize>,
+}
+
+impl ModelConfig {
+    /// The seed model: 2 x LSTM(8), dropout 0.2, dense head to 2 outputs.
+    pub fn seed() -> Self {
+        Self { input: 2, hidden: 8, layers: 2, output: 2, head: Head::Linear, dropout: 0.2, cond: None }
+    }
+
+    /// Checks ranges; errors name the field.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |field: &str, msg: String| Err(ModelError::Config { field: field.into(), msg });
+        if self.input == 0 {
+            return bad("input", "expected at least 1 input feature, got 0".into());
+        }
+        if self.hidden == 0 || self.hidden > 4096 {
+            return bad("hidden", format!("expected 1..=4096 units, got {}", self.hidden));
+        }
+        if self.layers == 0 || self.layers > 16 {
+            return bad("layers", format!("expected 1..=16 layers, got {}", self.layers));
+        }
+        if self.output == 0 {
+            return bad("output", "expected at least 1 output feature, got 0".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad("dropout", format!("expected a probability in [0, 1), got {}", self.dropout));
+        }
+        if self.cond == Some(0) {
+            return bad("cond", "expected a conditioning width of at least 1, got 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Adam hyper-parameters (Keras defaults: epsilon 1e-7, not bias-corrected).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Denominator epsilon.
+    pub epsilon: f64,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-7 }
+    }
+}
+
+impl AdamConfig {
+    /// Checks ranges; errors name the field.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |field: &str, msg: String| Err(ModelError::Config { field: field.into(), msg });
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("lr", format!("expected a positive learning rate, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.beta1) {
+            return bad("beta1", format!("expected a value in [0, 1), got {}", self.beta1));
+        }
+        if !(0.0..1.0).contains(&self.beta2) {
+            return bad("beta2", format!("expected a value in [0, 1), got {}", self.beta2));
+        }
+        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
+            return bad("epsilon", format!("expected a positive epsilon, got {}", self.epsilon));
+        }
+        Ok(())
+    }
+}
+
+/// Everything that determines the numbers a training run produces (saved in every checkpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSpec {
+    /// The network.
+    pub model: ModelConfig,
+    /// Optimizer.
+    pub adam: AdamConfig,
+    /// Global batch size `B` (number of parallel streams).
+    pub batch_size: usize,
+    /// Epochs to run.
+    pub epochs: u64,
+    /// Optional cap on the total number of steps.
+    pub max_steps: Option<u64>,
+    /// Seed for initialization and dropout.
+    pub seed: u64,
+    /// State reset policy.
+    pub reset: ResetPolicy,
+    /// Where validation streams start.
+    pub val_state: ValState,
+}
+
+impl TrainSpec {
+    /// Checks ranges; errors name the field.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        self.model.validate()?;
+        self.adam.validate()?;
+        let bad = |field: &str, msg: String| Err(ModelError::Config { field: field.into(), msg });
+        if self.batch_size == 0 || self.batch_size > 1 << 20 {
+            return bad("batch_size", format!("expected 1..=1048576, got {}", self.batch_size));
+        }
+        if self.epochs == 0 {
+            return bad("epochs", "expected at least 1 epoch, got 0".into());
+        }
+        if self.max_steps == Some(0) {
+            return bad("steps", "expected at least 1 step, got 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_policies_parse_and_apply() {
+        assert_eq!("never".parse::<ResetPolicy>().unwrap(), ResetPolicy::Never);
+        assert_eq!("every:3".parse::<ResetPolicy>().unwrap(), ResetPolicy::Every(3));
+        let err = "every:0".parse::<ResetPolicy>().unwrap_err();
+        assert!(err.contains("every:K") && err.contains("every:0"), "{err}");
+        assert!("sometimes".parse::<ResetPolicy>().is_err());
+        let every3 = ResetPolicy::Every(3);
+        let resets: Vec<u64> = (0..7).filter(|&s| every3.resets_at(s)).collect();
+        assert_eq!(resets, vec![0, 3, 6]);
+        assert!(ResetPolicy::Epoch.resets_at(0) && !ResetPolicy::Epoch.resets_at(1));
+        assert!(!ResetPolicy::Never.resets_at(0));
+        assert_eq!(every3.to_string(), "every:3");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut m = ModelConfig::seed();
+        m.dropout = 1.0;
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("dropout") && e.contains("[0, 1)"), "{e}");
+        m = ModelConfig::seed();
+        m.hidden = 0;
+        assert!(m.validate().unwrap_err().to_string().contains("hidden"));
+    }
+}

@@ -1,0 +1,465 @@
+//! The fused CPU engine: each LSTM layer runs its whole sequence as one pass, with the input
+//! projection of all time steps as one GEMM, one small GEMM per time step for the recurrence,
+//! and the gate nonlinearities fused into the cell update; backward through time mirrors it and
+//! turns the weight gradients into three large GEMMs per layer. Slots are independent, so a
+//! shard's slots are split into contiguous ranges that run on separate threads, each with its own
+//! reusable buffers; their gradients are summed at the end.
+
+use crate::config::{Head, ModelConfig};
+use crate::dropout::{DropoutKey, DropoutMask};
+use crate::engine::math::{View, gemm, sigmoid_slice, tanh, tanh_slice};
+use crate::engine::{Batch, Engine, TrainOut, check_batch, check_init};
+use crate::error::ModelError;
+use crate::params::ParamLayout;
+use crate::state::SlotStates;
+
+/// Below this many slots per thread, extra threads cost more than they save.
+const MIN_SLOTS_PER_THREAD: usize = 2;
+
+/// The fused CPU engine.
+#[derive(Debug)]
+pub struct CpuEngine {
+    cfg: ModelConfig,
+    layout: ParamLayout,
+    threads: usize,
+    workspaces: Vec<Workspace>,
+}
+
+impl CpuEngine {
+    /// An engine for `cfg` using up to `threads` threads (0 = all cores).
+    pub fn new(cfg: &ModelConfig, threads: usize) -> Self {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        Self { cfg: cfg.clone(), layout: ParamLayout::new(cfg), threads, workspaces: Vec::new() }
+    }
+
+    /// Threads this engine may use.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn ranges(&self, n: usize) -> Vec<(usize, usize)> {
+        let parts = self.threads.min(n / MIN_SLOTS_PER_THREAD).max(1);
+        (0..parts).map(|i| (i * n / parts, (i + 1) * n / parts)).collect()
+    }
+
+    fn ensure_workspaces(&mut self, count: usize) {
+        while self.workspaces.len() < count {
+            self.workspaces.push(Workspace::default());
+        }
+    }
+
+    /// Runs forward (and backward when `targets` is given) for every slot range in parallel.
+    fn run(
+        &mut self,
+        params: &[f32],
+        n: usize,
+        t: usize,
+        x: &[f32],
+        targets: Option<(&[f32], &[u64], Option<DropoutKey>, bool)>,
+        init: &SlotStates,
+    ) -> Vec<(usize, usize)> {
+        let ranges = self.ranges(n);
+        self.ensure_workspaces(ranges.len());
+        let (cfg, layout) = (&self.cfg, &self.layout);
+        let (fi, fo) = (cfg.input, cfg.output);
+        let work = |ws: &mut Workspace, (r0, r1): (usize, usize)| {
+            let m = r1 - r0;
+            let h = cfg.hidden;
+            let init_h: Vec<&[f32]> = (0..cfg.layers).map(|k| &init.layer_h(k)[r0 * h..r1 * h]).collect();
+            let init_c: Vec<&[f32]> = (0..cfg.layers).map(|k| &init.layer_c(k)[r0 * h..r1 * h]).collect();
+            let chunk = Chunk {
+                cfg,
+                layout,
+                params,
+                n: m,
+                t,
+                x: &x[r0 * t * fi..r1 * t * fi],
+                h0: &init_h,
+                c0: &init_c,
+            };
+            match targets {
+                None => {
+                    ws.forward(&chunk, None);
+                }
+                Some((y, slots, key, want_init)) => {
+                    let mask = key.map(|k| (DropoutMask::new(k, cfg.dropout), &slots[r0..r1]));
+                    let mask = mask.filter(|_| cfg.dropout > 0.0);
+                    ws.forward(&chunk, mask);
+                    ws.backward(&chunk, &y[r0 * t * fo..r1 * t * fo], mask.is_some(), want_init);
+                }
+            }
+        };
+        if ranges.len() == 1 {
+            work(&mut self.workspaces[0], ranges[0]);
+        } else {
+            std::thread::scope(|scope| {
+                for (ws, &range) in self.workspaces.iter_mut().zip(&ranges) {
+                    scope.spawn(move || work(ws, range));
+                }
+            });
+        }
+        ranges
+    }
+
+    /// Copies the final states (and optionally the initial-state gradients) out of the workspaces.
+    fn collect_states(&self, ranges: &[(usize, usize)], n: usize, t: usize, grads: bool) -> SlotStates {
+        let (layers, h) = (self.cfg.layers, self.cfg.hidden);
+        let mut out = SlotStates::zeros(layers, n, h);
+        let (oh, oc) = out.hc_mut();
+        for (ws, &(r0, r1)) in self.workspaces.iter().zip(ranges) {
+            for k in 0..layers {
+                for r in r0..r1 {
+                    let dst = (k * n + r) * h;
+                    let local = r - r0;
+                    if grads {
+                        oh[dst..dst + h].copy_from_slice(&ws.dh0[k][local * h..(local + 1) * h]);
+                        oc[dst..dst + h].copy_from_slice(&ws.dc0[k][local * h..(local + 1) * h]);
+                    } else {
+                        let src = (local * t + t - 1) * h;
+                        oh[dst..dst + h].copy_from_slice(&ws.outs[k][src..src + h]);
+                        oc[dst..dst + h].copy_from_slice(&ws.cells[k][src..src + h]);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Engine for CpuEngine {
+    fn describe(&self) -> String {
+        format!("fused CPU engine ({} threads)", self.threads)
+    }
+
+    fn train_step(
+        &mut self,
+        params: &[f32],
+        batch: &Batch<'_>,
+        init: &SlotStates,
+        want_init_grad: bool,
+    ) -> Result<TrainOut, ModelError> {
+        check_batch(&self.cfg, params.len(), self.layout.len(), batch, init)?;
+        let (n, t) = (batch.n, batch.t);
+        let ranges =
+            self.run(params, n, t, batch.x, Some((batch.y, batch.slots, batch.dropout, want_init_grad)), init);
+        let mut grad = vec![0.0f32; self.layout.len()];
+        let mut loss_sum = 0.0;
+        for ws in &self.workspaces[..ranges.len()] {
+            loss_sum += ws.loss;
+            for (g, w) in grad.iter_mut().zip(&ws.grad) {
+                *g += w;
+            }
+        }
+        let final_state = self.collect_states(&ranges, n, t, false);
+        let init_grad = want_init_grad.then(|| self.collect_states(&ranges, n, t, true));
+        Ok(TrainOut { loss_sum, grad, final_state, init_grad })
+    }
+
+    fn forward(
+        &mut self,
+        params: &[f32],
+        x: &[f32],
+        n: usize,
+        t: usize,
+        init: &SlotStates,
+    ) -> Result<(Vec<f32>, SlotStates), ModelError> {
+        if params.len() != self.layout.len() {
+            return Err(ModelError::shape("parameters", &[self.layout.len()], &[params.len()]));
+        }
+        if x.len() != n * t * self.cfg.input {
+            return Err(ModelError::Shape {
+                what: "inputs".into(),
+                expected: format!("{} values for ({n}, {t}, {})", n * t * self.cfg.input, self.cfg.input),
+                got: format!("{} values", x.len()),
+            });
+        }
+        check_init(&self.cfg, n, init)?;
+        let ranges = self.run(params, n, t, x, None, init);
+        let fo = self.cfg.output;
+        let mut pred = Vec::with_capacity(n * t * fo);
+        for (ws, &(r0, r1)) in self.workspaces.iter().zip(&ranges) {
+            pred.extend_from_slice(&ws.pred[..(r1 - r0) * t * fo]);
+        }
+        Ok((pred, self.collect_states(&ranges, n, t, false)))
+    }
+}
+
+/// The inputs of one contiguous range of slots.
+struct Chunk<'a> {
+    cfg: &'a ModelConfig,
+    layout: &'a ParamLayout,
+    params: &'a [f32],
+    n: usize,
+    t: usize,
+    x: &'a [f32],
+    h0: &'a [&'a [f32]],
+    c0: &'a [&'a [f32]],
+}
+
+/// Per-thread buffers, grown on demand and reused across steps.
+#[derive(Debug, Default)]
+struct Workspace {
+    /// Per layer `[n, t, 4H]`: pre-activations, then gate activations (i, f, g, o).
+    gates: Vec<Vec<f32>>,
+    /// Per layer `[n, t, H]` cell states.
+    cells: Vec<Vec<f32>>,
+    /// Per layer `[n, t, H]` `tanh(c)`.
+    tanh_c: Vec<Vec<f32>>,
+    /// Per layer `[n, t, H]` outputs `h`.
+    outs: Vec<Vec<f32>>,
+    /// Per layer `[n, t, H]` previous hidden state of every step (`h0` at step 0).
+    hprev: Vec<Vec<f32>>,
+    /// `[n, t, H]` dropout factors.
+    mask: Vec<f32>,
+    /// `[n, t, H]` top output after dropout.
+    dropped: Vec<f32>,
+    /// `[n, t, out]` predictions.
+    pred: Vec<f32>,
+    /// `[n, t, out]` gradient at the head's pre-activation.
+    dz: Vec<f32>,
+    /// `[n, t, H]` gradient at the current layer's outputs.
+    dy: Vec<f32>,
+    /// `[n, t, 4H]` gradient at the gate pre-activations.
+    da: Vec<f32>,
+    /// `[n, H]` running gradients through time.
+    dh: Vec<f32>,
+    dc: Vec<f32>,
+    /// Per layer `[n, H]` gradients at the initial state.
+    dh0: Vec<Vec<f32>>,
+    dc0: Vec<Vec<f32>>,
+    /// `[4H]` summed biases.
+    bias: Vec<f32>,
+    grad: Vec<f32>,
+    loss: f64,
+}
+
+fn sized(v: &mut Vec<f32>, len: usize) {
+    v.resize(len, 0.0);
+}
+
+fn sized_layers(v: &mut Vec<Vec<f32>>, layers: usize, len: usize) {
+    v.resize_with(layers, Vec::new);
+    for l in v.iter_mut() {
+        sized(l, len);
+    }
+}
+
+impl Workspace {
+    fn forward(&mut self, c: &Chunk<'_>, mask: Option<(DropoutMask, &[u64])>) {
+        let cfg = c.cfg;
+        let (n, t, h, fo) = (c.n, c.t, cfg.hidden, cfg.output);
+        let g4 = 4 * h;
+        let p = c.params;
+        sized_layers(&mut self.gates, cfg.layers, n * t * g4);
+        sized_layers(&mut self.cells, cfg.layers, n * t * h);
+        sized_layers(&mut self.tanh_c, cfg.layers, n * t * h);
+        sized_layers(&mut self.outs, cfg.layers, n * t * h);
+        sized_layers(&mut self.hprev, cfg.layers, n * t * h);
+        sized(&mut self.bias, g4);
+        for k in 0..cfg.layers {
+            let lo = c.layout.layer(k);
+            let w_ih = &p[lo.w_ih..lo.w_ih + g4 * lo.input];
+            let w_hh = &p[lo.w_hh..lo.w_hh + g4 * h];
+            for j in 0..g4 {
+                self.bias[j] = p[lo.b_ih + j] + p[lo.b_hh + j];
+            }
+            let (below, rest) = self.outs.split_at_mut(k);
+            let out = &mut rest[0];
+            let input: &[f32] = if k == 0 { c.x } else { &below[k - 1] };
+            let gates = &mut self.gates[k];
+            let cells = &mut self.cells[k];
+            let tanh_c = &mut self.tanh_c[k];
+            // input projection of every step at once, plus both biases
+            gemm(n * t, lo.input, g4, 1.0, View::rows(input, lo.input), View::t(w_ih, lo.input), 0.0, gates, g4);
+            for row in gates.chunks_exact_mut(g4) {
+                for (a, b) in row.iter_mut().zip(&self.bias) {
+                    *a += b;
+                }
+            }
+            for s in 0..t {
+                let hp = if s == 0 { View::rows(c.h0[k], h) } else { View::rows(&out[(s - 1) * h..], t * h) };
+                gemm(n, h, g4, 1.0, hp, View::t(w_hh, h), 1.0, &mut gates[s * g4..], t * g4);
+                for r in 0..n {
+                    let idx = r * t + s;
+                    let row = &mut gates[idx * g4..(idx + 1) * g4];
+                    sigmoid_slice(&mut row[..2 * h]);
+                    tanh_slice(&mut row[2 * h..3 * h]);
+                    sigmoid_slice(&mut row[3 * h..]);
+                    let (prev, cur) = cells.split_at_mut(idx * h);
+                    let cprev = if s == 0 { &c.c0[k][r * h..(r + 1) * h] } else { &prev[(idx - 1) * h..] };
+                    let cur = &mut cur[..h];
+                    let tc = &mut tanh_c[idx * h..(idx + 1) * h];
+                    let o = &mut out[idx * h..(idx + 1) * h];
+                    let (gi, rest) = row.split_at(h);
+                    let (gf, rest) = rest.split_at(h);
+                    let (gg, go) = rest.split_at(h);
+                    for j in 0..h {
+                        let cv = gf[j] * cprev[j] + gi[j] * gg[j];
+                        cur[j] = cv;
+                        let th = tanh(cv);
+                        tc[j] = th;
+                        o[j] = go[j] * th;
+                    }
+                }
+            }
+            let hprev = &mut self.hprev[k];
+            for r in 0..n {
+                let base = r * t * h;
+                hprev[base..base + h].copy_from_slice(&c.h0[k][r * h..(r + 1) * h]);
+                hprev[base + h..base + t * h].copy_from_slice(&out[base..base + (t - 1) * h]);
+            }
+        }
+        // dropout on the top layer's outputs, then the per-step dense head
+        let top = &self.outs[cfg.layers - 1];
+        let d: &[f32] = match mask {
+            Some((m, slots)) => {
+                sized(&mut self.mask, n * t * h);
+                sized(&mut self.dropped, n * t * h);
+                for (r, &slot) in slots.iter().enumerate() {
+                    m.fill_slot(slot, &mut self.mask[r * t * h..(r + 1) * t * h]);
+                }
+                for ((d, x), m) in self.dropped.iter_mut().zip(top).zip(&self.mask) {
+                    *d = x * m;
+                }
+                &self.dropped
+            }
+            None => top,
+        };
+        let hw = &p[c.layout.head_w()..c.layout.head_w() + fo * h];
+        let hb = &p[c.layout.head_b()..c.layout.head_b() + fo];
+        sized(&mut self.pred, n * t * fo);
+        gemm(n * t, h, fo, 1.0, View::rows(d, h), View::t(hw, h), 0.0, &mut self.pred, fo);
+        for row in self.pred.chunks_exact_mut(fo) {
+            for (z, b) in row.iter_mut().zip(hb) {
+                *z += b;
+            }
+            if cfg.head == Head::Softmax {
+                softmax(row);
+            }
+        }
+    }
+
+    fn backward(&mut self, c: &Chunk<'_>, y: &[f32], dropout: bool, want_init: bool) {
+        let cfg = c.cfg;
+        let (n, t, h, fo) = (c.n, c.t, cfg.hidden, cfg.output);
+        let g4 = 4 * h;
+        let p = c.params;
+        let layout = c.layout;
+        sized(&mut self.grad, layout.len());
+        self.grad.fill(0.0);
+        sized(&mut self.dz, n * t * fo);
+        sized(&mut self.dy, n * t * h);
+        sized(&mut self.da, n * t * g4);
+        sized(&mut self.dh, n * h);
+        sized(&mut self.dc, n * h);
+        sized_layers(&mut self.dh0, cfg.layers, n * h);
+        sized_layers(&mut self.dc0, cfg.layers, n * h);
+
+        // loss = sum (pred - y)^2 and its gradient at the head's pre-activation
+        let mut loss = 0.0f64;
+        for ((dz, &pv), &yv) in self.dz.iter_mut().zip(&self.pred).zip(y) {
+            let e = pv - yv;
+            loss += f64::from(e * e);
+            *dz = 2.0 * e;
+        }
+        self.loss = loss;
+        if cfg.head == Head::Softmax {
+            for (dz, pr) in self.dz.chunks_exact_mut(fo).zip(self.pred.chunks_exact(fo)) {
+                let dot: f32 = dz.iter().zip(pr).map(|(a, b)| a * b).sum();
+                for (d, &pv) in dz.iter_mut().zip(pr) {
+                    *d = pv * (*d - dot);
+                }
+            }
+        }
+        let top = &self.outs[cfg.layers - 1];
+        let d: &[f32] = if dropout { &self.dropped } else { top };
+        let (hw, hb) = (layout.head_w(), layout.head_b());
+        gemm(fo, n * t, h, 1.0, View::t(&self.dz, fo), View::rows(d, h), 1.0, &mut self.grad[hw..hw + fo * h], h);
+        for row in self.dz.chunks_exact(fo) {
+            for (g, v) in self.grad[hb..hb + fo].iter_mut().zip(row) {
+                *g += v;
+            }
+        }
+        gemm(n * t, fo, h, 1.0, View::rows(&self.dz, fo), View::rows(&p[hw..hw + fo * h], h), 0.0, &mut self.dy, h);
+        if dropout {
+            for (g, m) in self.dy.iter_mut().zip(&self.mask) {
+                *g *= m;
+            }
+        }
+
+        for k in (0..cfg.layers).rev() {
+            let lo = layout.layer(k);
+            let w_hh = &p[lo.w_hh..lo.w_hh + g4 * h];
+            let gates = &self.gates[k];
+            let cells = &self.cells[k];
+            let tanh_c = &self.tanh_c[k];
+            self.dh.fill(0.0);
+            self.dc.fill(0.0);
+            for s in (0..t).rev() {
+                if s + 1 < t {
+                    gemm(n, g4, h, 1.0, View::rows(&self.da[(s + 1) * g4..], t * g4), View::rows(w_hh, h), 0.0, &mut self.dh, h);
+                }
+                for r in 0..n {
+                    let idx = r * t + s;
+                    let row = &gates[idx * g4..(idx + 1) * g4];
+                    let cprev = if s == 0 { &c.c0[k][r * h..(r + 1) * h] } else { &cells[(idx - 1) * h..idx * h] };
+                    let tc = &tanh_c[idx * h..(idx + 1) * h];
+                    let dyv = &self.dy[idx * h..(idx + 1) * h];
+                    let dh = &self.dh[r * h..(r + 1) * h];
+                    let dc = &mut self.dc[r * h..(r + 1) * h];
+                    let da = &mut self.da[idx * g4..(idx + 1) * g4];
+                    let (da_i, rest) = da.split_at_mut(h);
+                    let (da_f, rest) = rest.split_at_mut(h);
+                    let (da_g, da_o) = rest.split_at_mut(h);
+                    for j in 0..h {
+                        let (i, f, g, o) = (row[j], row[h + j], row[2 * h + j], row[3 * h + j]);
+                        let dhj = dyv[j] + dh[j];
+                        let th = tc[j];
+                        let dcj = dhj * o * (1.0 - th * th) + dc[j];
+                        da_i[j] = dcj * g * i * (1.0 - i);
+                        da_f[j] = dcj * cprev[j] * f * (1.0 - f);
+                        da_g[j] = dcj * i * (1.0 - g * g);
+                        da_o[j] = dhj * th * o * (1.0 - o);
+                        dc[j] = dcj * f;
+                    }
+                }
+            }
+            if want_init {
+                gemm(n, g4, h, 1.0, View::rows(&self.da, t * g4), View::rows(w_hh, h), 0.0, &mut self.dh0[k], h);
+                self.dc0[k].copy_from_slice(&self.dc);
+            }
+            let input: &[f32] = if k == 0 { c.x } else { &self.outs[k - 1] };
+            let grad = &mut self.grad;
+            gemm(g4, n * t, lo.input, 1.0, View::t(&self.da, g4), View::rows(input, lo.input), 1.0, &mut grad[lo.w_ih..lo.w_ih + g4 * lo.input], lo.input);
+            gemm(g4, n * t, h, 1.0, View::t(&self.da, g4), View::rows(&self.hprev[k], h), 1.0, &mut grad[lo.w_hh..lo.w_hh + g4 * h], h);
+            for row in self.da.chunks_exact(g4) {
+                for (g, v) in grad[lo.b_ih..lo.b_ih + g4].iter_mut().zip(row) {
+                    *g += v;
+                }
+            }
+            let (bi, bh) = (lo.b_ih, lo.b_hh);
+            grad.copy_within(bi..bi + g4, bh);
+            if k > 0 {
+                let w_ih = &p[lo.w_ih..lo.w_ih + g4 * lo.input];
+                gemm(n * t, g4, lo.input, 1.0, View::rows(&self.da, g4), View::rows(w_ih, lo.input), 0.0, &mut self.dy, lo.input);
+            }
+        }
+    }
+}
+
+/// Softmax of one row in place.
+fn softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        *v = crate::engine::math::exp(*v - max);
+        sum += *v;
+    }
+    for v in row.iter_mut() {
+        *v /= sum;
+    }
+}

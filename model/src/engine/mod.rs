@@ -1,0 +1,143 @@
+//! Compute engines: one training step (forward, loss, backward through time) of a shard of slots.
+//!
+//! - [`cpu::CpuEngine`]: the fused engine on the CPU, each layer's whole sequence forward and its
+//!   BPTT backward as one pass over flat buffers, slots split over threads.
+//! - [`burn_ref::BurnEngine`]: Burn's stock `Lstm` modules with Burn's autodiff, on the Flex CPU
+//!   backend or wgpu; the reference the fused engines are checked against.
+//! - [`wgpu_fused::WgpuFusedEngine`]: the fused engine on wgpu, one CubeCL dispatch per layer
+//!   for the recurrence forward and one for its backward.
+//!
+//! All engines take parameters and return gradients in the flat PyTorch layout of
+//! [`crate::params`], and compute the gradient of the *sum* of squared errors of their shard, so
+//! shard results add up to the whole batch's.
+
+pub mod burn_ref;
+pub mod cpu;
+pub(crate) mod math;
+// pub mod wgpu_fused;
+
+use crate::config::ModelConfig;
+use crate::dropout::DropoutKey;
+use crate::error::ModelError;
+use crate::state::SlotStates;
+
+/// One shard of one step: `n` slots of `t` steps.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// Slots in the shard.
+    pub n: usize,
+    /// Time steps.
+    pub t: usize,
+    /// Inputs `[n, t, input]`.
+    pub x: &'a [f32],
+    /// Targets `[n, t, output]`.
+    pub y: &'a [f32],
+    /// Global slot index of each row (dropout masks are keyed on it).
+    pub slots: &'a [u64],
+    /// Dropout masks for this step; `None` turns dropout off.
+    pub dropout: Option<DropoutKey>,
+}
+
+/// What a training step returns.
+#[derive(Debug, Clone)]
+pub struct TrainOut {
+    /// Sum of squared errors over the shard's `n * t * output` outputs.
+    pub loss_sum: f64,
+    /// Gradient of `loss_sum` in the flat parameter layout.
+    pub grad: Vec<f32>,
+    /// Final `(h, c)` of every layer for the shard's slots.
+    pub final_state: SlotStates,
+    /// Gradient of `loss_sum` with respect to the initial `(h, c)`, when asked for.
+    pub init_grad: Option<SlotStates>,
+}
+
+/// A compute engine.
+pub trait Engine: Send {
+    /// Engine and device, for logs.
+    fn describe(&self) -> String;
+
+    /// Forward, squared-error loss, and backward through time of one shard from `init`.
+    fn train_step(
+        &mut self,
+        params: &[f32],
+        batch: &Batch<'_>,
+        init: &SlotStates,
+        want_init_grad: bool,
+    ) -> Result<TrainOut, ModelError>;
+
+    /// Predictions `[n, t, output]` and final states from `init`, without dropout.
+    fn forward(
+        &mut self,
+        params: &[f32],
+        x: &[f32],
+        n: usize,
+        t: usize,
+        init: &SlotStates,
+    ) -> Result<(Vec<f32>, SlotStates), ModelError>;
+}
+
+/// Which engine implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineKind {
+    /// Fused whole-sequence kernels (CPU or CubeCL on wgpu).
+    #[default]
+    Fused,
+    /// Burn's stock `Lstm` with Burn's autodiff.
+    Burn,
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fused" => Ok(Self::Fused),
+            "burn" => Ok(Self::Burn),
+            other => Err(format!("expected `fused` or `burn`, got `{other}`")),
+        }
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fused => "fused",
+            Self::Burn => "burn",
+        })
+    }
+}
+
+/// Checks that a batch and its initial states have the sizes `cfg` expects.
+pub(crate) fn check_batch(cfg: &ModelConfig, params_len: usize, expected_params: usize, batch: &Batch<'_>, init: &SlotStates) -> Result<(), ModelError> {
+    if params_len != expected_params {
+        return Err(ModelError::shape("parameters", &[expected_params], &[params_len]));
+    }
+    let (n, t) = (batch.n, batch.t);
+    if batch.x.len() != n * t * cfg.input {
+        return Err(ModelError::Shape {
+            what: "inputs".into(),
+            expected: format!("{} values for ({n}, {t}, {})", n * t * cfg.input, cfg.input),
+            got: format!("{} values", batch.x.len()),
+        });
+    }
+    if batch.y.len() != n * t * cfg.output {
+        return Err(ModelError::Shape {
+            what: "targets".into(),
+            expected: format!("{} values for ({n}, {t}, {})", n * t * cfg.output, cfg.output),
+            got: format!("{} values", batch.y.len()),
+        });
+    }
+    if batch.slots.len() != n {
+        return Err(ModelError::shape("slot ids", &[n], &[batch.slots.len()]));
+    }
+    check_init(cfg, n, init)
+}
+
+/// Checks that initial states are `[layers, n, hidden]`.
+pub(crate) fn check_init(cfg: &ModelConfig, n: usize, init: &SlotStates) -> Result<(), ModelError> {
+    let want = [cfg.layers, n, cfg.hidden];
+    let got = [init.layers(), init.slots(), init.hidden()];
+    if want != got {
+        return Err(ModelError::shape("initial state", &want, &got));
+    }
+    Ok(())
+}

@@ -1,0 +1,40 @@
+//! The stateful stacked LSTM shared by the coordinator and the workers.
+//!
+//! # Layout
+//! - [`config`]: model and training settings with `validate()`.
+//! - [`params`]: the flat parameter vector in the PyTorch layout, and Keras-style initialization.
+//! - [`stream`]: Keras `stateful=True` stream layout (slot `s` of batch `n+1` continues slot `s`
+//!   of batch `n`) and the step cursor.
+//! - [`state`]: explicit per-slot `(h, c)` with loud shape errors.
+//! - [`dropout`]: masks as a pure function of `(seed, epoch, step, slot, element)`.
+//! - [`data`], [`npy`]: the synthetic generator and `.npz` loading, validated up front.
+//! - [`engine`]: forward and backward through time on the fused CPU engine, Burn's stock `Lstm`
+//!   (Flex or wgpu), or the fused wgpu engine; [`device`] picks the device.
+//! - [`net`]: how a step starts (carried, reset, or the learned initial-state projection).
+//! - [`adam`], [`trainer`]: the optimizer and the training state machine; the in-process
+//!   reference trainer is [`trainer::Trainer::step_local`].
+//! - [`checkpoint`], [`export`]: checkpoints, and PyTorch-layout safetensors export and import.
+
+pub mod adam;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod dropout;
+pub mod engine;
+pub mod error;
+pub mod export;
+pub mod net;
+pub mod npy;
+pub mod params;
+pub mod rng;
+mod st;
+pub mod state;
+pub mod stream;
+pub mod trainer;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{AdamConfig, Head, ModelConfig, ResetPolicy, TrainSpec, ValState};
+pub use error::ModelError;

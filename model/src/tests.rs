@@ -1,0 +1,356 @@
+//! Cross-module tests: engines against a hand-written reference LSTM, finite differences,
+//! partition independence, export/import, learning, carried versus reset state, and wgpu.
+
+use std::sync::Arc;
+
+use crate::config::{Head, ModelConfig, ResetPolicy, TrainSpec, ValState};
+use crate::data::{Dataset, Sequences, Split, SyntheticSpec, synthetic};
+use crate::dropout::DropoutKey;
+use crate::engine::burn_ref::BurnEngine;
+use crate::engine::cpu::CpuEngine;
+use crate::engine::{Batch, Engine};
+use crate::net::{self, Start};
+use crate::params::{ParamLayout, init_params};
+use crate::rng::Rng;
+use crate::state::SlotStates;
+use crate::trainer::Trainer;
+
+fn random(n: usize, seed: u64, scale: f64) -> Vec<f32> {
+    let mut r = Rng::new(seed, "test");
+    (0..n).map(|_| (r.normal() * scale) as f32).collect()
+}
+
+fn random_states(cfg: &ModelConfig, n: usize, seed: u64) -> SlotStates {
+    let len = cfg.layers * n * cfg.hidden;
+    SlotStates::from_flat(cfg.layers, n, cfg.hidden, random(len, seed, 0.5), random(len, seed + 1, 0.5)).unwrap()
+}
+
+/// A plain f64 LSTM with PyTorch's equations and parameter layout, written independently of the
+/// engines: returns outputs `[n, t, out]` and final `(h, c)` `[layers, n, H]`.
+fn reference(cfg: &ModelConfig, p: &[f32], x: &[f32], n: usize, t: usize, init: &SlotStates) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let h = cfg.hidden;
+    let lay = ParamLayout::new(cfg);
+    let get = |name: &str| -> Vec<f64> { p[lay.spec(name).unwrap().range()].iter().map(|&v| f64::from(v)).collect() };
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let mut seq: Vec<Vec<Vec<f64>>> =
+        (0..n).map(|r| (0..t).map(|s| x[(r * t + s) * cfg.input..(r * t + s + 1) * cfg.input].iter().map(|&v| f64::from(v)).collect()).collect()).collect();
+    let (mut hs, mut cs) = (Vec::new(), Vec::new());
+    for k in 0..cfg.layers {
+        let (wih, whh) = (get(&format!("lstm.weight_ih_l{k}")), get(&format!("lstm.weight_hh_l{k}")));
+        let (bih, bhh) = (get(&format!("lstm.bias_ih_l{k}")), get(&format!("lstm.bias_hh_l{k}")));
+        let inp = if k == 0 { cfg.input } else { h };
+        for (r, row) in seq.iter_mut().enumerate() {
+            let mut hv: Vec<f64> = init.layer_h(k)[r * h..(r + 1) * h].iter().map(|&v| f64::from(v)).collect();
+            let mut cv: Vec<f64> = init.layer_c(k)[r * h..(r + 1) * h].iter().map(|&v| f64::from(v)).collect();
+            for xs in row.iter_mut() {
+                let gate = |g: usize, j: usize| -> f64 {
+                    let i = g * h + j;
+                    let mut a = bih[i] + bhh[i];
+                    for q in 0..inp {
+                        a += wih[i * inp + q] * xs[q];
+                    }
+                    for q in 0..h {
+                        a += whh[i * h + q] * hv[q];
+                    }
+                    a
+                };
+                let mut nh = vec![0.0; h];
+                for j in 0..h {
+                    let (ig, fg, gg, og) = (sig(gate(0, j)), sig(gate(1, j)), gate(2, j).tanh(), sig(gate(3, j)));
+                    cv[j] = fg * cv[j] + ig * gg;
+                    nh[j] = og * cv[j].tanh();
+                }
+                hv = nh;
+                *xs = hv.clone();
+            }
+            hs.push(hv);
+            cs.push(cv);
+        }
+    }
+    let (hw, hb) = (get("head.weight"), get("head.bias"));
+    let mut y = Vec::new();
+    for row in &seq {
+        for hv in row {
+            let z: Vec<f64> = (0..cfg.output).map(|o| hb[o] + (0..h).map(|j| hw[o * h + j] * hv[j]).sum::<f64>()).collect();
+            if cfg.head == Head::Softmax {
+                let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+                let s: f64 = e.iter().sum();
+                y.extend(e.iter().map(|v| v / s));
+            } else {
+                y.extend(z);
+            }
+        }
+    }
+    (y, hs.concat(), cs.concat())
+}
+
+fn max_abs(a: &[f32], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (f64::from(*x) - y).abs()).fold(0.0, f64::max)
+}
+
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    let num = a.iter().zip(b).map(|(x, y)| f64::from(x - y).abs()).fold(0.0, f64::max);
+    let den = b.iter().map(|y| f64::from(*y).abs()).fold(1e-12, f64::max);
+    num / den
+}
+
+#[test]
+fn engines_match_the_reference_lstm() {
+    for (cfg, n, t) in [
+        (ModelConfig { hidden: 8, ..ModelConfig::seed() }, 5, 96),
+        (ModelConfig { input: 3, hidden: 5, layers: 3, output: 4, head: Head::Softmax, ..ModelConfig::seed() }, 3, 7),
+        (ModelConfig { hidden: 1, layers: 1, ..ModelConfig::seed() }, 1, 1),
+    ] {
+        let p = random(ParamLayout::new(&cfg).len(), 3, 0.4);
+        let x = random(n * t * cfg.input, 4, 1.0);
+        let init = random_states(&cfg, n, 5);
+        let (ry, rh, rc) = reference(&cfg, &p, &x, n, t, &init);
+        let engines: Vec<Box<dyn Engine>> = vec![
+            Box::new(CpuEngine::new(&cfg, 1)),
+            Box::new(CpuEngine::new(&cfg, 3)),
+            Box::new(BurnEngine::new(&cfg, burn::tensor::Device::flex(), "flex")),
+        ];
+        for mut e in engines {
+            let (y, fin) = e.forward(&p, &x, n, t, &init).unwrap();
+            let d = [max_abs(&y, &ry), max_abs(fin.h(), &rh), max_abs(fin.c(), &rc)];
+            assert!(d.iter().all(|&v| v <= 1e-5), "{}: {cfg:?} diffs y/h/c {d:?}", e.describe());
+        }
+    }
+}
+
+fn loss_of(e: &mut dyn Engine, cfg: &ModelConfig, p: &[f32], b: &Batch<'_>, start: Start<'_>) -> f64 {
+    net::train_step(e, cfg, p, b, start).unwrap().loss_sum
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    for head in [Head::Linear, Head::Softmax] {
+        let cfg = ModelConfig { hidden: 3, head, dropout: 0.3, cond: Some(2), ..ModelConfig::seed() };
+        let (n, t) = (2, 5);
+        let p: Vec<f32> = random(ParamLayout::new(&cfg).len(), 11, 0.5);
+        let x = random(n * t * 2, 12, 1.0);
+        let y = random(n * t * 2, 13, 0.5);
+        let cond = random(n * 2, 14, 1.0);
+        let slots = [3u64, 7];
+        let batch = Batch { n, t, x: &x, y: &y, slots: &slots, dropout: Some(DropoutKey { seed: 1, epoch: 0, step: 2 }) };
+        let mut e = CpuEngine::new(&cfg, 1);
+        for start in [Start::Reset { cond: Some(&cond) }, Start::Carry(&random_states(&cfg, n, 15))] {
+            let g = net::train_step(&mut e, &cfg, &p, &batch, start).unwrap().grad;
+            let eps = 1e-2f32;
+            let mut fd = vec![0.0f32; p.len()];
+            for i in 0..p.len() {
+                let (mut a, mut b) = (p.clone(), p.clone());
+                a[i] += eps;
+                b[i] -= eps;
+                fd[i] = ((loss_of(&mut e, &cfg, &a, &batch, start) - loss_of(&mut e, &cfg, &b, &batch, start)) / (2.0 * f64::from(eps))) as f32;
+            }
+            let err = rel(&g, &fd);
+            assert!(err <= 1e-2, "{head:?}: relative error {err}");
+            // the projection is trained only from a reset
+            let lay = ParamLayout::new(&cfg);
+            let proj = lay.spec("init.weight_l1").unwrap().range();
+            let moved = g[proj].iter().any(|v| *v != 0.0);
+            assert_eq!(moved, matches!(start, Start::Reset { .. }));
+        }
+    }
+}
+
+#[test]
+fn burn_engine_gradients_match_the_fused_engine() {
+    let cfg = ModelConfig { hidden: 6, head: Head::Softmax, ..ModelConfig::seed() };
+    let (n, t) = (4, 12);
+    let p = random(ParamLayout::new(&cfg).len(), 21, 0.4);
+    let x = random(n * t * 2, 22, 1.0);
+    let y = random(n * t * 2, 23, 0.5);
+    let slots = [0u64, 1, 2, 3];
+    let init = random_states(&cfg, n, 24);
+    let batch = Batch { n, t, x: &x, y: &y, slots: &slots, dropout: Some(DropoutKey { seed: 9, epoch: 1, step: 4 }) };
+    let a = CpuEngine::new(&cfg, 2).train_step(&p, &batch, &init, true).unwrap();
+    let b = BurnEngine::new(&cfg, burn::tensor::Device::flex(), "flex").train_step(&p, &batch, &init, true).unwrap();
+    assert!((a.loss_sum - b.loss_sum).abs() <= 1e-5 * a.loss_sum.abs().max(1.0));
+    assert!(rel(&a.grad, &b.grad) <= 1e-5, "grad rel {}", rel(&a.grad, &b.grad));
+    assert!(rel(a.final_state.h(), b.final_state.h()) <= 1e-5);
+    let (ga, gb) = (a.init_grad.unwrap(), b.init_grad.unwrap());
+    assert!(rel(ga.h(), gb.h()) <= 1e-5 && rel(ga.c(), gb.c()) <= 1e-5);
+}
+
+#[test]
+fn results_do_not_depend_on_how_slots_are_split() {
+    let cfg = ModelConfig { hidden: 5, ..ModelConfig::seed() };
+    let (n, t) = (6, 20);
+    let p = random(ParamLayout::new(&cfg).len(), 31, 0.4);
+    let x = random(n * t * 2, 32, 1.0);
+    let y = random(n * t * 2, 33, 0.5);
+    let init = random_states(&cfg, n, 34);
+    let slots: Vec<u64> = (0..n as u64).collect();
+    let key = Some(DropoutKey { seed: 2, epoch: 0, step: 1 });
+    let mut e = CpuEngine::new(&cfg, 1);
+    let whole = e.train_step(&p, &Batch { n, t, x: &x, y: &y, slots: &slots, dropout: key }, &init, false).unwrap();
+    let mut grad = vec![0.0f32; p.len()];
+    let mut loss = 0.0;
+    let mut fin = SlotStates::zeros(cfg.layers, n, cfg.hidden);
+    for part in [0..1usize, 1..4, 4..6] {
+        let m = part.len();
+        let idx: Vec<usize> = part.clone().collect();
+        let b = Batch {
+            n: m,
+            t,
+            x: &x[part.start * t * 2..part.end * t * 2],
+            y: &y[part.start * t * 2..part.end * t * 2],
+            slots: &slots[part.clone()],
+            dropout: key,
+        };
+        let out = e.train_step(&p, &b, &init.gather(&idx), false).unwrap();
+        for (g, v) in grad.iter_mut().zip(&out.grad) {
+            *g += v;
+        }
+        loss += out.loss_sum;
+        fin.scatter(&idx, &out.final_state);
+    }
+    assert!((loss - whole.loss_sum).abs() <= 1e-6 * whole.loss_sum);
+    assert!(rel(&grad, &whole.grad) <= 1e-6, "grad rel {}", rel(&grad, &whole.grad));
+    assert_eq!(fin, whole.final_state, "per-slot results are bit-identical");
+}
+
+fn spec(batch: usize, reset: ResetPolicy) -> TrainSpec {
+    TrainSpec {
+        model: ModelConfig::seed(),
+        adam: Default::default(),
+        batch_size: batch,
+        epochs: 1,
+        max_steps: None,
+        seed: 42,
+        reset,
+        val_state: ValState::Carry,
+    }
+}
+
+#[test]
+fn state_carries_slot_by_slot_and_resets_by_policy() {
+    for (b, n, reset) in [(10, 50, ResetPolicy::Epoch), (3, 10, ResetPolicy::Every(2)), (4, 9, ResetPolicy::Never)] {
+        let data = synthetic(&SyntheticSpec { sequences: n, val_sequences: 0, timesteps: 6, ..SyntheticSpec::new(b, 1) });
+        let mut s = spec(b, reset);
+        s.epochs = 2;
+        let mut tr = Trainer::new(s, Arc::new(data)).unwrap();
+        let mut e = CpuEngine::new(&tr.spec().model, 1);
+        let mut prev_final: Option<SlotStates> = None;
+        while let Some(plan) = tr.plan() {
+            let shard = tr.shard(&plan, 0..b);
+            assert_eq!(plan.reset, reset.resets_at(plan.cursor.step), "reset flag");
+            // every slot starts from its own previous final state unless reset
+            if plan.reset {
+                assert!(shard.init.h().iter().chain(shard.init.c()).all(|v| *v == 0.0), "reset to zero");
+            } else if let Some(f) = &prev_final {
+                assert_eq!(&shard.init, f, "carried from the previous batch");
+            }
+            // slot s holds sequence step*B + s
+            let want: Vec<f32> = (0..b).flat_map(|s| tr.data().train.x.seq(plan.cursor.step as usize * b + s).to_vec()).collect();
+            assert_eq!(shard.x, want);
+            tr.step_local(&mut e).unwrap();
+            prev_final = Some(tr.states().clone());
+        }
+        assert_eq!(tr.cursor().global, 2 * (n / b) as u64);
+    }
+}
+
+#[test]
+fn export_then_import_is_lossless() {
+    let cfg = ModelConfig { hidden: 7, layers: 3, cond: Some(2), ..ModelConfig::seed() };
+    let p = init_params(&cfg, 9);
+    let dir = std::env::temp_dir().join(format!("carry-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("m.safetensors");
+    crate::export::export(&f, &cfg, &p).unwrap();
+    let m = crate::export::load_model(&f, None).unwrap();
+    assert_eq!(m.config, ModelConfig { dropout: cfg.dropout, ..cfg.clone() });
+    assert_eq!(m.params, p);
+    let e = crate::export::load_model(&dir.join("missing.safetensors"), None).unwrap_err().to_string();
+    assert!(e.contains("missing.safetensors"), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Validation MSE of predicting the last input (the naive baseline).
+fn last_value_baseline(d: &Dataset) -> f64 {
+    let v = d.val.as_ref().unwrap();
+    let s: f64 = v.x.values.iter().zip(&v.y.values).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+    s / v.x.values.len() as f64
+}
+
+#[test]
+fn learns_the_synthetic_data() {
+    let data = synthetic(&SyntheticSpec { sequences: 600, val_sequences: 100, ..SyntheticSpec::new(10, 42) });
+    let base = last_value_baseline(&data);
+    let mut s = spec(10, ResetPolicy::Epoch);
+    s.epochs = 30;
+    s.model.hidden = 16;
+    s.adam.lr = 1e-2;
+    let mut tr = Trainer::new(s, Arc::new(data)).unwrap();
+    let mut e = CpuEngine::new(&tr.spec().model, 0);
+    while tr.step_local(&mut e).unwrap().is_some() {}
+    let val = tr.validate(&mut e).unwrap().unwrap();
+    assert!(val < 0.3 * base, "validation MSE {val} vs last-value baseline {base}");
+}
+
+/// Streams whose target is a hidden per-stream constant observed through heavy noise: the more
+/// of the stream a model has seen, the better it can estimate it.
+fn offset_task(b: usize, chunks: usize, t: usize, seed: u64) -> Dataset {
+    let mut r = Rng::new(seed, "offsets");
+    let mut split = |chunks: usize, offsets: &[(f64, f64)], r: &mut Rng| {
+        let n = b * chunks;
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let (ox, oy) = offsets[i % b];
+            for _ in 0..t {
+                x.push((ox + 0.5 * r.normal()) as f32);
+                x.push((oy + 0.5 * r.normal()) as f32);
+                y.push(ox as f32);
+                y.push(oy as f32);
+            }
+        }
+        Split { x: Sequences { n, t, f: 2, values: x }, y: Sequences { n, t, f: 2, values: y }, cond: None }
+    };
+    let offsets: Vec<(f64, f64)> = (0..b).map(|_| (r.range(-1.0, 1.0), r.range(-1.0, 1.0))).collect();
+    let train = split(chunks, &offsets, &mut r);
+    let val = split(4, &offsets, &mut r);
+    Dataset { name: "offsets".into(), train, val: Some(val) }
+}
+
+#[test]
+fn carried_state_beats_reset_state_on_continuing_streams() {
+    let data = Arc::new(offset_task(8, 20, 24, 5));
+    let mut results = Vec::new();
+    for reset in [ResetPolicy::Epoch, ResetPolicy::Every(1)] {
+        let mut s = spec(8, reset);
+        s.epochs = 25;
+        s.model.dropout = 0.0;
+        s.model.hidden = 8;
+        s.adam.lr = 1e-2;
+        let mut tr = Trainer::new(s, data.clone()).unwrap();
+        let mut e = CpuEngine::new(&tr.spec().model, 0);
+        while tr.step_local(&mut e).unwrap().is_some() {}
+        results.push(tr.validate(&mut e).unwrap().unwrap());
+    }
+    assert!(results[0] < 0.7 * results[1], "carried {} vs reset {}", results[0], results[1]);
+}
+
+/// Device tests need a wgpu adapter; Mesa's software Vulkan (lavapipe) provides one in CI.
+#[test]
+fn training_on_wgpu_matches_the_cpu() {
+    let compute = crate::device::resolve(crate::device::DeviceChoice::Wgpu)
+        .expect("a wgpu adapter (install mesa-vulkan-drivers for a software one)");
+    let crate::device::Compute::Wgpu { device, adapter } = compute else { panic!("expected wgpu") };
+    let data = Arc::new(synthetic(&SyntheticSpec { sequences: 40, val_sequences: 0, timesteps: 16, ..SyntheticSpec::new(4, 3) }));
+    let mut s = spec(4, ResetPolicy::Epoch);
+    s.max_steps = Some(3);
+    let mut cpu = Trainer::new(s.clone(), data.clone()).unwrap();
+    let mut gpu = Trainer::new(s, data).unwrap();
+    let mut ce = CpuEngine::new(&cpu.spec().model, 1);
+    let mut ge = BurnEngine::new(&gpu.spec().model, device, adapter);
+    while cpu.step_local(&mut ce).unwrap().is_some() {}
+    while gpu.step_local(&mut ge).unwrap().is_some() {}
+    let d = cpu.params().iter().zip(gpu.params()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(d <= 1e-4, "max parameter difference after 3 steps: {d}");
+    let ds = rel(gpu.states().h(), cpu.states().h());
+    assert!(ds <= 1e-4, "state difference {ds}");
+}

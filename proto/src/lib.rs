@@ -1,0 +1,19 @@
+//! The wire contract between coordinator and workers (`carry.v1`) and the one place where wire
+//! types convert to and from domain types.
+//!
+//! # Layout
+//! - [`pb`]: code generated from `proto/carry/v1/coordinator.proto`.
+//! - [`convert`]: tensors (little-endian f32 bytes with a shape, checked for shape and
+//!   finiteness on the way in) and the model spec.
+
+/// Generated protobuf and gRPC code.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("carry.v1");
+}
+
+pub mod convert;
+pub mod security;
+
+/// Protocol version spoken by this build; registration with another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,252 @@
+//! Harness for process-level tests: starts the real `coordinator` and `worker` programs, reads
+//! their `READY <addr>` lines, waits with timeouts, kills on drop, and keeps each process's output
+//! in a log file that a failing test prints.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace program built next to the test binary (`target/<profile>/<name>`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let p = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        p.is_file(),
+        "{} is missing: build the programs with `cargo build --release` (the test command in the README does)",
+        p.display()
+    );
+    p
+}
+
+/// A scratch directory removed on drop (kept when the test panics, for inspection).
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A new empty directory named after `tag`.
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "carry-it-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+
+    /// The path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// A path inside.
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A child process whose stdout and stderr go to a log file; killed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Starts `program` with `args` and extra `env`, logging into `dir/<name>.log`.
+    pub fn start(name: &str, program: &Path, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let f = File::create(&log).expect("log file");
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(f.try_clone().expect("dup log")))
+            .stderr(Stdio::from(f))
+            .env("RUST_LOG", std::env::var("CARRY_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env_remove("CARRY_TOKEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        Self { name: name.to_string(), child, log, status: None }
+    }
+
+    /// Starts the coordinator.
+    pub fn coordinator(name: &str, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Self {
+        Self::start(name, &bin("coordinator"), args, env, dir)
+    }
+
+    /// Starts a worker.
+    pub fn worker(name: &str, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Self {
+        Self::start(name, &bin("worker"), args, env, dir)
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process wrote so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Panics with the log when `cond` is false.
+    pub fn check(&self, cond: bool, what: &str) {
+        if !cond {
+            panic!("{what}\n----- {} log -----\n{}", self.name, self.log());
+        }
+    }
+
+    /// Waits until a line of the log satisfies `f`; returns it.
+    pub fn wait_line(&self, timeout: Duration, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log().lines().find(|l| f(l)) {
+                return l.to_string();
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {timeout:?} waiting for {what}\n----- {} log -----\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for `READY <addr>` and returns the address.
+    pub fn ready(&self) -> String {
+        let line = self.wait_line(Duration::from_secs(60), "READY", |l| l.starts_with("READY "));
+        line.trim_start_matches("READY ").trim().to_string()
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(s) = self.status {
+            return s;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                self.status = Some(s);
+                return s;
+            }
+            if Instant::now() > deadline {
+                let log = self.log();
+                let _ = self.child.kill();
+                panic!("{} did not exit within {timeout:?}\n----- log -----\n{log}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for a successful exit; panics with the log otherwise.
+    pub fn success(&mut self, timeout: Duration) {
+        let s = self.wait(timeout);
+        self.check(s.success(), &format!("{} exited with {s}", self.name));
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait");
+        }
+        self.status.is_some()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.wait(Duration::from_secs(10));
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("----- {} log ({}) -----\n{}", self.name, self.log.display(), self.log());
+        }
+    }
+}
+
+/// One row of `metrics.csv`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Global step.
+    pub step: u64,
+    /// Epoch.
+    pub epoch: u64,
+    /// Training loss.
+    pub loss: f64,
+    /// Validation loss (epoch ends).
+    pub val_loss: Option<f64>,
+    /// Live workers.
+    pub workers: usize,
+    /// Shards: `first-last:worker`.
+    pub shards: String,
+}
+
+/// Reads `dir/metrics.csv`.
+pub fn metrics(dir: &Path) -> Vec<Row> {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("step,epoch,step_in_epoch,loss,val_loss,seq_per_s,workers,step_ms,compute_ms,shards"),
+        "metrics.csv header"
+    );
+    lines
+        .map(|l| {
+            let c: Vec<&str> = l.split(',').collect();
+            Row {
+                step: c[0].parse().expect("step"),
+                epoch: c[1].parse().expect("epoch"),
+                loss: c[3].parse().expect("loss"),
+                val_loss: c[4].parse().ok(),
+                workers: c[6].parse().expect("workers"),
+                shards: c[9].to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Final parameters of a run directory's checkpoint.
+pub fn params(dir: &Path) -> Vec<f32> {
+    model::checkpoint::Checkpoint::load(dir).expect("checkpoint").params
+}
+
+/// Largest absolute difference.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

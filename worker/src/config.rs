@@ -1,0 +1,200 @@
+//! Configuration of the `worker` program: flags > `CARRY_*` environment > TOML (`--config`) >
+//! defaults, resolved into a plain [`WorkerConfig`] whose errors name the field.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use model::device::DeviceChoice;
+use model::engine::EngineKind;
+use serde::Deserialize;
+
+use crate::error::WorkerError;
+
+/// Joins a training job and computes shards of its steps.
+#[derive(Debug, Clone, Default, Parser, Deserialize)]
+#[command(name = "worker", version, about)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerArgs {
+    /// TOML file with any of these options (keys as flag names with `_`).
+    #[arg(long, env = "CARRY_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Print the resolved configuration and exit.
+    #[arg(long, env = "CARRY_DRY_RUN", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    #[serde(skip)]
+    pub dry_run: Option<bool>,
+    /// Coordinator URL, e.g. http://10.0.0.5:50051 or https://coordinator:50051.
+    #[arg(long, env = "CARRY_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// Device: auto (GPU through wgpu if present, else CPU), wgpu, vulkan, metal, dx12, cpu [default: auto].
+    #[arg(long, env = "CARRY_DEVICE")]
+    pub device: Option<String>,
+    /// Engine: fused or burn [default: fused].
+    #[arg(long, env = "CARRY_ENGINE")]
+    pub engine: Option<String>,
+    /// Name shown in the coordinator's logs and step log [default: host name and pid].
+    #[arg(long, env = "CARRY_WORKER_NAME")]
+    pub name: Option<String>,
+    /// CPU threads for the CPU engine (0 = all cores) [default: 0].
+    #[arg(long, env = "CARRY_THREADS")]
+    pub threads: Option<usize>,
+    /// Serve the gRPC health service (plaintext) on this address, for kubelet probes.
+    #[arg(long, env = "CARRY_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+    /// Shared token of the job.
+    #[arg(long, env = "CARRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the shared token.
+    #[arg(long, env = "CARRY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA (PEM) to verify the coordinator's certificate with.
+    #[arg(long, env = "CARRY_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, env = "CARRY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    #[arg(long, env = "CARRY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Name to verify the coordinator's certificate against (default: the URL's host).
+    #[arg(long, env = "CARRY_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+    /// Give up after failing to reach the coordinator for this many seconds (0 = never) [default: 0].
+    #[arg(long, env = "CARRY_GIVE_UP_SECS")]
+    pub give_up_secs: Option<u64>,
+    /// Largest gRPC message accepted, in MiB [default: 64].
+    #[arg(long, env = "CARRY_MAX_MESSAGE_MB")]
+    pub max_message_mb: Option<usize>,
+}
+
+/// TLS settings of the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// CA of the coordinator's certificate (system roots are not used).
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// Name to verify.
+    pub domain: Option<String>,
+}
+
+/// The resolved configuration of a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Coordinator URL.
+    pub coordinator: String,
+    /// Device.
+    pub device: DeviceChoice,
+    /// Engine.
+    pub engine: EngineKind,
+    /// Name.
+    pub name: String,
+    /// CPU threads.
+    pub threads: usize,
+    /// Health address.
+    pub health_listen: Option<SocketAddr>,
+    /// Shared token.
+    pub token: Option<String>,
+    /// TLS, when the URL is https.
+    pub tls: Option<ClientTls>,
+    /// Give up reconnecting after this long (`None` = never).
+    pub give_up: Option<Duration>,
+    /// Largest message in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl WorkerArgs {
+    /// Applies the TOML file under flags and environment.
+    pub fn with_file(mut self) -> Result<Self, WorkerError> {
+        let Some(path) = self.config.clone() else { return Ok(self) };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| WorkerError::Config { field: "config".into(), msg: format!("{}: {e}", path.display()) })?;
+        let mut f: WorkerArgs = toml::from_str(&text).map_err(|e| WorkerError::Config {
+            field: "config".into(),
+            msg: format!("{}: {}", path.display(), e.to_string().trim()),
+        })?;
+        macro_rules! fill {
+            ($($x:ident),*) => { $( if self.$x.is_none() { self.$x = f.$x.take(); } )* };
+        }
+        fill!(coordinator, device, engine, name, threads, health_listen, token, token_file, tls_ca, tls_cert, tls_key, tls_domain, give_up_secs, max_message_mb);
+        Ok(self)
+    }
+
+    /// Resolves defaults and validates; errors name the field.
+    pub fn resolve(self) -> Result<WorkerConfig, WorkerError> {
+        let bad = |field: &str, msg: String| WorkerError::Config { field: field.into(), msg };
+        let coordinator = self
+            .coordinator
+            .ok_or_else(|| bad("coordinator", "expected the coordinator URL (--coordinator or CARRY_COORDINATOR), got none".into()))?;
+        let https = coordinator.starts_with("https://");
+        if !https && !coordinator.starts_with("http://") {
+            return Err(bad("coordinator", format!("expected a URL starting with http:// or https://, got `{coordinator}`")));
+        }
+        let device: DeviceChoice =
+            self.device.as_deref().unwrap_or("auto").parse().map_err(|m| bad("device", m))?;
+        let engine: EngineKind = self.engine.as_deref().unwrap_or("fused").parse().map_err(|m| bad("engine", m))?;
+        let identity = match (self.tls_cert, self.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => return Err(bad("tls_key", "--tls-cert is given, so --tls-key is expected too, but it is missing".into())),
+            (None, Some(_)) => return Err(bad("tls_cert", "--tls-key is given, so --tls-cert is expected too, but it is missing".into())),
+        };
+        let tls = if https {
+            Some(ClientTls { ca: self.tls_ca, identity, domain: self.tls_domain })
+        } else {
+            if self.tls_ca.is_some() || identity.is_some() {
+                return Err(bad("coordinator", format!("TLS files are given, so an https:// URL is expected, got `{coordinator}`")));
+            }
+            None
+        };
+        let token = proto::security::load_token(self.token.as_deref(), self.token_file.as_deref())
+            .map_err(|m| bad("token", m))?;
+        let name = self.name.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "worker".into());
+            format!("{host}-{}", std::process::id())
+        });
+        let max_message_bytes = self.max_message_mb.unwrap_or(64).saturating_mul(1 << 20);
+        if max_message_bytes < 1 << 20 {
+            return Err(bad("max_message_mb", "expected at least 1 MiB".into()));
+        }
+        Ok(WorkerConfig {
+            coordinator,
+            device,
+            engine,
+            name,
+            threads: self.threads.unwrap_or(0),
+            health_listen: self.health_listen,
+            token,
+            tls,
+            give_up: self.give_up_secs.filter(|&s| s > 0).map(Duration::from_secs),
+            max_message_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(a: &[&str]) -> Result<WorkerConfig, WorkerError> {
+        WorkerArgs::try_parse_from(std::iter::once("worker").chain(a.iter().copied())).unwrap().resolve()
+    }
+
+    #[test]
+    fn resolves_and_names_bad_fields() {
+        let c = parse(&["--coordinator", "http://h:1", "--device", "cpu"]).unwrap();
+        assert_eq!(c.device, DeviceChoice::Cpu);
+        assert!(c.tls.is_none());
+        let e = parse(&["--coordinator", "h:1"]).unwrap_err().to_string();
+        assert!(e.contains("coordinator") && e.contains("http://"), "{e}");
+        let e = parse(&["--coordinator", "http://h:1", "--device", "tpu"]).unwrap_err().to_string();
+        assert!(e.contains("device") && e.contains("tpu"), "{e}");
+        let e = parse(&["--coordinator", "http://h:1", "--tls-ca", "ca.pem"]).unwrap_err().to_string();
+        assert!(e.contains("https://"), "{e}");
+        assert!(parse(&["--coordinator", "https://h:1", "--tls-ca", "ca.pem"]).unwrap().tls.is_some());
+    }
+}

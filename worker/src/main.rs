@@ -1,0 +1,5 @@
+//! The `worker` program.
+
+fn main() -> std::process::ExitCode {
+    worker::cli::main()
+}
