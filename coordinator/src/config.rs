@@ -273,7 +273,7 @@ pub struct TrainConfig {
     /// CPU threads for in-process compute.
     pub threads: usize,
     /// Shared token.
-    pub token: Option<String>,
+    pub token: Option<proto::security::Token>,
     /// TLS files.
     pub tls: Option<TlsFiles>,
     /// Allow an unprotected non-loopback address.

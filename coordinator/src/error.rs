@@ -18,6 +18,9 @@ pub enum CoordError {
     /// Model, data, checkpoint or device error.
     #[error(transparent)]
     Model(#[from] model::ModelError),
+    /// An unreadable `.npy` / `.npz` file.
+    #[error(transparent)]
+    Npy(#[from] model::npy::NpyError),
     /// Serving failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),

@@ -370,7 +370,8 @@ impl Job {
         }
         self.heartbeat(wire, now)?;
         let run = self.running.as_mut().expect("expect() checked the running step");
-        run.shards[sub.shard as usize].result = Some((id, sub));
+        let shard = sub.shard as usize;
+        run.shards[shard].result = Some((id, sub));
         if run.shards.iter().any(|s| s.result.is_none()) {
             return Ok(Submitted::Accepted);
         }

@@ -157,7 +157,6 @@ async fn run(
     let mut last_commit: Option<Instant> = None;
     let mut last_log = Instant::now();
     let mut rate = 0.0f64;
-    let mut workers = 0usize;
     let io = |e| CoordError::io(format!("writing {}", cfg.out.join(METRICS_FILE).display()), e);
     while let Some(ev) = rx.recv().await {
         match ev {
@@ -176,7 +175,7 @@ async fn run(
                 last_commit = Some(now);
                 let inst = cfg.batch_size as f64 / dt.as_secs_f64().max(1e-9);
                 rate = if summary.steps == 0 { inst } else { 0.9 * rate + 0.1 * inst };
-                workers = report.workers;
+                let workers = report.workers;
                 summary.steps += 1;
                 summary.last_loss = Some(c.loss);
                 let val = match validate {

@@ -11,9 +11,9 @@ use model::trainer::Trainer;
 use proto::pb::coordinator_server::CoordinatorServer;
 use proto::security::CheckToken;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
@@ -25,6 +25,8 @@ use crate::service::{CoordinatorService, Shared};
 
 /// How long workers get to hear that the job is over before the server stops.
 const FINISH_GRACE: Duration = Duration::from_secs(10);
+/// How long open connections may delay the end of serving.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Loads the training data the config names.
 pub fn load_data(cfg: &TrainConfig) -> Result<Dataset, CoordError> {
@@ -93,6 +95,12 @@ fn incarnation() -> String {
     format!("{:08x}", h as u32)
 }
 
+/// Accepted connections with Nagle's algorithm off: a step is a small request and a small reply,
+/// which Nagle plus delayed acknowledgements would hold back for tens of milliseconds.
+fn incoming(l: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(l).with_nodelay(Some(true))
+}
+
 /// Binds the gRPC listener (port 0 allowed).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, CoordError> {
     TcpListener::bind(addr).await.map_err(|e| CoordError::io(format!("binding {addr}"), e))
@@ -141,14 +149,10 @@ pub async fn run(
         batch_size: cfg.spec.batch_size,
     })?;
     let out = cfg.out.clone();
-    let result = if trainer.is_done() {
-        info!("the checkpoint's run is already complete");
-        drop(events);
-        if cfg.linger {
-            linger_health(&cfg, listener, shutdown).await?;
-        }
-        Ok(())
-    } else if cfg.spawn_workers == Some(0) {
+    if trainer.is_done() {
+        info!("the run in the checkpoint is already complete; workers that join are told so");
+    }
+    let result = if cfg.spawn_workers == Some(0) {
         let (cfg2, token) = (cfg.clone(), shutdown.clone());
         let t = tokio::task::spawn_blocking(move || crate::local::run(&cfg2, trainer, &events, &token))
             .await
@@ -199,37 +203,12 @@ async fn health_only(addr: SocketAddr, health: tonic_health::pb::health_server::
     Ok(tokio::spawn(async move {
         if let Err(e) = Server::builder()
             .add_service(health)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(l), shutdown.cancelled_owned())
+            .serve_with_incoming_shutdown(incoming(l), shutdown.cancelled_owned())
             .await
         {
             warn!(cause = %e, "health server stopped");
         }
     }))
-}
-
-async fn linger_health(cfg: &TrainConfig, listener: Option<TcpListener>, shutdown: CancellationToken) -> Result<(), CoordError> {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<CoordinatorServer<CoordinatorService>>().await;
-    let mut tasks = Vec::new();
-    if let Some(a) = cfg.health_listen {
-        tasks.push(health_only(a, health.clone(), shutdown.clone()).await?);
-    }
-    if let Some(l) = listener {
-        let mut b = Server::builder();
-        if let Some(t) = tls_config(cfg)? {
-            b = b.tls_config(t)?;
-        }
-        let s = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            let _ = b.add_service(health).serve_with_incoming_shutdown(TcpListenerStream::new(l), s.cancelled_owned()).await;
-        }));
-    }
-    info!("lingering until SIGTERM");
-    shutdown.cancelled().await;
-    for t in tasks {
-        let _ = t.await;
-    }
-    Ok(())
 }
 
 async fn serve(
@@ -253,7 +232,7 @@ async fn serve(
     let svc = CoordinatorServer::new(CoordinatorService::new(shared.clone()))
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
-    let svc = InterceptedService::new(svc, CheckToken::new(cfg.token.as_deref()));
+    let svc = InterceptedService::new(svc, CheckToken::new(cfg.token.as_ref().map(proto::security::Token::expose)));
     let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(10)));
     let scheme = if let Some(t) = tls_config(cfg)? {
         builder = builder.tls_config(t)?;
@@ -266,7 +245,7 @@ async fn serve(
         builder
             .add_service(health)
             .add_service(svc)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned()),
+            .serve_with_incoming_shutdown(incoming(listener), stop.cancelled_owned()),
     );
     info!(%addr, tls = cfg.tls.is_some(), token = cfg.token.is_some(), workers = cfg.workers, "serving the job");
 
@@ -322,11 +301,22 @@ async fn serve(
     }
     server_stop.cancel();
     let _ = ticker.await;
-    if let Ok(Err(e)) = server.await {
-        warn!(cause = %e, "gRPC server error");
+    // Graceful shutdown waits for open connections; a client that never answers must not keep the
+    // coordinator alive, so give them a bounded time.
+    let server_abort = server.abort_handle();
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(Err(e))) => warn!(cause = %e, "gRPC server error"),
+        Err(_) => {
+            warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
+            server_abort.abort();
+        }
+        _ => {}
     }
     if let Some(t) = health_task {
-        let _ = t.await;
+        let abort = t.abort_handle();
+        if tokio::time::timeout(SHUTDOWN_GRACE, t).await.is_err() {
+            abort.abort();
+        }
     }
     if let Some(w) = workers {
         w.reap(Duration::from_secs(10)).await;
@@ -335,6 +325,7 @@ async fn serve(
         let j = shared.job();
         (j.failure().map(str::to_string), j.trainer().clone())
     };
+    shared.close_events();
     drop(shared);
     save_if_interrupted(&trainer, &cfg.out).await?;
     match failure {

@@ -25,8 +25,9 @@ pub struct Shared {
     pub job: Mutex<Job>,
     /// Woken whenever work may have become available or the job ended.
     pub changed: Notify,
-    /// Commits and membership changes, to the reporter.
-    pub events: mpsc::UnboundedSender<Event>,
+    /// Commits and membership changes, to the reporter; `None` once the job is closed (so the
+    /// reporter ends even while a stuck connection still holds this state).
+    events: Mutex<Option<mpsc::UnboundedSender<Event>>>,
     /// Parameters of the current step, encoded once and shared by every assignment.
     /// Only touched while the job lock is held.
     params_cache: Mutex<Option<(u64, pb::Tensor)>>,
@@ -43,7 +44,7 @@ impl Shared {
         Self {
             job: Mutex::new(job),
             changed: Notify::new(),
-            events,
+            events: Mutex::new(Some(events)),
             params_cache: Mutex::new(None),
             model,
             job_id,
@@ -58,13 +59,25 @@ impl Shared {
         self.job.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Sends an event to the reporter (dropped once the job is closed).
+    pub fn send(&self, ev: Event) {
+        if let Some(tx) = &*self.events.lock().unwrap_or_else(|p| p.into_inner()) {
+            let _ = tx.send(ev);
+        }
+    }
+
+    /// Closes the event channel: the reporter finishes what it has and ends.
+    pub fn close_events(&self) {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
     /// Removes workers whose lease expired and wakes pollers if their shards became free.
     pub fn expire(&self, now: Instant) {
         let dead = self.job().expire(now);
         if !dead.is_empty() {
             for name in dead {
                 warn!(worker = %name, "lease expired; its shard goes to a live worker");
-                let _ = self.events.send(Event::Left { name, reason: "lease expired".into() });
+                self.send(Event::Left { name, reason: "lease expired".into() });
             }
             self.changed.notify_waiters();
         }
@@ -117,7 +130,7 @@ impl Shared {
                 let validate = (c.epoch_end || c.done).then(|| trainer.clone());
                 drop(job);
                 debug!(step = c.cursor.global, loss = c.loss, "committed");
-                let _ = self.events.send(Event::Committed { report: *report, checkpoint, validate });
+                self.send(Event::Committed { report: *report, checkpoint, validate });
                 self.changed.notify_waiters();
                 Ok(())
             }
@@ -224,7 +237,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let name = if r.name.is_empty() { "unnamed".to_string() } else { r.name.chars().take(128).collect() };
         let id = self.shared.job().register(&name, Instant::now());
         info!(worker = %name, id = %id, device = %r.device, "worker joined");
-        let _ = self.shared.events.send(Event::Joined { name, device: r.device });
+        self.shared.send(Event::Joined { name, device: r.device });
         self.shared.changed.notify_waiters();
         Ok(Response::new(pb::RegisterReply {
             worker_id: id,
@@ -252,7 +265,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let id = req.into_inner().worker_id;
         let name = self.shared.job().leave(&id).map_err(|e| refused(&id, &e))?;
         info!(worker = %name, "worker left");
-        let _ = self.shared.events.send(Event::Left { name, reason: "left".into() });
+        self.shared.send(Event::Left { name, reason: "left".into() });
         self.shared.changed.notify_waiters();
         Ok(Response::new(pb::LeaveReply {}))
     }

@@ -39,7 +39,7 @@ pub fn spawn(cfg: &TrainConfig, count: usize, url: &str) -> Result<Workers, Coor
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if let Some(t) = &cfg.token {
-            cmd.env("CARRY_TOKEN", t);
+            cmd.env("CARRY_TOKEN", t.expose());
         }
         if let Some(tls) = &cfg.tls {
             cmd.arg("--tls-ca").arg(&tls.cert).arg("--tls-domain").arg("localhost");

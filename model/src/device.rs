@@ -15,6 +15,7 @@ use burn::tensor::wgpu::{WgpuBackend, wgpu::DeviceType};
 use crate::config::ModelConfig;
 use crate::engine::burn_ref::BurnEngine;
 use crate::engine::cpu::CpuEngine;
+use crate::engine::wgpu_fused::WgpuFusedEngine;
 use crate::engine::{Engine, EngineKind};
 use crate::error::ModelError;
 
@@ -145,8 +146,6 @@ pub fn make_engine(
         (EngineKind::Burn, Compute::Wgpu { device, adapter }) => {
             Box::new(BurnEngine::new(cfg, device.clone(), format!("wgpu {adapter}")))
         }
-        (EngineKind::Fused, Compute::Wgpu { .. }) => {
-            return Err(ModelError::Engine { engine: "fused wgpu".into(), msg: "TEMP".into() });
-        }
+        (EngineKind::Fused, Compute::Wgpu { device, adapter }) => Box::new(WgpuFusedEngine::new(cfg, device, adapter)?),
     })
 }

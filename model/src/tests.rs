@@ -296,7 +296,7 @@ fn learns_the_synthetic_data() {
 /// of the stream a model has seen, the better it can estimate it.
 fn offset_task(b: usize, chunks: usize, t: usize, seed: u64) -> Dataset {
     let mut r = Rng::new(seed, "offsets");
-    let mut split = |chunks: usize, offsets: &[(f64, f64)], r: &mut Rng| {
+    let split = |chunks: usize, offsets: &[(f64, f64)], r: &mut Rng| {
         let n = b * chunks;
         let (mut x, mut y) = (Vec::new(), Vec::new());
         for i in 0..n {
@@ -354,3 +354,184 @@ fn training_on_wgpu_matches_the_cpu() {
     let ds = rel(gpu.states().h(), cpu.states().h());
     assert!(ds <= 1e-4, "state difference {ds}");
 }
+
+fn wgpu_device() -> (burn::tensor::Device, String) {
+    let compute = crate::device::resolve(crate::device::DeviceChoice::Wgpu)
+        .expect("a wgpu adapter (install mesa-vulkan-drivers for a software one)");
+    let crate::device::Compute::Wgpu { device, adapter } = compute else { panic!("expected wgpu") };
+    (device, adapter)
+}
+
+#[test]
+fn fused_wgpu_matches_the_cpu_engine() {
+    use crate::engine::wgpu_fused::WgpuFusedEngine;
+    let (device, adapter) = wgpu_device();
+    let mut case = 0u64;
+    for hidden in [1usize, 3, 8, 64] {
+        for head in [Head::Linear, Head::Softmax] {
+            let cfg = ModelConfig { input: 3, hidden, layers: 2, output: 4, head, dropout: 0.25, cond: None };
+            // one engine per configuration: its buffers are reused across shapes that repeat
+            let mut gpu = WgpuFusedEngine::new(&cfg, &device, &adapter).unwrap();
+            let mut cpu = CpuEngine::new(&cfg, 2);
+            for n in [1usize, 3, 8, 64] {
+                for t in [1usize, 96] {
+                    case += 1;
+                    // weights of std 0.4 at H = 64 make the 96-step BPTT chaotic enough that two f32
+                    // CPU implementations (this engine and Burn's) already differ by 5e-5: scale them
+                    // like fan-in initializers instead
+                    let scale = 0.4 * (8.0 / hidden as f64).sqrt().min(1.0);
+                    let p = random(ParamLayout::new(&cfg).len(), 100 + case, scale);
+                    let x = random(n * t * cfg.input, 200 + case, 1.0);
+                    let y = random(n * t * cfg.output, 300 + case, 0.5);
+                    let init = random_states(&cfg, n, 400 + case);
+                    let slots: Vec<u64> = (0..n as u64).map(|s| 3 * s + case).collect();
+                    let dropout = (!case.is_multiple_of(4)).then_some(DropoutKey { seed: 7, epoch: case, step: 2 });
+                    let batch = Batch { n, t, x: &x, y: &y, slots: &slots, dropout };
+                    let what = format!("n={n} H={hidden} T={t} {head:?} dropout={}", dropout.is_some());
+                    let a = cpu.train_step(&p, &batch, &init, true).unwrap();
+                    let b = gpu.train_step(&p, &batch, &init, true).unwrap();
+                    let dl = (a.loss_sum - b.loss_sum).abs() / a.loss_sum.abs().max(1e-12);
+                    assert!(dl <= 1e-5, "{what}: loss {} vs {}", a.loss_sum, b.loss_sum);
+                    let (ia, ib) = (a.init_grad.unwrap(), b.init_grad.unwrap());
+                    for (name, u, v) in [
+                        ("grad", &a.grad[..], &b.grad[..]),
+                        ("final h", a.final_state.h(), b.final_state.h()),
+                        ("final c", a.final_state.c(), b.final_state.c()),
+                        ("init grad h", ia.h(), ib.h()),
+                        ("init grad c", ia.c(), ib.c()),
+                    ] {
+                        let r = rel(v, u);
+                        assert!(r <= 1e-5, "{what}: {name} relative difference {r}");
+                    }
+                    let (ya, fa) = cpu.forward(&p, &x, n, t, &init).unwrap();
+                    let (yb, fb) = gpu.forward(&p, &x, n, t, &init).unwrap();
+                    for (name, u, v) in [("forward y", &ya[..], &yb[..]), ("forward h", fa.h(), fb.h()), ("forward c", fa.c(), fb.c())] {
+                        let r = rel(v, u);
+                        assert!(r <= 1e-5, "{what}: {name} relative difference {r}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_wgpu_matches_the_cpu_engine_on_wide_layers() {
+    use crate::engine::wgpu_fused::WgpuFusedEngine;
+    let (device, adapter) = wgpu_device();
+    // 256 units fill the largest recurrence cube; 300 make its units loop over the hidden index
+    for hidden in [256usize, 300] {
+        let cfg = ModelConfig { input: 3, hidden, layers: 2, output: 2, head: Head::Softmax, dropout: 0.25, cond: None };
+        let (n, t) = (2, 5);
+        let p = random(ParamLayout::new(&cfg).len(), 51, 0.4 * (8.0 / hidden as f64).sqrt());
+        let x = random(n * t * cfg.input, 52, 1.0);
+        let y = random(n * t * cfg.output, 53, 0.5);
+        let init = random_states(&cfg, n, 54);
+        let slots = [5u64, 9];
+        let batch = Batch { n, t, x: &x, y: &y, slots: &slots, dropout: Some(DropoutKey { seed: 3, epoch: 1, step: 1 }) };
+        let a = CpuEngine::new(&cfg, 1).train_step(&p, &batch, &init, true).unwrap();
+        let b = WgpuFusedEngine::new(&cfg, &device, &adapter).unwrap().train_step(&p, &batch, &init, true).unwrap();
+        assert!((a.loss_sum - b.loss_sum).abs() <= 1e-5 * a.loss_sum.abs(), "H={hidden}: loss");
+        let (ia, ib) = (a.init_grad.unwrap(), b.init_grad.unwrap());
+        for (name, u, v) in [
+            ("grad", &a.grad[..], &b.grad[..]),
+            ("final h", a.final_state.h(), b.final_state.h()),
+            ("final c", a.final_state.c(), b.final_state.c()),
+            ("init grad h", ia.h(), ib.h()),
+            ("init grad c", ia.c(), ib.c()),
+        ] {
+            let r = rel(v, u);
+            assert!(r <= 1e-5, "H={hidden}: {name} relative difference {r}");
+        }
+    }
+}
+
+#[test]
+fn training_with_the_fused_wgpu_engine_matches_the_cpu() {
+    let (device, adapter) = wgpu_device();
+    let compute = crate::device::Compute::Wgpu { device, adapter };
+    let data = Arc::new(synthetic(&SyntheticSpec { sequences: 40, val_sequences: 0, timesteps: 16, ..SyntheticSpec::new(4, 3) }));
+    let mut s = spec(4, ResetPolicy::Epoch);
+    s.max_steps = Some(3);
+    let mut cpu = Trainer::new(s.clone(), data.clone()).unwrap();
+    let mut gpu = Trainer::new(s, data).unwrap();
+    let mut ce = CpuEngine::new(&cpu.spec().model, 1);
+    // built the way workers build it: the fused kind on a wgpu device
+    let mut ge = crate::device::make_engine(crate::engine::EngineKind::Fused, &compute, &gpu.spec().model, 1).unwrap();
+    assert!(ge.describe().starts_with("fused wgpu"), "{}", ge.describe());
+    while cpu.step_local(&mut ce).unwrap().is_some() {}
+    while gpu.step_local(ge.as_mut()).unwrap().is_some() {}
+    let d = cpu.params().iter().zip(gpu.params()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(d <= 1e-4, "max parameter difference after 3 steps: {d}");
+    let ds = rel(gpu.states().h(), cpu.states().h());
+    assert!(ds <= 1e-4, "state difference {ds}");
+}
+
+#[test]
+fn fused_wgpu_rejects_bad_shapes_without_panicking() {
+    use crate::engine::wgpu_fused::WgpuFusedEngine;
+    let (device, adapter) = wgpu_device();
+    let cfg = ModelConfig::seed();
+    let mut e = WgpuFusedEngine::new(&cfg, &device, &adapter).unwrap();
+    let (n, t) = (2, 3);
+    let p = random(ParamLayout::new(&cfg).len(), 1, 0.3);
+    let x = random(n * t * 2, 2, 1.0);
+    let y = random(n * t * 2, 3, 1.0);
+    let init = random_states(&cfg, n, 4);
+    let slots = [0u64, 1];
+    let batch = Batch { n, t, x: &x, y: &y, slots: &slots, dropout: None };
+    assert!(e.train_step(&p[1..], &batch, &init, false).is_err(), "short parameters");
+    assert!(e.train_step(&p, &Batch { x: &x[1..], ..batch }, &init, false).is_err(), "short inputs");
+    assert!(e.train_step(&p, &Batch { y: &y[1..], ..batch }, &init, false).is_err(), "short targets");
+    assert!(e.train_step(&p, &Batch { slots: &slots[..1], ..batch }, &init, false).is_err(), "slot ids");
+    assert!(e.train_step(&p, &batch, &random_states(&cfg, 3, 5), false).is_err(), "initial state");
+    assert!(e.forward(&p, &x[1..], n, t, &init).is_err(), "forward inputs");
+    assert!(e.forward(&p, &x, n, t, &random_states(&cfg, 1, 5)).is_err(), "forward state");
+    // a shard without steps changes nothing
+    let empty = e.train_step(&p, &Batch { t: 0, x: &[], y: &[], ..batch }, &init, true).unwrap();
+    assert_eq!(empty.loss_sum, 0.0);
+    assert_eq!(empty.final_state, init);
+    // and the engine still works afterwards
+    let ok = e.train_step(&p, &batch, &init, false).unwrap();
+    assert!(ok.loss_sum.is_finite() && ok.loss_sum > 0.0);
+    assert!(WgpuFusedEngine::new(&ModelConfig { hidden: 0, ..cfg }, &device, &adapter).is_err(), "invalid config");
+    let flex = WgpuFusedEngine::new(&ModelConfig::seed(), &burn::tensor::Device::flex(), "flex");
+    assert!(matches!(flex, Err(crate::error::ModelError::Device { .. })), "not a wgpu device");
+}
+
+/// Time per training step of the seed shape and a larger one on every engine:
+/// `cargo test --release -p model --lib bench_train_step -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_train_step() {
+    use crate::engine::wgpu_fused::WgpuFusedEngine;
+    let (device, adapter) = wgpu_device();
+    for (n, hidden) in [(10usize, 8usize), (64, 64)] {
+        let cfg = ModelConfig { hidden, ..ModelConfig::seed() };
+        let t = 96;
+        let p = init_params(&cfg, 1);
+        let x = random(n * t * cfg.input, 2, 1.0);
+        let y = random(n * t * cfg.output, 3, 0.5);
+        let init = random_states(&cfg, n, 4);
+        let slots: Vec<u64> = (0..n as u64).collect();
+        let batch = Batch { n, t, x: &x, y: &y, slots: &slots, dropout: Some(DropoutKey { seed: 1, epoch: 0, step: 0 }) };
+        let engines: Vec<(Box<dyn Engine>, usize)> = vec![
+            (Box::new(CpuEngine::new(&cfg, 0)), 50),
+            (Box::new(WgpuFusedEngine::new(&cfg, &device, &adapter).unwrap()), 20),
+            (Box::new(BurnEngine::new(&cfg, device.clone(), adapter.clone())), 3),
+            (Box::new(BurnEngine::new(&cfg, burn::tensor::Device::flex(), "flex")), 5),
+        ];
+        for (mut e, iters) in engines {
+            for _ in 0..2 {
+                e.train_step(&p, &batch, &init, false).unwrap();
+            }
+            let t0 = std::time::Instant::now();
+            for _ in 0..iters {
+                e.train_step(&p, &batch, &init, false).unwrap();
+            }
+            let ms = t0.elapsed().as_secs_f64() * 1e3 / iters as f64;
+            eprintln!("n={n} H={hidden} T={t}: {:<60} {ms:9.2} ms/train_step", e.describe());
+        }
+    }
+}
+

@@ -9,8 +9,25 @@ use tonic::{Request, Status};
 /// The metadata key that carries the token.
 pub const AUTH_HEADER: &str = "authorization";
 
+/// The shared token; its `Debug` output is redacted so configurations can be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
 /// Reads a token from `token` or else the first line of `token_file`; empty means none.
-pub fn load_token(token: Option<&str>, token_file: Option<&Path>) -> Result<Option<String>, String> {
+pub fn load_token(token: Option<&str>, token_file: Option<&Path>) -> Result<Option<Token>, String> {
     let raw = match (token, token_file) {
         (Some(t), _) => t.to_string(),
         (None, Some(p)) => std::fs::read_to_string(p)
@@ -28,7 +45,7 @@ pub fn load_token(token: Option<&str>, token_file: Option<&Path>) -> Result<Opti
     if !t.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("token: expected printable ASCII without spaces".into());
     }
-    Ok(Some(t))
+    Ok(Some(Token(t)))
 }
 
 /// Reads a PEM file; `what` names it in errors (e.g. `--tls-cert`).

@@ -250,3 +250,43 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths");
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// Arguments of the small job most tests run: the seed model (dropout on) for 50 steps over
+/// 2.5 epochs of 20 steps, so epoch boundaries, resets and validation all happen.
+pub const JOB: &[&str] = &[
+    "--sequences", "200", "--val-sequences", "40", "--batch-size", "10", "--epochs", "3", "--steps", "50",
+    "--seed", "7", "--progress", "log",
+];
+
+/// Runs the in-process reference trainer on [`JOB`] plus `extra` in `dir/name`; returns its
+/// final parameters.
+pub fn reference(dir: &TempDir, name: &str, extra: &[&str]) -> Vec<f32> {
+    let out = dir.join(name);
+    let out_s = out.to_str().expect("utf-8 path");
+    let mut args = vec!["train", "--spawn-workers", "0", "--out", out_s];
+    args.extend_from_slice(JOB);
+    args.extend_from_slice(extra);
+    let mut p = Proc::coordinator(name, &args, &[], dir.path());
+    p.success(Duration::from_secs(120));
+    params(&out)
+}
+
+/// Waits until `dir/metrics.csv` holds at least `rows` steps.
+pub fn wait_rows(dir: &Path, rows: usize, timeout: Duration, p: &Proc) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = std::fs::read_to_string(dir.join("metrics.csv")).map_or(0, |t| t.lines().count().saturating_sub(1));
+        if n >= rows {
+            return;
+        }
+        p.check(Instant::now() < deadline, &format!("timed out waiting for {rows} steps (have {n})"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts that the step log holds steps `0..total` exactly once each, in order.
+pub fn assert_step_log(rows: &[Row], total: u64) {
+    let steps: Vec<u64> = rows.iter().map(|r| r.step).collect();
+    let want: Vec<u64> = (0..total).collect();
+    assert_eq!(steps, want, "every step committed exactly once, none skipped");
+}

@@ -19,7 +19,7 @@ async fn serve_health(addr: std::net::SocketAddr, stop: CancellationToken) -> Re
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(health)
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(l), stop.cancelled_owned())
+            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(l), stop.cancelled_owned())
             .await;
     });
     Ok(())

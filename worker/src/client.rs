@@ -10,6 +10,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{info, warn};
 
+
 use crate::config::WorkerConfig;
 use crate::error::WorkerError;
 
@@ -42,42 +43,59 @@ fn endpoint(cfg: &WorkerConfig) -> Result<Endpoint, WorkerError> {
     Ok(ep)
 }
 
-/// Connects, retrying with backoff (100 ms doubling to 5 s) until the coordinator answers,
-/// `shutdown` fires (`Ok(None)`), or `give_up` passes.
-pub async fn connect(cfg: &WorkerConfig, shutdown: &CancellationToken) -> Result<Option<Client>, WorkerError> {
+/// Opens a connection (one attempt).
+pub async fn connect(cfg: &WorkerConfig) -> Result<Client, WorkerError> {
     let ep = endpoint(cfg)?;
-    let started = Instant::now();
-    let mut delay = Duration::from_millis(100);
-    let mut attempts = 0u32;
-    loop {
-        match ep.connect().await {
-            Ok(ch) => {
-                if attempts > 0 {
-                    info!(url = %cfg.coordinator, attempts, "connected");
-                }
-                let client = CoordinatorClient::with_interceptor(ch, AddToken::new(cfg.token.as_deref()))
-                    .max_decoding_message_size(cfg.max_message_bytes)
-                    .max_encoding_message_size(cfg.max_message_bytes);
-                return Ok(Some(client));
-            }
-            Err(e) => {
-                attempts += 1;
-                let cause = source_chain(&e);
-                if let Some(limit) = cfg.give_up
-                    && started.elapsed() >= limit
-                {
-                    return Err(WorkerError::Unreachable { url: cfg.coordinator.clone(), secs: limit.as_secs(), last: cause });
-                }
-                if attempts == 1 || attempts.is_power_of_two() {
-                    warn!(url = %cfg.coordinator, %cause, retry_in_ms = delay.as_millis() as u64, "coordinator not reachable yet");
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
+    match ep.connect().await {
+        Ok(ch) => Ok(CoordinatorClient::with_interceptor(ch, AddToken::new(cfg.token.as_ref().map(proto::security::Token::expose)))
+            .max_decoding_message_size(cfg.max_message_bytes)
+            .max_encoding_message_size(cfg.max_message_bytes)),
+        Err(e) => Err(WorkerError::Transport(source_chain(&e))),
+    }
+}
+
+/// Exponential backoff (100 ms doubling to 5 s) over consecutive failures to reach the
+/// coordinator, giving up after `give_up` without a success.
+#[derive(Debug)]
+pub struct Retry {
+    give_up: Option<Duration>,
+    since: Option<Instant>,
+    delay: Duration,
+    failures: u32,
+}
+
+impl Retry {
+    /// A fresh backoff.
+    pub fn new(give_up: Option<Duration>) -> Self {
+        Self { give_up, since: None, delay: Duration::from_millis(100), failures: 0 }
+    }
+
+    /// The coordinator answered.
+    pub fn success(&mut self) {
+        if self.failures > 0 {
+            info!(failures = self.failures, "reached the coordinator");
         }
+        *self = Self::new(self.give_up);
+    }
+
+    /// Records a failure and sleeps before the next try. `Ok(false)` means shutdown was requested.
+    pub async fn failed(&mut self, url: &str, cause: &str, shutdown: &CancellationToken) -> Result<bool, WorkerError> {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        self.failures += 1;
+        if let Some(limit) = self.give_up
+            && since.elapsed() >= limit
+        {
+            return Err(WorkerError::Unreachable { url: url.to_string(), secs: limit.as_secs(), last: cause.to_string() });
+        }
+        if self.failures == 1 || self.failures.is_power_of_two() {
+            warn!(%url, %cause, failures = self.failures, retry_in_ms = self.delay.as_millis() as u64, "coordinator not reachable");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(self.delay) => {}
+        }
+        self.delay = (self.delay * 2).min(Duration::from_secs(5));
+        Ok(true)
     }
 }
 

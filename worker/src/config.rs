@@ -67,6 +67,9 @@ pub struct WorkerArgs {
     /// Largest gRPC message accepted, in MiB [default: 64].
     #[arg(long, env = "CARRY_MAX_MESSAGE_MB")]
     pub max_message_mb: Option<usize>,
+    /// Wait this long before computing each shard: simulates a slower device (tests, demos).
+    #[arg(long, env = "CARRY_THROTTLE_MS", hide = true)]
+    pub throttle_ms: Option<u64>,
 }
 
 /// TLS settings of the worker.
@@ -96,13 +99,15 @@ pub struct WorkerConfig {
     /// Health address.
     pub health_listen: Option<SocketAddr>,
     /// Shared token.
-    pub token: Option<String>,
+    pub token: Option<proto::security::Token>,
     /// TLS, when the URL is https.
     pub tls: Option<ClientTls>,
     /// Give up reconnecting after this long (`None` = never).
     pub give_up: Option<Duration>,
     /// Largest message in bytes.
     pub max_message_bytes: usize,
+    /// Delay before computing each shard.
+    pub throttle: Duration,
 }
 
 impl WorkerArgs {
@@ -118,7 +123,7 @@ impl WorkerArgs {
         macro_rules! fill {
             ($($x:ident),*) => { $( if self.$x.is_none() { self.$x = f.$x.take(); } )* };
         }
-        fill!(coordinator, device, engine, name, threads, health_listen, token, token_file, tls_ca, tls_cert, tls_key, tls_domain, give_up_secs, max_message_mb);
+        fill!(coordinator, device, engine, name, threads, health_listen, token, token_file, tls_ca, tls_cert, tls_key, tls_domain, give_up_secs, max_message_mb, throttle_ms);
         Ok(self)
     }
 
@@ -172,6 +177,7 @@ impl WorkerArgs {
             tls,
             give_up: self.give_up_secs.filter(|&s| s > 0).map(Duration::from_secs),
             max_message_bytes,
+            throttle: Duration::from_millis(self.throttle_ms.unwrap_or(0)),
         })
     }
 }

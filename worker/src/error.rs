@@ -27,6 +27,9 @@ pub enum WorkerError {
         /// The last error.
         last: String,
     },
+    /// A connection attempt failed.
+    #[error("transport: {0}")]
+    Transport(String),
     /// The compute thread died.
     #[error("compute thread: {0}")]
     Compute(String),

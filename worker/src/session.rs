@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
-use crate::client::{Client, connect};
+use crate::client::{Client, Retry, connect};
 use crate::compute::{Computer, Work};
 use crate::config::WorkerConfig;
 use crate::error::WorkerError;
@@ -92,8 +92,18 @@ fn heartbeats(mut client: Client, id: String, every: Duration, stop: Cancellatio
 pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<Outcome, WorkerError> {
     let computer = Computer::start(cfg.device, cfg.engine, cfg.threads)?;
     info!(name = %cfg.name, device = computer.device(), url = %cfg.coordinator, "worker starting");
+    let mut retry = Retry::new(cfg.give_up);
     'connect: loop {
-        let Some(mut client) = connect(&cfg, &shutdown).await? else { return Ok(Outcome::Stopped) };
+        let mut client = match connect(&cfg).await {
+            Ok(c) => c,
+            Err(WorkerError::Transport(cause)) => {
+                if !retry.failed(&cfg.coordinator, &cause, &shutdown).await? {
+                    return Ok(Outcome::Stopped);
+                }
+                continue 'connect;
+            }
+            Err(e) => return Err(e),
+        };
         'register: loop {
             let reg = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
@@ -107,8 +117,10 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<Outco
                 Ok(r) => r.into_inner(),
                 Err(s) => match classify(&s)? {
                     Next::Reconnect => {
-                        warn!(code = ?s.code(), msg = s.message(), "registration failed; reconnecting");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let cause = format!("registration failed: {:?}: {} (a plaintext http:// URL against a TLS coordinator fails like this)", s.code(), s.message());
+                        if !retry.failed(&cfg.coordinator, &cause, &shutdown).await? {
+                            return Ok(Outcome::Stopped);
+                        }
                         continue 'connect;
                     }
                     _ if s.code() == Code::FailedPrecondition => return Err(WorkerError::Refused(s.message().to_string())),
@@ -118,6 +130,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<Outco
                     }
                 },
             };
+            retry.success();
             let model = convert::model_config(reg.model.as_ref()).map_err(|e| WorkerError::Refused(e.to_string()))?;
             let n_params = model::params::ParamLayout::new(&model).len();
             let engine = computer.set_model(model.clone()).await?;
@@ -168,6 +181,9 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<Outco
                                 continue;
                             }
                         };
+                        if !cfg.throttle.is_zero() {
+                            tokio::time::sleep(cfg.throttle).await;
+                        }
                         let done = tokio::select! {
                             _ = shutdown.cancelled() => {
                                 let _ = tokio::time::timeout(Duration::from_secs(2), client.leave(pb::LeaveRequest { worker_id: id.clone() })).await;

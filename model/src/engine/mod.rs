@@ -14,7 +14,7 @@
 pub mod burn_ref;
 pub mod cpu;
 pub(crate) mod math;
-// pub mod wgpu_fused;
+pub mod wgpu_fused;
 
 use crate::config::ModelConfig;
 use crate::dropout::DropoutKey;

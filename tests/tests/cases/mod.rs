@@ -1,0 +1,6 @@
+mod deploy;
+mod distributed;
+mod failures;
+mod product;
+mod refusals;
+mod security;
