@@ -37,7 +37,10 @@ pub enum Command {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Writes one line to stdout (the machine-readable channel: `READY <addr>`, results).
@@ -88,7 +91,9 @@ async fn train(args: TrainArgs) -> Result<(), CoordError> {
         None
     } else {
         let l = crate::server::bind(cfg.listen).await?;
-        let addr = l.local_addr().map_err(|e| CoordError::io("reading the bound address", e))?;
+        let addr = l
+            .local_addr()
+            .map_err(|e| CoordError::io("reading the bound address", e))?;
         say(&format!("READY {addr}"));
         Some(l)
     };
@@ -105,8 +110,12 @@ async fn train(args: TrainArgs) -> Result<(), CoordError> {
     say(&format!(
         "DONE steps={} loss={} val_loss={} seq_per_s={:.1} out={}",
         summary.steps,
-        summary.last_loss.map_or("nan".into(), |v| format!("{v:.6}")),
-        summary.last_val_loss.map_or("nan".into(), |v| format!("{v:.6}")),
+        summary
+            .last_loss
+            .map_or("nan".into(), |v| format!("{v:.6}")),
+        summary
+            .last_val_loss
+            .map_or("nan".into(), |v| format!("{v:.6}")),
         summary.seq_per_s,
         out.display()
     ));
@@ -121,7 +130,10 @@ pub fn main() -> std::process::ExitCode {
         return worker::cli::run(*args);
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!(cause = %e, "cannot start the async runtime");
@@ -132,15 +144,26 @@ pub fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Train(a) => train(*a).await,
             Command::Predict(a) => {
-                let s = tokio::task::spawn_blocking(move || crate::predict::predict(&a).map(|s| (s, a.out)))
-                    .await
-                    .map_err(|e| CoordError::JobFailed(format!("predict panicked: {e}")))??;
-                say(&format!("wrote predictions for {} sequences of {} steps to {}", s.0.n, s.0.t, s.1.display()));
+                let s = tokio::task::spawn_blocking(move || {
+                    crate::predict::predict(&a).map(|s| (s, a.out))
+                })
+                .await
+                .map_err(|e| CoordError::JobFailed(format!("predict panicked: {e}")))??;
+                say(&format!(
+                    "wrote predictions for {} sequences of {} steps to {}",
+                    s.0.n,
+                    s.0.t,
+                    s.1.display()
+                ));
                 Ok(())
             }
             Command::Export(a) => {
                 crate::predict::export_model(&a)?;
-                say(&format!("exported {} to {}", a.model.display(), a.out.display()));
+                say(&format!(
+                    "exported {} to {}",
+                    a.model.display(),
+                    a.out.display()
+                ));
                 Ok(())
             }
             Command::Worker(_) => unreachable!("handled above"),

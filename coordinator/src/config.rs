@@ -180,8 +180,10 @@ impl TrainArgs {
     /// Reads `--config` (if any) and applies precedence: flags > env > TOML > defaults.
     pub fn with_file(mut self) -> Result<Self, CoordError> {
         if let Some(path) = self.config.clone() {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| CoordError::Config { field: "config".into(), msg: format!("{}: {e}", path.display()) })?;
+            let text = std::fs::read_to_string(&path).map_err(|e| CoordError::Config {
+                field: "config".into(),
+                msg: format!("{}: {e}", path.display()),
+            })?;
             let file: TrainArgs = toml::from_str(&text).map_err(|e| CoordError::Config {
                 field: "config".into(),
                 msg: format!("{}: {}", path.display(), e.to_string().trim()),
@@ -284,20 +286,35 @@ pub struct TrainConfig {
     pub progress: Progress,
 }
 
-fn parse<T: std::str::FromStr<Err = String>>(field: &str, v: Option<String>, default: T) -> Result<T, CoordError> {
+fn parse<T: std::str::FromStr<Err = String>>(
+    field: &str,
+    v: Option<String>,
+    default: T,
+) -> Result<T, CoordError> {
     match v {
         None => Ok(default),
-        Some(s) => s.parse().map_err(|msg| CoordError::Config { field: field.into(), msg }),
+        Some(s) => s.parse().map_err(|msg| CoordError::Config {
+            field: field.into(),
+            msg,
+        }),
     }
 }
 
 impl TrainArgs {
     /// Resolves defaults and validates; errors name the field.
     pub fn resolve(self) -> Result<TrainConfig, CoordError> {
-        let bad = |field: &str, msg: String| CoordError::Config { field: field.into(), msg };
+        let bad = |field: &str, msg: String| CoordError::Config {
+            field: field.into(),
+            msg,
+        };
         let data = match self.data.as_deref() {
             None | Some("synthetic") => DataSource::Synthetic,
-            Some("") => return Err(bad("data", "expected `synthetic` or a path to an .npz file, got an empty value".into())),
+            Some("") => {
+                return Err(bad(
+                    "data",
+                    "expected `synthetic` or a path to an .npz file, got an empty value".into(),
+                ));
+            }
             Some(p) => DataSource::Npz(PathBuf::from(p)),
         };
         let head: Head = parse("head", self.head, Head::Linear)?;
@@ -310,7 +327,12 @@ impl TrainArgs {
             "bar" => Progress::Bar,
             "log" => Progress::Log,
             "off" => Progress::Off,
-            other => return Err(bad("progress", format!("expected auto, bar, log or off, got `{other}`"))),
+            other => {
+                return Err(bad(
+                    "progress",
+                    format!("expected auto, bar, log or off, got `{other}`"),
+                ));
+            }
         };
         let spec = TrainSpec {
             model: ModelConfig {
@@ -336,15 +358,32 @@ impl TrainArgs {
             val_state,
         };
         let tls = match (self.tls_cert, self.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca: self.tls_client_ca }),
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: self.tls_client_ca,
+            }),
             (None, None) => {
                 if self.tls_client_ca.is_some() {
-                    return Err(bad("tls_client_ca", "mutual TLS needs --tls-cert and --tls-key too".into()));
+                    return Err(bad(
+                        "tls_client_ca",
+                        "mutual TLS needs --tls-cert and --tls-key too".into(),
+                    ));
                 }
                 None
             }
-            (Some(_), None) => return Err(bad("tls_key", "--tls-cert is given, so --tls-key is expected too, but it is missing".into())),
-            (None, Some(_)) => return Err(bad("tls_cert", "--tls-key is given, so --tls-cert is expected too, but it is missing".into())),
+            (Some(_), None) => {
+                return Err(bad(
+                    "tls_key",
+                    "--tls-cert is given, so --tls-key is expected too, but it is missing".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "tls_cert",
+                    "--tls-key is given, so --tls-cert is expected too, but it is missing".into(),
+                ));
+            }
         };
         let token = proto::security::load_token(self.token.as_deref(), self.token_file.as_deref())
             .map_err(|msg| bad("token", msg))?;
@@ -357,12 +396,19 @@ impl TrainArgs {
             features: self.features.unwrap_or(2),
             spec,
             init_from_cond: self.init_from_cond.unwrap_or(false),
-            listen: self.listen.unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address")),
+            listen: self
+                .listen
+                .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address")),
             health_listen: self.health_listen,
             metrics_listen: self.metrics_listen,
-            workers: self.workers.unwrap_or(spawn_workers.filter(|&k| k > 0).unwrap_or(1)),
+            workers: self
+                .workers
+                .unwrap_or(spawn_workers.filter(|&k| k > 0).unwrap_or(1)),
             spawn_workers,
-            worker_args: self.worker_args.map(|s| s.split_whitespace().map(String::from).collect()).unwrap_or_default(),
+            worker_args: self
+                .worker_args
+                .map(|s| s.split_whitespace().map(String::from).collect())
+                .unwrap_or_default(),
             out: self.out.unwrap_or_else(|| PathBuf::from("runs/latest")),
             resume: self.resume,
             auto_resume: self.auto_resume.unwrap_or(false),
@@ -386,10 +432,18 @@ impl TrainArgs {
 impl TrainConfig {
     /// Checks ranges and combinations; errors name the field.
     pub fn validate(&self) -> Result<(), CoordError> {
-        let bad = |field: &str, msg: String| Err(CoordError::Config { field: field.into(), msg });
+        let bad = |field: &str, msg: String| {
+            Err(CoordError::Config {
+                field: field.into(),
+                msg,
+            })
+        };
         self.spec.validate().map_err(|e| match e {
             model::ModelError::Config { field, msg } => CoordError::Config { field, msg },
-            other => CoordError::Config { field: "spec".into(), msg: other.to_string() },
+            other => CoordError::Config {
+                field: "spec".into(),
+                msg: other.to_string(),
+            },
         })?;
         if self.timesteps == 0 {
             return bad("timesteps", "expected at least 1 time step, got 0".into());
@@ -400,26 +454,46 @@ impl TrainConfig {
         if self.data == DataSource::Synthetic && self.sequences < self.spec.batch_size {
             return bad(
                 "sequences",
-                format!("expected at least batch_size = {} synthetic sequences, got {}", self.spec.batch_size, self.sequences),
+                format!(
+                    "expected at least batch_size = {} synthetic sequences, got {}",
+                    self.spec.batch_size, self.sequences
+                ),
             );
         }
         if self.workers == 0 {
-            return bad("workers", "expected at least 1 worker to wait for, got 0".into());
+            return bad(
+                "workers",
+                "expected at least 1 worker to wait for, got 0".into(),
+            );
         }
         if self.checkpoint_every == 0 {
-            return bad("checkpoint_every", "expected at least 1 step between checkpoints, got 0".into());
+            return bad(
+                "checkpoint_every",
+                "expected at least 1 step between checkpoints, got 0".into(),
+            );
         }
         if self.lease < Duration::from_millis(100) || self.lease > Duration::from_secs(3600) {
-            return bad("lease_ms", format!("expected 100..=3600000 ms, got {}", self.lease.as_millis()));
+            return bad(
+                "lease_ms",
+                format!("expected 100..=3600000 ms, got {}", self.lease.as_millis()),
+            );
         }
         if self.max_message_bytes < 1 << 20 {
             return bad("max_message_mb", "expected at least 1 MiB".into());
         }
         if self.resume.is_some() && self.auto_resume {
-            return bad("auto_resume", "give either --resume DIR or --auto-resume, not both".into());
+            return bad(
+                "auto_resume",
+                "give either --resume DIR or --auto-resume, not both".into(),
+            );
         }
         let local = self.spawn_workers == Some(0);
-        if !local && !self.listen.ip().is_loopback() && self.token.is_none() && self.tls.is_none() && !self.insecure {
+        if !local
+            && !self.listen.ip().is_loopback()
+            && self.token.is_none()
+            && self.tls.is_none()
+            && !self.insecure
+        {
             return bad(
                 "listen",
                 format!(
@@ -444,13 +518,16 @@ mod tests {
     }
 
     fn args(list: &[&str]) -> TrainArgs {
-        Wrap::try_parse_from(std::iter::once("train").chain(list.iter().copied())).unwrap().args
+        Wrap::try_parse_from(std::iter::once("train").chain(list.iter().copied()))
+            .unwrap()
+            .args
     }
 
     #[test]
     fn flags_beat_file_beat_defaults() {
         let mut a = args(&["--hidden", "16"]);
-        let file: TrainArgs = toml::from_str("hidden = 32\nlayers = 3\nhead = \"softmax\"\n").unwrap();
+        let file: TrainArgs =
+            toml::from_str("hidden = 32\nlayers = 3\nhead = \"softmax\"\n").unwrap();
         a.fill_from(file);
         let c = a.resolve().unwrap();
         assert_eq!(c.spec.model.hidden, 16, "flag wins over file");
@@ -461,24 +538,50 @@ mod tests {
 
     #[test]
     fn unknown_toml_keys_and_bad_values_name_the_field() {
-        let e = toml::from_str::<TrainArgs>("hiden = 3").unwrap_err().to_string();
+        let e = toml::from_str::<TrainArgs>("hiden = 3")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("hiden"), "{e}");
         let e = args(&["--head", "relu"]).resolve().unwrap_err().to_string();
         assert!(e.contains("head") && e.contains("relu"), "{e}");
-        let e = args(&["--batch-size", "0"]).resolve().unwrap_err().to_string();
+        let e = args(&["--batch-size", "0"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("batch_size"), "{e}");
-        let e = args(&["--reset-states", "every:x"]).resolve().unwrap_err().to_string();
+        let e = args(&["--reset-states", "every:x"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("reset_states") && e.contains("every:K"), "{e}");
-        let e = args(&["--tls-cert", "a.pem"]).resolve().unwrap_err().to_string();
+        let e = args(&["--tls-cert", "a.pem"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("tls_key"), "{e}");
     }
 
     #[test]
     fn non_loopback_needs_protection() {
-        let e = args(&["--listen", "0.0.0.0:0"]).resolve().unwrap_err().to_string();
+        let e = args(&["--listen", "0.0.0.0:0"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("refusing") && e.contains("--insecure"), "{e}");
-        assert!(args(&["--listen", "0.0.0.0:0", "--insecure"]).resolve().is_ok());
-        assert!(args(&["--listen", "0.0.0.0:0", "--token", "s3cret"]).resolve().is_ok());
-        assert!(args(&["--listen", "0.0.0.0:0", "--spawn-workers", "0"]).resolve().is_ok());
+        assert!(
+            args(&["--listen", "0.0.0.0:0", "--insecure"])
+                .resolve()
+                .is_ok()
+        );
+        assert!(
+            args(&["--listen", "0.0.0.0:0", "--token", "s3cret"])
+                .resolve()
+                .is_ok()
+        );
+        assert!(
+            args(&["--listen", "0.0.0.0:0", "--spawn-workers", "0"])
+                .resolve()
+                .is_ok()
+        );
     }
 }

@@ -187,7 +187,13 @@ impl Job {
     pub fn register(&mut self, name: &str, now: Instant) -> String {
         let id = self.next_id;
         self.next_id += 1;
-        self.members.insert(id, Member { name: name.to_string(), deadline: now + self.lease });
+        self.members.insert(
+            id,
+            Member {
+                name: name.to_string(),
+                deadline: now + self.lease,
+            },
+        );
         self.wire_id(id)
     }
 
@@ -197,7 +203,10 @@ impl Job {
 
     fn member(&self, wire: &str) -> Result<u64, Refusal> {
         let unknown = || Refusal::UnknownWorker(wire.to_string());
-        let (num, inc) = wire.strip_prefix('w').and_then(|s| s.split_once('-')).ok_or_else(unknown)?;
+        let (num, inc) = wire
+            .strip_prefix('w')
+            .and_then(|s| s.split_once('-'))
+            .ok_or_else(unknown)?;
         let id: u64 = num.parse().map_err(|_| unknown())?;
         if inc != self.incarnation || !self.members.contains_key(&id) {
             return Err(unknown());
@@ -207,7 +216,9 @@ impl Job {
 
     /// The name a worker registered with.
     pub fn name_of(&self, wire: &str) -> Option<String> {
-        self.member(wire).ok().map(|id| self.members[&id].name.clone())
+        self.member(wire)
+            .ok()
+            .map(|id| self.members[&id].name.clone())
     }
 
     /// Renews a worker's lease.
@@ -240,7 +251,12 @@ impl Job {
 
     /// Removes workers whose lease ran out; returns their names.
     pub fn expire(&mut self, now: Instant) -> Vec<String> {
-        let dead: Vec<u64> = self.members.iter().filter(|(_, m)| m.deadline < now).map(|(&id, _)| id).collect();
+        let dead: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.deadline < now)
+            .map(|(&id, _)| id)
+            .collect();
         dead.into_iter().map(|id| self.remove(id)).collect()
     }
 
@@ -251,15 +267,26 @@ impl Job {
         if !self.started && self.members.len() < self.min_workers {
             return;
         }
-        let Some(plan) = self.trainer.plan() else { return };
+        let Some(plan) = self.trainer.plan() else {
+            return;
+        };
         self.started = true;
         let b = self.trainer.spec().batch_size;
         let owners: Vec<u64> = self.members.keys().copied().collect();
         let k = owners.len().min(b);
         let shards = (0..k)
-            .map(|i| ShardSlot { range: i * b / k..(i + 1) * b / k, owner: Some(owners[i]), result: None, refusals: 0 })
+            .map(|i| ShardSlot {
+                range: i * b / k..(i + 1) * b / k,
+                owner: Some(owners[i]),
+                result: None,
+                refusals: 0,
+            })
             .collect();
-        self.running = Some(Running { plan, shards, started: now });
+        self.running = Some(Running {
+            plan,
+            shards,
+            started: now,
+        });
     }
 
     /// The next assignment for a worker, or why there is none.
@@ -270,7 +297,10 @@ impl Job {
             return Ok(Poll::Finished(format!("the job failed: {f}")));
         }
         if self.trainer.is_done() {
-            return Ok(Poll::Finished(format!("the job is complete ({} steps)", self.trainer.total_steps())));
+            return Ok(Poll::Finished(format!(
+                "the job is complete ({} steps)",
+                self.trainer.total_steps()
+            )));
         }
         self.plan_next(now);
         let Some(run) = &mut self.running else {
@@ -284,9 +314,16 @@ impl Job {
             .shards
             .iter()
             .position(|s| s.owner == Some(id) && s.result.is_none())
-            .or_else(|| run.shards.iter().position(|s| s.owner.is_none() && s.result.is_none()));
+            .or_else(|| {
+                run.shards
+                    .iter()
+                    .position(|s| s.owner.is_none() && s.result.is_none())
+            });
         let Some(i) = pick else {
-            return Ok(Poll::Wait(format!("step {} is in progress on other workers", run.plan.cursor.global)));
+            return Ok(Poll::Wait(format!(
+                "step {} is in progress on other workers",
+                run.plan.cursor.global
+            )));
         };
         run.shards[i].owner = Some(id);
         let range = run.shards[i].range.clone();
@@ -317,10 +354,15 @@ impl Job {
             }
         };
         let s = run.shards.get(shard as usize).ok_or_else(|| {
-            Refusal::NotAssigned(format!("step {step} has {} shards, got shard {shard}", run.shards.len()))
+            Refusal::NotAssigned(format!(
+                "step {step} has {} shards, got shard {shard}",
+                run.shards.len()
+            ))
         })?;
         if s.result.is_some() {
-            return Err(Refusal::Stale(format!("shard {shard} of step {step} was already submitted")));
+            return Err(Refusal::Stale(format!(
+                "shard {shard} of step {step} was already submitted"
+            )));
         }
         if s.owner != Some(id) {
             let holder = s.owner.map_or("no worker".to_string(), |o| self.wire_id(o));
@@ -329,7 +371,10 @@ impl Job {
             )));
         }
         let m = &self.trainer.spec().model;
-        Ok(Expected { grad: self.trainer.layout().len(), state: [m.layers, s.range.len(), m.hidden] })
+        Ok(Expected {
+            grad: self.trainer.layout().len(),
+            state: [m.layers, s.range.len(), m.hidden],
+        })
     }
 
     /// Records that a submission for `(step, shard)` was malformed; after repeated refusals the
@@ -339,7 +384,9 @@ impl Job {
         if run.plan.cursor.global != step {
             return;
         }
-        let Some(s) = run.shards.get_mut(shard as usize) else { return };
+        let Some(s) = run.shards.get_mut(shard as usize) else {
+            return;
+        };
         s.refusals += 1;
         s.owner = None;
         if s.refusals >= MAX_REFUSALS {
@@ -352,11 +399,20 @@ impl Job {
 
     /// Stores a result that passed [`Job::expect`] and the wire checks; commits the step when
     /// it was the last one out.
-    pub fn submit(&mut self, wire: &str, sub: Submission, now: Instant) -> Result<Submitted, Refusal> {
+    pub fn submit(
+        &mut self,
+        wire: &str,
+        sub: Submission,
+        now: Instant,
+    ) -> Result<Submitted, Refusal> {
         let exp = self.expect(wire, sub.step, sub.shard)?;
         let id = self.member(wire)?;
         if sub.grad.len() != exp.grad {
-            return Err(Refusal::Invalid(format!("grad: expected {} values, got {}", exp.grad, sub.grad.len())));
+            return Err(Refusal::Invalid(format!(
+                "grad: expected {} values, got {}",
+                exp.grad,
+                sub.grad.len()
+            )));
         }
         let got = [sub.finals.layers(), sub.finals.slots(), sub.finals.hidden()];
         if got != exp.state {
@@ -366,10 +422,16 @@ impl Job {
             )));
         }
         if !sub.loss_sum.is_finite() || sub.loss_sum < 0.0 {
-            return Err(Refusal::Invalid(format!("loss_sum: expected a finite non-negative value, got {}", sub.loss_sum)));
+            return Err(Refusal::Invalid(format!(
+                "loss_sum: expected a finite non-negative value, got {}",
+                sub.loss_sum
+            )));
         }
         self.heartbeat(wire, now)?;
-        let run = self.running.as_mut().expect("expect() checked the running step");
+        let run = self
+            .running
+            .as_mut()
+            .expect("expect() checked the running step");
         let shard = sub.shard as usize;
         run.shards[shard].result = Some((id, sub));
         if run.shards.iter().any(|s| s.result.is_none()) {
@@ -389,13 +451,19 @@ impl Job {
             loss += r.loss_sum;
             compute_ms = compute_ms.max(r.compute_ms);
             finals.push((s.range.clone(), &r.finals));
-            let name = self.members.get(owner).map_or_else(|| format!("w{owner}"), |m| m.name.clone());
+            let name = self
+                .members
+                .get(owner)
+                .map_or_else(|| format!("w{owner}"), |m| m.name.clone());
             shards.push((s.range.clone(), name));
         }
         let committed = match self.trainer.commit(&run.plan, &grad, loss, &finals) {
             Ok(c) => c,
             Err(e) => {
-                self.failed = Some(format!("commit of step {} failed: {e}", run.plan.cursor.global));
+                self.failed = Some(format!(
+                    "commit of step {} failed: {e}",
+                    run.plan.cursor.global
+                ));
                 return Err(Refusal::Invalid(e.to_string()));
             }
         };
@@ -421,7 +489,10 @@ mod tests {
 
     fn spec(batch: usize) -> TrainSpec {
         TrainSpec {
-            model: ModelConfig { hidden: 4, ..ModelConfig::seed() },
+            model: ModelConfig {
+                hidden: 4,
+                ..ModelConfig::seed()
+            },
             adam: Default::default(),
             batch_size: batch,
             epochs: 1,
@@ -445,7 +516,10 @@ mod tests {
     /// Computes an assignment like a worker would.
     fn compute(job: &Job, a: &Assignment) -> Submission {
         let mut e = CpuEngine::new(&job.trainer().spec().model, 1);
-        let out = a.data.compute(&mut e, &job.trainer().spec().model, job.trainer().params()).unwrap();
+        let out = a
+            .data
+            .compute(&mut e, &job.trainer().spec().model, job.trainer().params())
+            .unwrap();
         Submission {
             step: a.plan.cursor.global,
             shard: a.shard,
@@ -478,9 +552,15 @@ mod tests {
         assert_eq!(assign(&mut job, &w1, t0).shard, a1.shard);
         let s1 = compute(&job, &a1);
         let s2 = compute(&job, &a2);
-        assert!(matches!(job.submit(&w1, s1.clone(), t0).unwrap(), Submitted::Accepted));
+        assert!(matches!(
+            job.submit(&w1, s1.clone(), t0).unwrap(),
+            Submitted::Accepted
+        ));
         // duplicate
-        assert!(matches!(job.submit(&w1, s1.clone(), t0), Err(Refusal::Stale(_))));
+        assert!(matches!(
+            job.submit(&w1, s1.clone(), t0),
+            Err(Refusal::Stale(_))
+        ));
         // a shard that belongs to someone else
         let mut wrong = s2.clone();
         wrong.shard = 0;
@@ -495,7 +575,10 @@ mod tests {
         }
         // late submission for the committed step
         let e = job.submit(&w2, s2, t0).unwrap_err();
-        assert!(matches!(&e, Refusal::Stale(m) if m.contains("already committed")), "{e}");
+        assert!(
+            matches!(&e, Refusal::Stale(m) if m.contains("already committed")),
+            "{e}"
+        );
         assert_eq!(job.trainer().cursor().global, 1);
     }
 
@@ -531,7 +614,10 @@ mod tests {
                 let orphan = assign(&mut job, &w1, now);
                 assert_eq!(orphan.first_slot, 3);
                 let s = compute(&job, &orphan);
-                assert!(matches!(job.submit(&w1, s, now).unwrap(), Submitted::Committed(_)));
+                assert!(matches!(
+                    job.submit(&w1, s, now).unwrap(),
+                    Submitted::Committed(_)
+                ));
                 // the dead worker's id is refused from now on
                 assert!(matches!(job.poll(&w2, now), Err(Refusal::UnknownWorker(_))));
                 continue;
@@ -564,14 +650,23 @@ mod tests {
         // next step is split over both
         assert_eq!(assign(&mut job, &w2, t0).data.slots.len(), 2);
         // unknown ids and wrong incarnations
-        assert!(matches!(job.poll("w1-b", t0), Err(Refusal::UnknownWorker(_))));
-        assert!(matches!(job.poll("garbage", t0), Err(Refusal::UnknownWorker(_))));
+        assert!(matches!(
+            job.poll("w1-b", t0),
+            Err(Refusal::UnknownWorker(_))
+        ));
+        assert!(matches!(
+            job.poll("garbage", t0),
+            Err(Refusal::UnknownWorker(_))
+        ));
         // wrong gradient length is refused without effect
         let a1 = assign(&mut job, &w1, t0);
         let mut bad = compute(&job, &a1);
         bad.grad.pop();
         let e = job.submit(&w1, bad, t0).unwrap_err();
-        assert!(matches!(&e, Refusal::Invalid(m) if m.contains("grad")), "{e}");
+        assert!(
+            matches!(&e, Refusal::Invalid(m) if m.contains("grad")),
+            "{e}"
+        );
         for _ in 0..3 {
             job.refuse(&w1, 1, a1.shard, "grad: NaN");
         }

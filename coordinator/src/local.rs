@@ -31,10 +31,13 @@ pub fn run(
             break;
         }
         let t0 = Instant::now();
-        let Some(c) = trainer.step_local(engine.as_mut())? else { break };
+        let Some(c) = trainer.step_local(engine.as_mut())? else {
+            break;
+        };
         let wall = t0.elapsed();
-        let checkpoint = ((c.cursor.global + 1) % cfg.checkpoint_every == 0 || c.done).then(|| trainer.checkpoint());
-        let validate = (c.epoch_end || c.done).then(|| trainer.clone());
+        let checkpoint = ((c.cursor.global + 1) % cfg.checkpoint_every == 0 || c.done)
+            .then(|| Box::new(trainer.checkpoint()));
+        let validate = (c.epoch_end || c.done).then(|| Box::new(trainer.clone()));
         let report = CommitReport {
             committed: c,
             shards: vec![(0..b, "in-process".to_string())],
@@ -42,8 +45,11 @@ pub fn run(
             wall,
             compute_ms: wall.as_secs_f64() * 1e3,
         };
-        let _ = events.send(Event::Committed { report, checkpoint, validate });
+        let _ = events.send(Event::Committed {
+            report,
+            checkpoint,
+            validate,
+        });
     }
     Ok(trainer)
 }
-

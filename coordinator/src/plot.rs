@@ -8,10 +8,22 @@ use plotters::prelude::*;
 pub fn write_loss_plot(path: &Path, loss: &[(u64, f64)], val: &[(u64, f64)]) -> Result<(), String> {
     let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let max_step = loss.iter().chain(val).map(|p| p.0).max().unwrap_or(1).max(1);
+    let max_step = loss
+        .iter()
+        .chain(val)
+        .map(|p| p.0)
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let values = loss.iter().chain(val).map(|p| p.1).filter(|v| *v > 0.0);
-    let (lo, hi) = values.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    let (lo, hi) = if lo.is_finite() && hi > lo { (lo * 0.9, hi * 1.1) } else { (1e-6, 1.0) };
+    let (lo, hi) = values.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    let (lo, hi) = if lo.is_finite() && hi > lo {
+        (lo * 0.9, hi * 1.1)
+    } else {
+        (1e-6, 1.0)
+    };
     let mut chart = ChartBuilder::on(&root)
         .caption("loss (mean squared error)", ("sans-serif", 20))
         .margin(15)

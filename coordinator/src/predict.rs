@@ -66,11 +66,15 @@ pub struct ExportArgs {
 }
 
 fn config_err(field: &str, msg: String) -> CoordError {
-    CoordError::Config { field: field.into(), msg }
+    CoordError::Config {
+        field: field.into(),
+        msg,
+    }
 }
 
 fn parse_head(h: Option<&str>) -> Result<Option<Head>, CoordError> {
-    h.map(|s| s.parse::<Head>().map_err(|m| config_err("head", m))).transpose()
+    h.map(|s| s.parse::<Head>().map_err(|m| config_err("head", m)))
+        .transpose()
 }
 
 /// What `predict` wrote.
@@ -91,7 +95,11 @@ pub fn predict(a: &PredictArgs) -> Result<PredictSummary, CoordError> {
     if x.f != cfg.input {
         return Err(model::ModelError::Data {
             source_name: inputs_name,
-            msg: format!("expected {} input features per step for this model, got shape {}", cfg.input, fmt_shape(&x.shape())),
+            msg: format!(
+                "expected {} input features per step for this model, got shape {}",
+                cfg.input,
+                fmt_shape(&x.shape())
+            ),
         }
         .into());
     }
@@ -103,10 +111,21 @@ pub fn predict(a: &PredictArgs) -> Result<PredictSummary, CoordError> {
             let want = [cfg.layers, n, cfg.hidden];
             let mut take = |k: &str| -> Result<Vec<f32>, CoordError> {
                 let arr = arrays.remove(k).ok_or_else(|| {
-                    config_err("initial_state", format!("{}: expected arrays `h` and `c`, missing `{k}`", p.display()))
+                    config_err(
+                        "initial_state",
+                        format!(
+                            "{}: expected arrays `h` and `c`, missing `{k}`",
+                            p.display()
+                        ),
+                    )
                 })?;
                 if arr.shape != want {
-                    return Err(model::ModelError::shape(format!("{}: {k}", p.display()), &want, &arr.shape).into());
+                    return Err(model::ModelError::shape(
+                        format!("{}: {k}", p.display()),
+                        &want,
+                        &arr.shape,
+                    )
+                    .into());
                 }
                 Ok(arr.data)
             };
@@ -120,7 +139,12 @@ pub fn predict(a: &PredictArgs) -> Result<PredictSummary, CoordError> {
             let arr = read_npy(p)?;
             let w = cfg.cond.unwrap_or(0);
             if arr.shape != [n, w] {
-                return Err(model::ModelError::shape(format!("{}", p.display()), &[n, w], &arr.shape).into());
+                return Err(model::ModelError::shape(
+                    format!("{}", p.display()),
+                    &[n, w],
+                    &arr.shape,
+                )
+                .into());
             }
             Some(arr.data)
         }
@@ -130,11 +154,20 @@ pub fn predict(a: &PredictArgs) -> Result<PredictSummary, CoordError> {
     let mut engine = make_engine(kind, &resolve(device)?, cfg, 0)?;
     let start = match &init {
         Some(s) => Start::Carry(s),
-        None => Start::Reset { cond: cond.as_deref() },
+        None => Start::Reset {
+            cond: cond.as_deref(),
+        },
     };
     let (y, fin) = net::forward(engine.as_mut(), cfg, &m.params, &x.values, n, t, start)?;
     let sh = [cfg.layers, n, cfg.hidden];
-    write_npz(&a.out, &[("y", &[n, t, cfg.output], &y), ("h", &sh, fin.h()), ("c", &sh, fin.c())])?;
+    write_npz(
+        &a.out,
+        &[
+            ("y", &[n, t, cfg.output], &y),
+            ("h", &sh, fin.h()),
+            ("c", &sh, fin.c()),
+        ],
+    )?;
     Ok(PredictSummary { n, t })
 }
 

@@ -25,7 +25,8 @@ use crate::job::CommitReport;
 pub const METRICS_FILE: &str = "metrics.csv";
 /// The loss plot.
 pub const PLOT_FILE: &str = "loss.svg";
-const HEADER: &str = "step,epoch,step_in_epoch,loss,val_loss,seq_per_s,workers,step_ms,compute_ms,shards";
+const HEADER: &str =
+    "step,epoch,step_in_epoch,loss,val_loss,seq_per_s,workers,step_ms,compute_ms,shards";
 
 /// Something that happened to the job.
 #[derive(Debug)]
@@ -35,9 +36,9 @@ pub enum Event {
         /// The commit.
         report: CommitReport,
         /// A checkpoint to write, when one is due.
-        checkpoint: Option<Checkpoint>,
+        checkpoint: Option<Box<Checkpoint>>,
         /// A snapshot to validate, at epoch ends.
-        validate: Option<Trainer>,
+        validate: Option<Box<Trainer>>,
     },
     /// A worker registered.
     Joined {
@@ -89,9 +90,15 @@ struct Row {
     val: Option<f64>,
 }
 
+/// The reporter task's handle.
+pub type ReporterTask = tokio::task::JoinHandle<Result<Summary, CoordError>>;
+
 /// Starts the reporter task; it ends when every sender is dropped.
-pub fn spawn(cfg: ReportConfig) -> Result<(mpsc::UnboundedSender<Event>, tokio::task::JoinHandle<Result<Summary, CoordError>>), CoordError> {
-    std::fs::create_dir_all(&cfg.out).map_err(|e| CoordError::io(format!("creating {}", cfg.out.display()), e))?;
+pub fn spawn(
+    cfg: ReportConfig,
+) -> Result<(mpsc::UnboundedSender<Event>, ReporterTask), CoordError> {
+    std::fs::create_dir_all(&cfg.out)
+        .map_err(|e| CoordError::io(format!("creating {}", cfg.out.display()), e))?;
     let (history, file) = open_metrics(&cfg.out.join(METRICS_FILE), cfg.start_step)?;
     let (tx, rx) = mpsc::unbounded_channel();
     Ok((tx, tokio::spawn(run(cfg, rx, history, file))))
@@ -107,7 +114,9 @@ fn open_metrics(path: &Path, start_step: u64) -> Result<(Vec<Row>, BufWriter<Fil
     {
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split(',').collect();
-            let Some(step) = cols.first().and_then(|s| s.parse::<u64>().ok()) else { continue };
+            let Some(step) = cols.first().and_then(|s| s.parse::<u64>().ok()) else {
+                continue;
+            };
             if step < start_step {
                 history.push(Row {
                     step,
@@ -136,8 +145,10 @@ fn progress_bar(cfg: &ReportConfig) -> Option<ProgressBar> {
     bar.then(|| {
         let pb = ProgressBar::new(cfg.total_steps);
         pb.set_style(
-            ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{bar:30.cyan/blue} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
+            )
+            .expect("valid template"),
         );
         pb.set_position(cfg.start_step);
         pb
@@ -157,7 +168,12 @@ async fn run(
     let mut last_commit: Option<Instant> = None;
     let mut last_log = Instant::now();
     let mut rate = 0.0f64;
-    let io = |e| CoordError::io(format!("writing {}", cfg.out.join(METRICS_FILE).display()), e);
+    let io = |e| {
+        CoordError::io(
+            format!("writing {}", cfg.out.join(METRICS_FILE).display()),
+            e,
+        )
+    };
     while let Some(ev) = rx.recv().await {
         match ev {
             Event::Joined { name, device } => {
@@ -168,13 +184,21 @@ async fn run(
                 info!(worker = %name, %reason, "left");
                 metrics::counter!("carry_worker_departures_total").increment(1);
             }
-            Event::Committed { report, checkpoint, validate } => {
+            Event::Committed {
+                report,
+                checkpoint,
+                validate,
+            } => {
                 let now = Instant::now();
                 let c = report.committed;
                 let dt = last_commit.map_or(report.wall, |t| now.saturating_duration_since(t));
                 last_commit = Some(now);
                 let inst = cfg.batch_size as f64 / dt.as_secs_f64().max(1e-9);
-                rate = if summary.steps == 0 { inst } else { 0.9 * rate + 0.1 * inst };
+                rate = if summary.steps == 0 {
+                    inst
+                } else {
+                    0.9 * rate + 0.1 * inst
+                };
                 let workers = report.workers;
                 summary.steps += 1;
                 summary.last_loss = Some(c.loss);
@@ -203,10 +227,19 @@ async fn run(
                 if let Some(v) = val {
                     summary.last_val_loss = Some(v);
                     metrics::gauge!("carry_val_loss").set(v);
-                    info!(epoch = c.cursor.epoch, step = c.cursor.global, loss = c.loss, val_loss = v, "epoch done");
+                    info!(
+                        epoch = c.cursor.epoch,
+                        step = c.cursor.global,
+                        loss = c.loss,
+                        val_loss = v,
+                        "epoch done"
+                    );
                 }
-                let shards: Vec<String> =
-                    report.shards.iter().map(|(r, w)| format!("{}-{}:{w}", r.start, r.end - 1)).collect();
+                let shards: Vec<String> = report
+                    .shards
+                    .iter()
+                    .map(|(r, w)| format!("{}-{}:{w}", r.start, r.end - 1))
+                    .collect();
                 writeln!(
                     file,
                     "{},{},{},{:.9},{},{:.1},{},{:.3},{:.3},{}",
@@ -223,7 +256,11 @@ async fn run(
                 )
                 .map_err(io)?;
                 file.flush().map_err(io)?;
-                history.push(Row { step: c.cursor.global, loss: c.loss, val });
+                history.push(Row {
+                    step: c.cursor.global,
+                    loss: c.loss,
+                    val,
+                });
                 metrics::gauge!("carry_step").set(c.cursor.global as f64 + 1.0);
                 metrics::gauge!("carry_epoch").set(c.cursor.epoch as f64);
                 metrics::gauge!("carry_loss").set(c.loss);
@@ -235,16 +272,23 @@ async fn run(
                     let p = path.clone();
                     tokio::task::spawn_blocking(move || ck.save(&p))
                         .await
-                        .map_err(|e| CoordError::JobFailed(format!("checkpoint writer panicked: {e}")))??;
+                        .map_err(|e| {
+                            CoordError::JobFailed(format!("checkpoint writer panicked: {e}"))
+                        })??;
                     tracing::debug!(path = %path.display(), step = c.cursor.global, "checkpoint written");
                 }
-                let msg = format!("epoch {} loss {:.5} {:.0} seq/s {} workers", c.cursor.epoch, c.loss, rate, workers);
+                let msg = format!(
+                    "epoch {} loss {:.5} {:.0} seq/s {} workers",
+                    c.cursor.epoch, c.loss, rate, workers
+                );
                 match &bar {
                     Some(b) => {
                         b.set_position(c.cursor.global + 1);
                         b.set_message(msg);
                     }
-                    None if cfg.progress != Progress::Off && (last_log.elapsed() >= Duration::from_secs(5) || c.done) => {
+                    None if cfg.progress != Progress::Off
+                        && (last_log.elapsed() >= Duration::from_secs(5) || c.done) =>
+                    {
                         last_log = Instant::now();
                         info!(
                             epoch = c.cursor.epoch,
@@ -264,9 +308,17 @@ async fn run(
     if let Some(b) = bar {
         b.finish();
     }
-    summary.seq_per_s = summary.steps as f64 * cfg.batch_size as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    let loss: Vec<(u64, f64)> = history.iter().filter(|r| r.loss.is_finite()).map(|r| (r.step, r.loss)).collect();
-    let val: Vec<(u64, f64)> = history.iter().filter_map(|r| r.val.map(|v| (r.step, v))).collect();
+    summary.seq_per_s =
+        summary.steps as f64 * cfg.batch_size as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let loss: Vec<(u64, f64)> = history
+        .iter()
+        .filter(|r| r.loss.is_finite())
+        .map(|r| (r.step, r.loss))
+        .collect();
+    let val: Vec<(u64, f64)> = history
+        .iter()
+        .filter_map(|r| r.val.map(|v| (r.step, v)))
+        .collect();
     if !loss.is_empty() {
         let path = cfg.out.join(PLOT_FILE);
         match crate::plot::write_loss_plot(&path, &loss, &val) {

@@ -48,7 +48,11 @@ pub fn trainer(cfg: &TrainConfig, data: Dataset) -> Result<Trainer, CoordError> 
     let mut spec = cfg.spec.clone();
     spec.model.input = data.input_features();
     spec.model.output = data.output_features();
-    spec.model.cond = if cfg.init_from_cond { data.cond_width() } else { None };
+    spec.model.cond = if cfg.init_from_cond {
+        data.cond_width()
+    } else {
+        None
+    };
     if cfg.init_from_cond && data.cond_width().is_none() {
         return Err(CoordError::Config {
             field: "init_from_cond".into(),
@@ -70,16 +74,35 @@ pub fn trainer(cfg: &TrainConfig, data: Dataset) -> Result<Trainer, CoordError> 
         if a != b {
             return Err(CoordError::Config {
                 field: field.into(),
-                msg: format!("resuming {}: the checkpoint has {b}, the configuration {a}", path.display()),
+                msg: format!(
+                    "resuming {}: the checkpoint has {b}, the configuration {a}",
+                    path.display()
+                ),
             });
         }
         Ok(())
     };
-    differs("model", format!("{:?}", spec.model), format!("{:?}", saved.model))?;
-    differs("adam", format!("{:?}", spec.adam), format!("{:?}", saved.adam))?;
-    differs("batch_size", spec.batch_size.to_string(), saved.batch_size.to_string())?;
+    differs(
+        "model",
+        format!("{:?}", spec.model),
+        format!("{:?}", saved.model),
+    )?;
+    differs(
+        "adam",
+        format!("{:?}", spec.adam),
+        format!("{:?}", saved.adam),
+    )?;
+    differs(
+        "batch_size",
+        spec.batch_size.to_string(),
+        saved.batch_size.to_string(),
+    )?;
     differs("seed", spec.seed.to_string(), saved.seed.to_string())?;
-    differs("reset_states", spec.reset.to_string(), saved.reset.to_string())?;
+    differs(
+        "reset_states",
+        spec.reset.to_string(),
+        saved.reset.to_string(),
+    )?;
     // epochs, steps and validation start may change: a resumed run can be extended
     ck.spec.epochs = spec.epochs;
     ck.spec.max_steps = spec.max_steps;
@@ -90,7 +113,9 @@ pub fn trainer(cfg: &TrainConfig, data: Dataset) -> Result<Trainer, CoordError> 
 }
 
 fn incarnation() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let h = model::rng::hash_words(&[nanos as u64, u64::from(std::process::id())]);
     format!("{:08x}", h as u32)
 }
@@ -103,7 +128,9 @@ fn incoming(l: TcpListener) -> TcpIncoming {
 
 /// Binds the gRPC listener (port 0 allowed).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, CoordError> {
-    TcpListener::bind(addr).await.map_err(|e| CoordError::io(format!("binding {addr}"), e))
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| CoordError::io(format!("binding {addr}"), e))
 }
 
 /// Runs the job described by `cfg` until it is complete or `shutdown` fires. `listener` is the
@@ -138,7 +165,10 @@ pub async fn run(
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
             .install()
-            .map_err(|e| CoordError::Config { field: "metrics_listen".into(), msg: format!("{addr}: {e}") })?;
+            .map_err(|e| CoordError::Config {
+                field: "metrics_listen".into(),
+                msg: format!("{addr}: {e}"),
+            })?;
         info!(%addr, "serving Prometheus metrics");
     }
     let (events, reporter) = report::spawn(ReportConfig {
@@ -154,9 +184,10 @@ pub async fn run(
     }
     let result = if cfg.spawn_workers == Some(0) {
         let (cfg2, token) = (cfg.clone(), shutdown.clone());
-        let t = tokio::task::spawn_blocking(move || crate::local::run(&cfg2, trainer, &events, &token))
-            .await
-            .map_err(|e| CoordError::JobFailed(format!("training thread panicked: {e}")))??;
+        let t =
+            tokio::task::spawn_blocking(move || crate::local::run(&cfg2, trainer, &events, &token))
+                .await
+                .map_err(|e| CoordError::JobFailed(format!("training thread panicked: {e}")))??;
         save_if_interrupted(&t, &out).await?;
         Ok(())
     } else {
@@ -166,7 +197,9 @@ pub async fn run(
         };
         serve(&cfg, trainer, events, listener, shutdown).await
     };
-    let summary = reporter.await.map_err(|e| CoordError::JobFailed(format!("reporter panicked: {e}")))??;
+    let summary = reporter
+        .await
+        .map_err(|e| CoordError::JobFailed(format!("reporter panicked: {e}")))??;
     result?;
     Ok(summary)
 }
@@ -187,17 +220,30 @@ async fn save_if_interrupted(t: &Trainer, out: &std::path::Path) -> Result<(), C
 fn tls_config(cfg: &TrainConfig) -> Result<Option<ServerTlsConfig>, CoordError> {
     let Some(tls) = &cfg.tls else { return Ok(None) };
     let pem = |p: &std::path::Path, field: &str| {
-        proto::security::read_pem(p, &format!("--{}", field.replace('_', "-")))
-            .map_err(|msg| CoordError::Config { field: field.into(), msg })
+        proto::security::read_pem(p, &format!("--{}", field.replace('_', "-"))).map_err(|msg| {
+            CoordError::Config {
+                field: field.into(),
+                msg,
+            }
+        })
     };
-    let mut c = ServerTlsConfig::new().identity(Identity::from_pem(pem(&tls.cert, "tls_cert")?, pem(&tls.key, "tls_key")?));
+    let mut c = ServerTlsConfig::new().identity(Identity::from_pem(
+        pem(&tls.cert, "tls_cert")?,
+        pem(&tls.key, "tls_key")?,
+    ));
     if let Some(ca) = &tls.client_ca {
         c = c.client_ca_root(Certificate::from_pem(pem(ca, "tls_client_ca")?));
     }
     Ok(Some(c))
 }
 
-async fn health_only(addr: SocketAddr, health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>, shutdown: CancellationToken) -> Result<tokio::task::JoinHandle<()>, CoordError> {
+async fn health_only(
+    addr: SocketAddr,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, CoordError> {
     let l = bind(addr).await?;
     info!(addr = %l.local_addr().map_err(|e| CoordError::io("health listener", e))?, "serving plaintext health checks");
     Ok(tokio::spawn(async move {
@@ -218,12 +264,22 @@ async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), CoordError> {
-    let addr = listener.local_addr().map_err(|e| CoordError::io("reading the bound address", e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CoordError::io("reading the bound address", e))?;
     let inc = incarnation();
     let job = Job::new(trainer, inc.clone(), cfg.lease, cfg.workers);
-    let shared = Arc::new(Shared::new(job, events, inc, cfg.lease, cfg.checkpoint_every));
+    let shared = Arc::new(Shared::new(
+        job,
+        events,
+        inc,
+        cfg.lease,
+        cfg.checkpoint_every,
+    ));
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<CoordinatorServer<CoordinatorService>>().await;
+    health_reporter
+        .set_serving::<CoordinatorServer<CoordinatorService>>()
+        .await;
     let server_stop = CancellationToken::new();
     let mut health_task = None;
     if let Some(a) = cfg.health_listen {
@@ -232,7 +288,10 @@ async fn serve(
     let svc = CoordinatorServer::new(CoordinatorService::new(shared.clone()))
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
-    let svc = InterceptedService::new(svc, CheckToken::new(cfg.token.as_ref().map(proto::security::Token::expose)));
+    let svc = InterceptedService::new(
+        svc,
+        CheckToken::new(cfg.token.as_ref().map(proto::security::Token::expose)),
+    );
     let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(10)));
     let scheme = if let Some(t) = tls_config(cfg)? {
         builder = builder.tls_config(t)?;
@@ -265,7 +324,11 @@ async fn serve(
     };
 
     let workers = match cfg.spawn_workers {
-        Some(k) if k > 0 => Some(crate::spawn::spawn(cfg, k, &format!("{scheme}://127.0.0.1:{}", addr.port()))?),
+        Some(k) if k > 0 => Some(crate::spawn::spawn(
+            cfg,
+            k,
+            &format!("{scheme}://127.0.0.1:{}", addr.port()),
+        )?),
         _ => None,
     };
 

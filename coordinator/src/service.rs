@@ -39,7 +39,13 @@ pub struct Shared {
 
 impl Shared {
     /// Shared state around `job`.
-    pub fn new(job: Job, events: mpsc::UnboundedSender<Event>, job_id: String, lease: Duration, checkpoint_every: u64) -> Self {
+    pub fn new(
+        job: Job,
+        events: mpsc::UnboundedSender<Event>,
+        job_id: String,
+        lease: Duration,
+        checkpoint_every: u64,
+    ) -> Self {
         let model = convert::model_spec(&job.trainer().spec().model);
         Self {
             job: Mutex::new(job),
@@ -77,7 +83,10 @@ impl Shared {
         if !dead.is_empty() {
             for name in dead {
                 warn!(worker = %name, "lease expired; its shard goes to a live worker");
-                self.send(Event::Left { name, reason: "lease expired".into() });
+                self.send(Event::Left {
+                    name,
+                    reason: "lease expired".into(),
+                });
             }
             self.changed.notify_waiters();
         }
@@ -98,14 +107,24 @@ impl Shared {
     fn submit(&self, worker: &str, r: pb::ShardResult) -> Result<(), Status> {
         let now = Instant::now();
         let mut job = self.job();
-        let exp = job.expect(worker, r.step, r.shard).map_err(|e| refused(worker, &e))?;
+        let exp = job
+            .expect(worker, r.step, r.shard)
+            .map_err(|e| refused(worker, &e))?;
         let decoded = (|| -> Result<Submission, WireError> {
             let grad = convert::decode(r.grad.as_ref(), "grad", &[exp.grad])?;
             let h = convert::decode(r.h.as_ref(), "h", &exp.state)?;
             let c = convert::decode(r.c.as_ref(), "c", &exp.state)?;
             let [l, n, hd] = exp.state;
-            let finals = SlotStates::from_flat(l, n, hd, h, c).map_err(|e| WireError::Model(e.to_string()))?;
-            Ok(Submission { step: r.step, shard: r.shard, loss_sum: r.loss_sum, grad, finals, compute_ms: r.compute_ms })
+            let finals = SlotStates::from_flat(l, n, hd, h, c)
+                .map_err(|e| WireError::Model(e.to_string()))?;
+            Ok(Submission {
+                step: r.step,
+                shard: r.shard,
+                loss_sum: r.loss_sum,
+                grad,
+                finals,
+                compute_ms: r.compute_ms,
+            })
         })();
         let sub = match decoded {
             Ok(s) => s,
@@ -126,11 +145,16 @@ impl Shared {
             Ok(Submitted::Committed(report)) => {
                 let c = report.committed;
                 let trainer = job.trainer();
-                let checkpoint = ((c.cursor.global + 1) % self.checkpoint_every == 0 || c.done).then(|| trainer.checkpoint());
-                let validate = (c.epoch_end || c.done).then(|| trainer.clone());
+                let checkpoint = ((c.cursor.global + 1) % self.checkpoint_every == 0 || c.done)
+                    .then(|| Box::new(trainer.checkpoint()));
+                let validate = (c.epoch_end || c.done).then(|| Box::new(trainer.clone()));
                 drop(job);
                 debug!(step = c.cursor.global, loss = c.loss, "committed");
-                self.send(Event::Committed { report: *report, checkpoint, validate });
+                self.send(Event::Committed {
+                    report: *report,
+                    checkpoint,
+                    validate,
+                });
                 self.changed.notify_waiters();
                 Ok(())
             }
@@ -158,15 +182,24 @@ impl Shared {
             first_slot: a.first_slot as u64,
             slots: n as u32,
             reset: d.reset,
-            dropout: d.dropout.map(|k| pb::DropoutKey { seed: k.seed, epoch: k.epoch, step: k.step }),
+            dropout: d.dropout.map(|k| pb::DropoutKey {
+                seed: k.seed,
+                epoch: k.epoch,
+                step: k.step,
+            }),
             params: Some(params),
             x: Some(convert::tensor(&[n, d.t, fi], &d.x)),
             y: Some(convert::tensor(&[n, d.t, fo], &d.y)),
-            cond: d.cond.as_ref().map(|c| convert::tensor(&[n, c.len() / n.max(1)], c)),
+            cond: d
+                .cond
+                .as_ref()
+                .map(|c| convert::tensor(&[n, c.len() / n.max(1)], c)),
             h: Some(convert::tensor(&[l, n, h], d.init.h())),
             c: Some(convert::tensor(&[l, n, h], d.init.c())),
         };
-        pb::StepReply { kind: Some(pb::step_reply::Kind::Assignment(assignment)) }
+        pb::StepReply {
+            kind: Some(pb::step_reply::Kind::Assignment(assignment)),
+        }
     }
 
     async fn next(&self, worker: &str) -> Result<pb::StepReply, Status> {
@@ -179,7 +212,8 @@ impl Shared {
                 let mut job = self.job();
                 match job.poll(worker, Instant::now()) {
                     Ok(Poll::Assign(a)) => {
-                        let params = self.params_tensor(a.plan.cursor.global, job.trainer().params());
+                        let params =
+                            self.params_tensor(a.plan.cursor.global, job.trainer().params());
                         drop(job);
                         return Ok(self.assignment_reply(&a, params));
                     }
@@ -191,11 +225,15 @@ impl Shared {
                     let name = self.job().leave(worker).unwrap_or_default();
                     info!(worker = %name, "told the worker the job is over");
                     self.changed.notify_waiters();
-                    return Ok(pb::StepReply { kind: Some(pb::step_reply::Kind::Finished(pb::Finished { message })) });
+                    return Ok(pb::StepReply {
+                        kind: Some(pb::step_reply::Kind::Finished(pb::Finished { message })),
+                    });
                 }
                 Ok(Poll::Wait(reason)) => {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                        return Ok(pb::StepReply { kind: Some(pb::step_reply::Kind::Wait(pb::Wait { reason })) });
+                        return Ok(pb::StepReply {
+                            kind: Some(pb::step_reply::Kind::Wait(pb::Wait { reason })),
+                        });
                     }
                 }
                 Ok(Poll::Assign(_)) => unreachable!("handled above"),
@@ -225,7 +263,10 @@ impl CoordinatorService {
 
 #[tonic::async_trait]
 impl pb::coordinator_server::Coordinator for CoordinatorService {
-    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterReply>, Status> {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterReply>, Status> {
         let r = req.into_inner();
         if r.protocol != proto::PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
@@ -234,16 +275,23 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 r.protocol
             )));
         }
-        let name = if r.name.is_empty() { "unnamed".to_string() } else { r.name.chars().take(128).collect() };
+        let name = if r.name.is_empty() {
+            "unnamed".to_string()
+        } else {
+            r.name.chars().take(128).collect()
+        };
         let id = self.shared.job().register(&name, Instant::now());
         info!(worker = %name, id = %id, device = %r.device, "worker joined");
-        self.shared.send(Event::Joined { name, device: r.device });
+        self.shared.send(Event::Joined {
+            name,
+            device: r.device,
+        });
         self.shared.changed.notify_waiters();
         Ok(Response::new(pb::RegisterReply {
             worker_id: id,
             job_id: self.shared.job_id.clone(),
             heartbeat_ms: self.shared.heartbeat.as_millis() as u64,
-            model: Some(self.shared.model.clone()),
+            model: Some(self.shared.model),
         }))
     }
 
@@ -255,17 +303,29 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         self.shared.next(&r.worker_id).await.map(Response::new)
     }
 
-    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatReply>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
         let id = req.into_inner().worker_id;
-        self.shared.job().heartbeat(&id, Instant::now()).map_err(|e| refused(&id, &e))?;
+        self.shared
+            .job()
+            .heartbeat(&id, Instant::now())
+            .map_err(|e| refused(&id, &e))?;
         Ok(Response::new(pb::HeartbeatReply {}))
     }
 
-    async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveReply>, Status> {
+    async fn leave(
+        &self,
+        req: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::LeaveReply>, Status> {
         let id = req.into_inner().worker_id;
         let name = self.shared.job().leave(&id).map_err(|e| refused(&id, &e))?;
         info!(worker = %name, "worker left");
-        self.shared.send(Event::Left { name, reason: "left".into() });
+        self.shared.send(Event::Left {
+            name,
+            reason: "left".into(),
+        });
         self.shared.changed.notify_waiters();
         Ok(Response::new(pb::LeaveReply {}))
     }

@@ -21,7 +21,8 @@ pub struct Workers {
 pub fn spawn(cfg: &TrainConfig, count: usize, url: &str) -> Result<Workers, CoordError> {
     // This executable runs the worker too (`coordinator worker ...`, the same code as the
     // `worker` program), so spawning needs nothing beyond what was built.
-    let bin = std::env::current_exe().map_err(|e| CoordError::Spawn(format!("locating this executable: {e}")))?;
+    let bin = std::env::current_exe()
+        .map_err(|e| CoordError::Spawn(format!("locating this executable: {e}")))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (cores / count.max(1)).max(1);
     let mut children = Vec::with_capacity(count);
@@ -42,7 +43,10 @@ pub fn spawn(cfg: &TrainConfig, count: usize, url: &str) -> Result<Workers, Coor
             cmd.env("CARRY_TOKEN", t.expose());
         }
         if let Some(tls) = &cfg.tls {
-            cmd.arg("--tls-ca").arg(&tls.cert).arg("--tls-domain").arg("localhost");
+            cmd.arg("--tls-ca")
+                .arg(&tls.cert)
+                .arg("--tls-domain")
+                .arg("localhost");
         }
         #[cfg(target_os = "linux")]
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
@@ -70,7 +74,9 @@ impl Workers {
         for (name, child) in &mut self.children {
             match tokio::time::timeout_at(deadline, child.wait()).await {
                 Ok(Ok(status)) if status.success() => info!(worker = %name, "local worker exited"),
-                Ok(Ok(status)) => warn!(worker = %name, %status, "local worker exited with an error"),
+                Ok(Ok(status)) => {
+                    warn!(worker = %name, %status, "local worker exited with an error")
+                }
                 Ok(Err(e)) => warn!(worker = %name, cause = %e, "waiting for local worker"),
                 Err(_) => {
                     warn!(worker = %name, "local worker did not exit; killing it");

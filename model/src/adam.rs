@@ -16,7 +16,11 @@ pub struct AdamState {
 impl AdamState {
     /// Zero moments for `len` parameters.
     pub fn new(len: usize) -> Self {
-        Self { m: vec![0.0; len], v: vec![0.0; len], t: 0 }
+        Self {
+            m: vec![0.0; len],
+            v: vec![0.0; len],
+            t: 0,
+        }
     }
 
     /// Applies one update with gradient `grad` to `params`.
@@ -27,7 +31,12 @@ impl AdamState {
         let t = self.t as i32;
         let alpha = (cfg.lr * (1.0 - cfg.beta2.powi(t)).sqrt() / (1.0 - cfg.beta1.powi(t))) as f32;
         let (b1, b2, eps) = (cfg.beta1 as f32, cfg.beta2 as f32, cfg.epsilon as f32);
-        for (((p, &g), m), v) in params.iter_mut().zip(grad).zip(&mut self.m).zip(&mut self.v) {
+        for (((p, &g), m), v) in params
+            .iter_mut()
+            .zip(grad)
+            .zip(&mut self.m)
+            .zip(&mut self.v)
+        {
             *m += (g - *m) * (1.0 - b1);
             *v += (g * g - *v) * (1.0 - b2);
             *p -= alpha * *m / (v.sqrt() + eps);
@@ -53,7 +62,10 @@ mod tests {
 
     #[test]
     fn minimizes_a_quadratic() {
-        let cfg = AdamConfig { lr: 0.05, ..AdamConfig::default() };
+        let cfg = AdamConfig {
+            lr: 0.05,
+            ..AdamConfig::default()
+        };
         let mut s = AdamState::new(2);
         let mut p = vec![3.0f32, -2.0];
         for _ in 0..2000 {

@@ -43,7 +43,11 @@ pub struct Checkpoint {
 
 /// The checkpoint file for `path`: the path itself if it is a file, else `path/checkpoint.safetensors`.
 pub fn resolve(path: &Path) -> PathBuf {
-    if path.is_dir() { path.join(CHECKPOINT_FILE) } else { path.to_path_buf() }
+    if path.is_dir() {
+        path.join(CHECKPOINT_FILE)
+    } else {
+        path.to_path_buf()
+    }
 }
 
 impl Checkpoint {
@@ -59,8 +63,14 @@ impl Checkpoint {
         let n = self.params.len();
         let mut meta = HashMap::new();
         meta.insert("format".into(), FORMAT.into());
-        meta.insert("spec".into(), serde_json::to_string(&self.spec).expect("spec serializes"));
-        meta.insert("cursor".into(), serde_json::to_string(&self.cursor).expect("cursor serializes"));
+        meta.insert(
+            "spec".into(),
+            serde_json::to_string(&self.spec).expect("spec serializes"),
+        );
+        meta.insert(
+            "cursor".into(),
+            serde_json::to_string(&self.cursor).expect("cursor serializes"),
+        );
         meta.insert("adam_t".into(), self.adam.t.to_string());
         meta.insert("fingerprint".into(), self.fingerprint.clone());
         meta.insert("data".into(), self.data_name.clone());
@@ -82,26 +92,41 @@ impl Checkpoint {
     pub fn load(path: &Path) -> Result<Self, ModelError> {
         let path = resolve(path);
         let (mut tensors, meta) = crate::st::read(&path)?;
-        let bad = |msg: String| ModelError::Checkpoint { path: path.clone(), msg };
+        let bad = |msg: String| ModelError::Checkpoint {
+            path: path.clone(),
+            msg,
+        };
         match meta.get("format").map(String::as_str) {
             Some(FORMAT) => {}
             Some(other) => return Err(bad(format!("expected format {FORMAT}, got {other}"))),
-            None => return Err(bad(format!("expected a checkpoint (format {FORMAT}), got a file without a format tag"))),
+            None => {
+                return Err(bad(format!(
+                    "expected a checkpoint (format {FORMAT}), got a file without a format tag"
+                )));
+            }
         }
-        let get = |k: &str| meta.get(k).ok_or_else(|| bad(format!("missing metadata `{k}`")));
+        let get = |k: &str| {
+            meta.get(k)
+                .ok_or_else(|| bad(format!("missing metadata `{k}`")))
+        };
         let spec: TrainSpec =
             serde_json::from_str(get("spec")?).map_err(|e| bad(format!("metadata `spec`: {e}")))?;
         spec.validate()?;
-        let cursor: Cursor =
-            serde_json::from_str(get("cursor")?).map_err(|e| bad(format!("metadata `cursor`: {e}")))?;
-        let adam_t: u64 = get("adam_t")?.parse().map_err(|e| bad(format!("metadata `adam_t`: {e}")))?;
-        let total_steps: u64 =
-            get("total_steps")?.parse().map_err(|e| bad(format!("metadata `total_steps`: {e}")))?;
+        let cursor: Cursor = serde_json::from_str(get("cursor")?)
+            .map_err(|e| bad(format!("metadata `cursor`: {e}")))?;
+        let adam_t: u64 = get("adam_t")?
+            .parse()
+            .map_err(|e| bad(format!("metadata `adam_t`: {e}")))?;
+        let total_steps: u64 = get("total_steps")?
+            .parse()
+            .map_err(|e| bad(format!("metadata `total_steps`: {e}")))?;
         let n = ParamLayout::new(&spec.model).len();
         let m = &spec.model;
         let state_shape = vec![m.layers, spec.batch_size, m.hidden];
         let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>, ModelError> {
-            let (s, v) = tensors.remove(name).ok_or_else(|| bad(format!("missing tensor `{name}`")))?;
+            let (s, v) = tensors
+                .remove(name)
+                .ok_or_else(|| bad(format!("missing tensor `{name}`")))?;
             if s != shape {
                 return Err(ModelError::Checkpoint {
                     path: path.clone(),
@@ -122,7 +147,11 @@ impl Checkpoint {
             spec,
             cursor,
             params,
-            adam: AdamState { m: am, v: av, t: adam_t },
+            adam: AdamState {
+                m: am,
+                v: av,
+                t: adam_t,
+            },
             states,
             fingerprint: get("fingerprint")?.clone(),
             data_name: get("data")?.clone(),

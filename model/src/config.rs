@@ -55,7 +55,7 @@ impl ResetPolicy {
         match *self {
             Self::Never => false,
             Self::Epoch => step_in_epoch == 0,
-            Self::Every(k) => step_in_epoch % k == 0,
+            Self::Every(k) => step_in_epoch.is_multiple_of(k),
         }
     }
 }
@@ -68,7 +68,9 @@ impl FromStr for ResetPolicy {
             "epoch" => Ok(Self::Epoch),
             _ => match s.strip_prefix("every:").map(str::parse::<u64>) {
                 Some(Ok(k)) if k > 0 => Ok(Self::Every(k)),
-                _ => Err(format!("expected `never`, `epoch` or `every:K` with K >= 1, got `{s}`")),
+                _ => Err(format!(
+                    "expected `never`, `epoch` or `every:K` with K >= 1, got `{s}`"
+                )),
             },
         }
     }
@@ -156,29 +158,54 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// The seed model: 2 x LSTM(8), dropout 0.2, dense head to 2 outputs.
     pub fn seed() -> Self {
-        Self { input: 2, hidden: 8, layers: 2, output: 2, head: Head::Linear, dropout: 0.2, cond: None }
+        Self {
+            input: 2,
+            hidden: 8,
+            layers: 2,
+            output: 2,
+            head: Head::Linear,
+            dropout: 0.2,
+            cond: None,
+        }
     }
 
     /// Checks ranges; errors name the field.
     pub fn validate(&self) -> Result<(), ModelError> {
-        let bad = |field: &str, msg: String| Err(ModelError::Config { field: field.into(), msg });
+        let bad = |field: &str, msg: String| {
+            Err(ModelError::Config {
+                field: field.into(),
+                msg,
+            })
+        };
         if self.input == 0 {
             return bad("input", "expected at least 1 input feature, got 0".into());
         }
         if self.hidden == 0 || self.hidden > 4096 {
-            return bad("hidden", format!("expected 1..=4096 units, got {}", self.hidden));
+            return bad(
+                "hidden",
+                format!("expected 1..=4096 units, got {}", self.hidden),
+            );
         }
         if self.layers == 0 || self.layers > 16 {
-            return bad("layers", format!("expected 1..=16 layers, got {}", self.layers));
+            return bad(
+                "layers",
+                format!("expected 1..=16 layers, got {}", self.layers),
+            );
         }
         if self.output == 0 {
             return bad("output", "expected at least 1 output feature, got 0".into());
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return bad("dropout", format!("expected a probability in [0, 1), got {}", self.dropout));
+            return bad(
+                "dropout",
+                format!("expected a probability in [0, 1), got {}", self.dropout),
+            );
         }
         if self.cond == Some(0) {
-            return bad("cond", "expected a conditioning width of at least 1, got 0".into());
+            return bad(
+                "cond",
+                "expected a conditioning width of at least 1, got 0".into(),
+            );
         }
         Ok(())
     }
@@ -199,25 +226,47 @@ pub struct AdamConfig {
 
 impl Default for AdamConfig {
     fn default() -> Self {
-        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-7 }
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-7,
+        }
     }
 }
 
 impl AdamConfig {
     /// Checks ranges; errors name the field.
     pub fn validate(&self) -> Result<(), ModelError> {
-        let bad = |field: &str, msg: String| Err(ModelError::Config { field: field.into(), msg });
+        let bad = |field: &str, msg: String| {
+            Err(ModelError::Config {
+                field: field.into(),
+                msg,
+            })
+        };
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad("lr", format!("expected a positive learning rate, got {}", self.lr));
+            return bad(
+                "lr",
+                format!("expected a positive learning rate, got {}", self.lr),
+            );
         }
         if !(0.0..1.0).contains(&self.beta1) {
-            return bad("beta1", format!("expected a value in [0, 1), got {}", self.beta1));
+            return bad(
+                "beta1",
+                format!("expected a value in [0, 1), got {}", self.beta1),
+            );
         }
         if !(0.0..1.0).contains(&self.beta2) {
-            return bad("beta2", format!("expected a value in [0, 1), got {}", self.beta2));
+            return bad(
+                "beta2",
+                format!("expected a value in [0, 1), got {}", self.beta2),
+            );
         }
         if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
-            return bad("epsilon", format!("expected a positive epsilon, got {}", self.epsilon));
+            return bad(
+                "epsilon",
+                format!("expected a positive epsilon, got {}", self.epsilon),
+            );
         }
         Ok(())
     }
@@ -249,9 +298,17 @@ impl TrainSpec {
     pub fn validate(&self) -> Result<(), ModelError> {
         self.model.validate()?;
         self.adam.validate()?;
-        let bad = |field: &str, msg: String| Err(ModelError::Config { field: field.into(), msg });
+        let bad = |field: &str, msg: String| {
+            Err(ModelError::Config {
+                field: field.into(),
+                msg,
+            })
+        };
         if self.batch_size == 0 || self.batch_size > 1 << 20 {
-            return bad("batch_size", format!("expected 1..=1048576, got {}", self.batch_size));
+            return bad(
+                "batch_size",
+                format!("expected 1..=1048576, got {}", self.batch_size),
+            );
         }
         if self.epochs == 0 {
             return bad("epochs", "expected at least 1 epoch, got 0".into());
@@ -270,7 +327,10 @@ mod tests {
     #[test]
     fn reset_policies_parse_and_apply() {
         assert_eq!("never".parse::<ResetPolicy>().unwrap(), ResetPolicy::Never);
-        assert_eq!("every:3".parse::<ResetPolicy>().unwrap(), ResetPolicy::Every(3));
+        assert_eq!(
+            "every:3".parse::<ResetPolicy>().unwrap(),
+            ResetPolicy::Every(3)
+        );
         let err = "every:0".parse::<ResetPolicy>().unwrap_err();
         assert!(err.contains("every:K") && err.contains("every:0"), "{err}");
         assert!("sometimes".parse::<ResetPolicy>().is_err());

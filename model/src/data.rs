@@ -145,7 +145,14 @@ pub struct SyntheticSpec {
 impl SyntheticSpec {
     /// 2000 training and 400 validation sequences of 96 steps for `streams` streams.
     pub fn new(streams: usize, seed: u64) -> Self {
-        Self { sequences: 2000, val_sequences: 400, streams, timesteps: 96, seed, noise: 0.05 }
+        Self {
+            sequences: 2000,
+            val_sequences: 400,
+            streams,
+            timesteps: 96,
+            seed,
+            noise: 0.05,
+        }
     }
 }
 
@@ -180,7 +187,10 @@ pub fn synthetic(spec: &SyntheticSpec) -> Dataset {
             let (ex, ey) = (rx * a.cos(), ry * a.sin());
             let (px, py) = (cx + ct * ex - st * ey, cy + st * ex + ct * ey);
             c.push([px, py]);
-            o.push([px + spec.noise * rng.normal(), py + spec.noise * rng.normal()]);
+            o.push([
+                px + spec.noise * rng.normal(),
+                py + spec.noise * rng.normal(),
+            ]);
         }
         clean.push(c);
         noisy.push(o);
@@ -196,8 +206,18 @@ pub fn synthetic(spec: &SyntheticSpec) -> Dataset {
             }
         }
         Split {
-            x: Sequences { n, t, f: 2, values: x },
-            y: Sequences { n, t, f: 2, values: y },
+            x: Sequences {
+                n,
+                t,
+                f: 2,
+                values: x,
+            },
+            y: Sequences {
+                n,
+                t,
+                f: 2,
+                values: y,
+            },
             cond: None,
         }
     };
@@ -216,19 +236,32 @@ pub fn synthetic(spec: &SyntheticSpec) -> Dataset {
 /// Reshapes an array to `[N, T, F]`: a 3-D array is taken as is; any other array is flat data
 /// reshaped as `(-1, T, F)` when its size divides by `T * F`.
 pub fn to_sequences(arr: Array, what: &str, t: usize, f: usize) -> Result<Sequences, ModelError> {
-    let err = |msg: String| ModelError::Data { source_name: what.into(), msg };
+    let err = |msg: String| ModelError::Data {
+        source_name: what.into(),
+        msg,
+    };
     let seqs = if let [n, tt, ff] = arr.shape[..] {
-        Sequences { n, t: tt, f: ff, values: arr.data }
+        Sequences {
+            n,
+            t: tt,
+            f: ff,
+            values: arr.data,
+        }
     } else {
         let size = arr.data.len();
-        if t == 0 || f == 0 || size % (t * f) != 0 || size == 0 {
+        if t == 0 || f == 0 || !size.is_multiple_of(t * f) || size == 0 {
             return Err(err(format!(
                 "expected shape (N, {t}, {f}) or flat data whose size divides by {t}*{f} = {}, got shape {} ({size} values)",
                 t * f,
                 fmt_shape(&arr.shape)
             )));
         }
-        Sequences { n: size / (t * f), t, f, values: arr.data }
+        Sequences {
+            n: size / (t * f),
+            t,
+            f,
+            values: arr.data,
+        }
     };
     if seqs.t == 0 || seqs.f == 0 {
         return Err(err(format!(
@@ -245,7 +278,10 @@ pub fn to_sequences(arr: Array, what: &str, t: usize, f: usize) -> Result<Sequen
 pub fn load_npz(path: &Path, t: usize, f: usize) -> Result<Dataset, ModelError> {
     let name = path.display().to_string();
     let mut arrays = npy::read_npz(path)?;
-    let data_err = |msg: String| ModelError::Data { source_name: name.clone(), msg };
+    let data_err = |msg: String| ModelError::Data {
+        source_name: name.clone(),
+        msg,
+    };
     let known = ["x", "y", "x_val", "y_val", "cond", "cond_val"];
     if let Some(unknown) = arrays.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(data_err(format!(
@@ -257,11 +293,18 @@ pub fn load_npz(path: &Path, t: usize, f: usize) -> Result<Dataset, ModelError> 
     let (x, y) = match (take("x"), take("y")) {
         (Some(x), Some(y)) => (x, y),
         (x, y) => {
-            let missing: Vec<&str> =
-                [("x", x.is_none()), ("y", y.is_none())].iter().filter(|m| m.1).map(|m| m.0).collect();
+            let missing: Vec<&str> = [("x", x.is_none()), ("y", y.is_none())]
+                .iter()
+                .filter(|m| m.1)
+                .map(|m| m.0)
+                .collect();
             return Err(data_err(format!(
                 "expected arrays `x` and `y`, missing {}",
-                missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(" and ")
+                missing
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
             )));
         }
     };
@@ -271,7 +314,9 @@ pub fn load_npz(path: &Path, t: usize, f: usize) -> Result<Dataset, ModelError> 
     let val = match (x_val, y_val) {
         (Some(xv), Some(yv)) => {
             if train.cond.is_some() && cond_val.is_none() {
-                return Err(data_err("`cond` is given, so `cond_val` is expected too, but it is missing".into()));
+                return Err(data_err(
+                    "`cond` is given, so `cond_val` is expected too, but it is missing".into(),
+                ));
             }
             let v = split(&name, "_val", xv, yv, cond_val, t, f)?;
             if (v.x.t, v.x.f, v.y.f) != (train.x.t, train.x.f, train.y.f) {
@@ -292,12 +337,22 @@ pub fn load_npz(path: &Path, t: usize, f: usize) -> Result<Dataset, ModelError> 
         }
         (None, None) => {
             if cond_val.is_some() {
-                return Err(data_err("`cond_val` is given without `x_val` and `y_val`".into()));
+                return Err(data_err(
+                    "`cond_val` is given without `x_val` and `y_val`".into(),
+                ));
             }
             None
         }
-        (Some(_), None) => return Err(data_err("`x_val` is given, so `y_val` is expected too, but it is missing".into())),
-        (None, Some(_)) => return Err(data_err("`y_val` is given, so `x_val` is expected too, but it is missing".into())),
+        (Some(_), None) => {
+            return Err(data_err(
+                "`x_val` is given, so `y_val` is expected too, but it is missing".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(data_err(
+                "`y_val` is given, so `x_val` is expected too, but it is missing".into(),
+            ));
+        }
     };
     Ok(Dataset { name, train, val })
 }
@@ -332,7 +387,10 @@ fn split(
             match c.shape[..] {
                 [n, w] if n == x.n && w > 0 => {
                     crate::error::check_finite(&what, &c.data)?;
-                    Some(Cond { width: w, values: c.data })
+                    Some(Cond {
+                        width: w,
+                        values: c.data,
+                    })
                 }
                 _ => {
                     return Err(ModelError::Data {
@@ -359,7 +417,11 @@ mod tests {
 
     #[test]
     fn synthetic_streams_continue_across_batches() {
-        let spec = SyntheticSpec { sequences: 40, val_sequences: 20, ..SyntheticSpec::new(10, 3) };
+        let spec = SyntheticSpec {
+            sequences: 40,
+            val_sequences: 20,
+            ..SyntheticSpec::new(10, 3)
+        };
         let d = synthetic(&spec);
         assert_eq!(d.train.x.shape(), [40, 96, 2]);
         assert_eq!(d.val.as_ref().unwrap().x.shape(), [20, 96, 2]);
@@ -369,11 +431,17 @@ mod tests {
             let last_target = &d.train.y.seq(i)[95 * 2..96 * 2];
             let next_first_input = &d.train.x.seq(i + 10)[0..2];
             for k in 0..2 {
-                assert!((last_target[k] - next_first_input[k]).abs() < 0.4, "stream continuity");
+                assert!(
+                    (last_target[k] - next_first_input[k]).abs() < 0.4,
+                    "stream continuity"
+                );
             }
         }
         assert_eq!(d, synthetic(&spec), "deterministic");
-        assert_ne!(d.fingerprint(), synthetic(&SyntheticSpec { seed: 4, ..spec }).fingerprint());
+        assert_ne!(
+            d.fingerprint(),
+            synthetic(&SyntheticSpec { seed: 4, ..spec }).fingerprint()
+        );
     }
 
     #[test]
@@ -397,26 +465,55 @@ mod tests {
     fn every_data_error_is_clear() {
         let v = vec![0.0f32; 2 * 96 * 2];
         let e = load_err(&[("x", &[1000], &vec![0.0; 1000]), ("y", &[2, 96, 2], &v)]);
-        assert!(e.contains("x") && e.contains("96*2 = 192") && e.contains("(1000,)"), "{e}");
+        assert!(
+            e.contains("x") && e.contains("96*2 = 192") && e.contains("(1000,)"),
+            "{e}"
+        );
         let e = load_err(&[("x", &[2, 96, 2], &v)]);
         assert!(e.contains("missing `y`"), "{e}");
         let e = load_err(&[("x", &[2, 96, 2], &v), ("y", &[1, 96, 2], &v[..192])]);
-        assert!(e.contains("same sequences") && e.contains("(2, 96, 2)") && e.contains("(1, 96, 2)"), "{e}");
+        assert!(
+            e.contains("same sequences") && e.contains("(2, 96, 2)") && e.contains("(1, 96, 2)"),
+            "{e}"
+        );
         let mut nan = v.clone();
         nan[7] = f32::NAN;
         let e = load_err(&[("x", &[2, 96, 2], &nan), ("y", &[2, 96, 2], &v)]);
-        assert!(e.contains("x") && e.contains("finite") && e.contains("index 7"), "{e}");
-        let e = load_err(&[("x", &[2, 96, 2], &v), ("y", &[2, 96, 2], &v), ("x_val", &[2, 96, 2], &v)]);
-        assert!(e.contains("y_val") && e.contains("missing"), "{e}");
-        let e = load_err(&[("x", &[2, 96, 2], &v), ("y", &[2, 96, 2], &v), ("w", &[1], &[0.0])]);
-        assert!(e.contains("unexpected array `w`"), "{e}");
-        let e = load_err(&[("x", &[2, 96, 2], &v), ("y", &[2, 96, 2], &v), ("cond", &[3, 2], &[0.0; 6])]);
-        assert!(e.contains("cond") && e.contains("(2, C)") && e.contains("(3, 2)"), "{e}");
+        assert!(
+            e.contains("x") && e.contains("finite") && e.contains("index 7"),
+            "{e}"
+        );
         let e = load_err(&[
-            ("x", &[2, 96, 2], &v), ("y", &[2, 96, 2], &v),
-            ("x_val", &[1, 48, 2], &v[..96]), ("y_val", &[1, 48, 2], &v[..96]),
+            ("x", &[2, 96, 2], &v),
+            ("y", &[2, 96, 2], &v),
+            ("x_val", &[2, 96, 2], &v),
         ]);
-        assert!(e.contains("x_val/y_val") && e.contains("(96, 2, 2)") && e.contains("(48, 2, 2)"), "{e}");
+        assert!(e.contains("y_val") && e.contains("missing"), "{e}");
+        let e = load_err(&[
+            ("x", &[2, 96, 2], &v),
+            ("y", &[2, 96, 2], &v),
+            ("w", &[1], &[0.0]),
+        ]);
+        assert!(e.contains("unexpected array `w`"), "{e}");
+        let e = load_err(&[
+            ("x", &[2, 96, 2], &v),
+            ("y", &[2, 96, 2], &v),
+            ("cond", &[3, 2], &[0.0; 6]),
+        ]);
+        assert!(
+            e.contains("cond") && e.contains("(2, C)") && e.contains("(3, 2)"),
+            "{e}"
+        );
+        let e = load_err(&[
+            ("x", &[2, 96, 2], &v),
+            ("y", &[2, 96, 2], &v),
+            ("x_val", &[1, 48, 2], &v[..96]),
+            ("y_val", &[1, 48, 2], &v[..96]),
+        ]);
+        assert!(
+            e.contains("x_val/y_val") && e.contains("(96, 2, 2)") && e.contains("(48, 2, 2)"),
+            "{e}"
+        );
         let p = tmp("notzip.npz");
         std::fs::write(&p, b"hello").unwrap();
         let e = load_npz(&p, 96, 2).unwrap_err().to_string();

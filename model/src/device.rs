@@ -47,7 +47,11 @@ impl FromStr for DeviceChoice {
             "metal" => Self::Metal,
             "dx12" => Self::Dx12,
             "cpu" => Self::Cpu,
-            other => return Err(format!("expected one of auto, wgpu, vulkan, metal, dx12, cpu; got `{other}`")),
+            other => {
+                return Err(format!(
+                    "expected one of auto, wgpu, vulkan, metal, dx12, cpu; got `{other}`"
+                ));
+            }
         })
     }
 }
@@ -89,8 +93,14 @@ impl Compute {
     }
 }
 
-fn probe(api: WgpuBackend) -> Result<(Device, String, bool), String> {
-    let (device, setup) = Device::wgpu_options().graphics_api(api).init_with_setup().map_err(|e| e.to_string())?;
+/// A probed adapter: Burn's device, its description, and whether it is a software rasterizer.
+type Probe = Result<(Device, String, bool), String>;
+
+fn probe(api: WgpuBackend) -> Probe {
+    let (device, setup) = Device::wgpu_options()
+        .graphics_api(api)
+        .init_with_setup()
+        .map_err(|e| e.to_string())?;
     let info = setup.adapter.get_info();
     let software = info.device_type == DeviceType::Cpu;
     let desc = format!("{} [{:?}, {:?}]", info.name, info.device_type, info.backend);
@@ -99,7 +109,7 @@ fn probe(api: WgpuBackend) -> Result<(Device, String, bool), String> {
 
 /// Resolves `choice`, probing wgpu at most once per graphics API in this process.
 pub fn resolve(choice: DeviceChoice) -> Result<Compute, ModelError> {
-    static CACHE: OnceLock<Mutex<HashMap<DeviceChoice, Result<(Device, String, bool), String>>>> = OnceLock::new();
+    static CACHE: OnceLock<Mutex<HashMap<DeviceChoice, Probe>>> = OnceLock::new();
     let api = match choice {
         DeviceChoice::Cpu => return Ok(Compute::Cpu),
         DeviceChoice::Auto | DeviceChoice::Wgpu => WgpuBackend::Auto,
@@ -107,9 +117,16 @@ pub fn resolve(choice: DeviceChoice) -> Result<Compute, ModelError> {
         DeviceChoice::Metal => WgpuBackend::Metal,
         DeviceChoice::Dx12 => WgpuBackend::Dx12,
     };
-    let key = if choice == DeviceChoice::Auto { DeviceChoice::Wgpu } else { choice };
+    let key = if choice == DeviceChoice::Auto {
+        DeviceChoice::Wgpu
+    } else {
+        choice
+    };
     let probed = {
-        let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = CACHE
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         cache.entry(key).or_insert_with(|| probe(api)).clone()
     };
     match (choice, probed) {
@@ -129,7 +146,10 @@ pub fn resolve(choice: DeviceChoice) -> Result<Compute, ModelError> {
             tracing::info!(%adapter, requested = %choice, "using wgpu adapter");
             Ok(Compute::Wgpu { device, adapter })
         }
-        (_, Err(e)) => Err(ModelError::Device { requested: choice.to_string(), msg: e }),
+        (_, Err(e)) => Err(ModelError::Device {
+            requested: choice.to_string(),
+            msg: e,
+        }),
     }
 }
 
@@ -142,10 +162,16 @@ pub fn make_engine(
 ) -> Result<Box<dyn Engine>, ModelError> {
     Ok(match (kind, compute) {
         (EngineKind::Fused, Compute::Cpu) => Box::new(CpuEngine::new(cfg, threads)),
-        (EngineKind::Burn, Compute::Cpu) => Box::new(BurnEngine::new(cfg, Device::flex(), "flex (cpu)")),
-        (EngineKind::Burn, Compute::Wgpu { device, adapter }) => {
-            Box::new(BurnEngine::new(cfg, device.clone(), format!("wgpu {adapter}")))
+        (EngineKind::Burn, Compute::Cpu) => {
+            Box::new(BurnEngine::new(cfg, Device::flex(), "flex (cpu)"))
         }
-        (EngineKind::Fused, Compute::Wgpu { device, adapter }) => Box::new(WgpuFusedEngine::new(cfg, device, adapter)?),
+        (EngineKind::Burn, Compute::Wgpu { device, adapter }) => Box::new(BurnEngine::new(
+            cfg,
+            device.clone(),
+            format!("wgpu {adapter}"),
+        )),
+        (EngineKind::Fused, Compute::Wgpu { device, adapter }) => {
+            Box::new(WgpuFusedEngine::new(cfg, device, adapter)?)
+        }
     })
 }

@@ -31,19 +31,33 @@ impl DropoutMask {
     /// Masks for probability `p` in `[0, 1)`.
     pub fn new(key: DropoutKey, p: f32) -> Self {
         let threshold = (f64::from(p) * f64::from(1u32 << 24)).round() as u32;
-        Self { key, threshold, scale: 1.0 / (1.0 - p) }
+        Self {
+            key,
+            threshold,
+            scale: 1.0 / (1.0 - p),
+        }
     }
 
     /// The per-slot base word: hashing is split so the per-element cost is one mix.
     pub fn slot_base(&self, slot: u64) -> u64 {
-        hash_words(&[self.key.seed, self.key.epoch, self.key.step, slot, 0x64726f70])
+        hash_words(&[
+            self.key.seed,
+            self.key.epoch,
+            self.key.step,
+            slot,
+            0x64726f70,
+        ])
     }
 
     /// The multiplier (0 or `1/(1-p)`) of `element` given the slot's base word.
     #[inline]
     pub fn factor(&self, slot_base: u64, element: u64) -> f32 {
         let draw = (mix64(slot_base ^ element.wrapping_mul(0x9e37_79b9_7f4a_7c15)) >> 40) as u32;
-        if draw >= self.threshold { self.scale } else { 0.0 }
+        if draw >= self.threshold {
+            self.scale
+        } else {
+            0.0
+        }
     }
 
     /// Writes the factors of one slot's `len` elements into `out`.
@@ -60,7 +74,11 @@ mod tests {
     use super::*;
 
     fn key(step: u64) -> DropoutKey {
-        DropoutKey { seed: 42, epoch: 1, step }
+        DropoutKey {
+            seed: 42,
+            epoch: 1,
+            step,
+        }
     }
 
     #[test]

@@ -83,12 +83,19 @@ pub enum ModelError {
 impl ModelError {
     /// A shape error for `what` with shapes written as tuples, e.g. `(10, 8)`.
     pub fn shape(what: impl Into<String>, expected: &[usize], got: &[usize]) -> Self {
-        Self::Shape { what: what.into(), expected: fmt_shape(expected), got: fmt_shape(got) }
+        Self::Shape {
+            what: what.into(),
+            expected: fmt_shape(expected),
+            got: fmt_shape(got),
+        }
     }
 
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 
@@ -97,7 +104,14 @@ pub fn fmt_shape(shape: &[usize]) -> String {
     match shape {
         [] => "()".into(),
         [one] => format!("({one},)"),
-        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
@@ -105,7 +119,11 @@ pub fn fmt_shape(shape: &[usize]) -> String {
 pub fn check_finite(what: &str, values: &[f32]) -> Result<(), ModelError> {
     match values.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
-        Some(index) => Err(ModelError::NonFinite { what: what.into(), index, value: values[index] }),
+        Some(index) => Err(ModelError::NonFinite {
+            what: what.into(),
+            index,
+            value: values[index],
+        }),
     }
 }
 

@@ -17,10 +17,17 @@ pub const FORMAT: &str = "carry-pytorch-v1";
 pub fn export(path: &Path, cfg: &ModelConfig, params: &[f32]) -> Result<(), ModelError> {
     let layout = ParamLayout::new(cfg);
     if params.len() != layout.len() {
-        return Err(ModelError::shape("parameters", &[layout.len()], &[params.len()]));
+        return Err(ModelError::shape(
+            "parameters",
+            &[layout.len()],
+            &[params.len()],
+        ));
     }
-    let tensors: Vec<(&str, Vec<usize>, &[f32])> =
-        layout.specs().iter().map(|s| (s.name.as_str(), s.shape.clone(), &params[s.range()])).collect();
+    let tensors: Vec<(&str, Vec<usize>, &[f32])> = layout
+        .specs()
+        .iter()
+        .map(|s| (s.name.as_str(), s.shape.clone(), &params[s.range()]))
+        .collect();
     let mut meta = HashMap::new();
     meta.insert("format".into(), FORMAT.into());
     meta.insert("head".into(), cfg.head.to_string());
@@ -51,11 +58,20 @@ pub fn load_model(path: &Path, head: Option<Head>) -> Result<LoadedModel, ModelE
         if let Some(h) = head {
             config.head = h;
         }
-        return Ok(LoadedModel { config, params: ck.params.clone(), checkpoint: Some(ck) });
+        return Ok(LoadedModel {
+            config,
+            params: ck.params.clone(),
+            checkpoint: Some(ck),
+        });
     }
-    let bad = |msg: String| ModelError::Checkpoint { path: file.clone(), msg };
+    let bad = |msg: String| ModelError::Checkpoint {
+        path: file.clone(),
+        msg,
+    };
     let shape_of = |name: &str| tensors.get(name).map(|(s, _)| s.clone());
-    let layers = (0..).take_while(|k| tensors.contains_key(&format!("lstm.weight_ih_l{k}"))).count();
+    let layers = (0..)
+        .take_while(|k| tensors.contains_key(&format!("lstm.weight_ih_l{k}")))
+        .count();
     if layers == 0 {
         let names: Vec<&String> = tensors.keys().collect();
         return Err(bad(format!(
@@ -67,24 +83,45 @@ pub fn load_model(path: &Path, head: Option<Head>) -> Result<LoadedModel, ModelE
         .ok_or_else(|| bad("missing tensor `lstm.weight_hh_l0`".into()))?;
     let hidden = w_hh0.get(1).copied().unwrap_or(0);
     let input = w_ih0.get(1).copied().unwrap_or(0);
-    let output = shape_of("head.weight").ok_or_else(|| bad("missing tensor `head.weight`".into()))?[0];
+    let output =
+        shape_of("head.weight").ok_or_else(|| bad("missing tensor `head.weight`".into()))?[0];
     let cond = shape_of("init.weight_l0").and_then(|s| s.get(1).copied());
     let head = match head {
         Some(h) => h,
         None => match meta.get("head") {
-            Some(h) => h.parse().map_err(|e: String| bad(format!("metadata `head`: {e}")))?,
+            Some(h) => h
+                .parse()
+                .map_err(|e: String| bad(format!("metadata `head`: {e}")))?,
             None => Head::Linear,
         },
     };
-    let dropout = meta.get("dropout").and_then(|d| d.parse().ok()).unwrap_or(0.0);
-    let config = ModelConfig { input, hidden, layers, output, head, dropout, cond };
+    let dropout = meta
+        .get("dropout")
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0);
+    let config = ModelConfig {
+        input,
+        hidden,
+        layers,
+        output,
+        head,
+        dropout,
+        cond,
+    };
     config.validate().map_err(|e| bad(e.to_string()))?;
     let layout = ParamLayout::new(&config);
     let mut params = vec![0.0f32; layout.len()];
     for spec in layout.specs() {
-        let (shape, values) = tensors.get(&spec.name).ok_or_else(|| bad(format!("missing tensor `{}`", spec.name)))?;
+        let (shape, values) = tensors
+            .get(&spec.name)
+            .ok_or_else(|| bad(format!("missing tensor `{}`", spec.name)))?;
         if *shape != spec.shape {
-            return Err(bad(ModelError::shape(format!("tensor {}", spec.name), &spec.shape, shape).to_string()));
+            return Err(bad(ModelError::shape(
+                format!("tensor {}", spec.name),
+                &spec.shape,
+                shape,
+            )
+            .to_string()));
         }
         check_finite(&spec.name, values)?;
         params[spec.range()].copy_from_slice(values);
@@ -94,5 +131,9 @@ pub fn load_model(path: &Path, head: Option<Head>) -> Result<LoadedModel, ModelE
             "unexpected tensor `{extra}` for a {layers}-layer LSTM of {hidden} units"
         )));
     }
-    Ok(LoadedModel { config, params, checkpoint: None })
+    Ok(LoadedModel {
+        config,
+        params,
+        checkpoint: None,
+    })
 }

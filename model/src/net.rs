@@ -33,20 +33,32 @@ pub fn initial_states(
             (None, _) => Ok(SlotStates::zeros(cfg.layers, n, cfg.hidden)),
             (Some(w), Some(c)) => {
                 if c.len() != n * w {
-                    return Err(ModelError::shape("conditioning vectors", &[n, w], &[c.len() / w.max(1), w]));
+                    return Err(ModelError::shape(
+                        "conditioning vectors",
+                        &[n, w],
+                        &[c.len() / w.max(1), w],
+                    ));
                 }
                 Ok(project(cfg, &ParamLayout::new(cfg), params, c, n))
             }
             (Some(w), None) => Err(ModelError::Data {
                 source_name: "conditioning".into(),
-                msg: format!("the model projects a conditioning vector of width {w} to its initial state, but none was given"),
+                msg: format!(
+                    "the model projects a conditioning vector of width {w} to its initial state, but none was given"
+                ),
             }),
         },
     }
 }
 
 /// `h0 = tanh(W_h c + b_h)`, `c0 = W_c c + b_c` for every layer and slot.
-fn project(cfg: &ModelConfig, layout: &ParamLayout, params: &[f32], cond: &[f32], n: usize) -> SlotStates {
+fn project(
+    cfg: &ModelConfig,
+    layout: &ParamLayout,
+    params: &[f32],
+    cond: &[f32],
+    n: usize,
+) -> SlotStates {
     let (h, w) = (cfg.hidden, cfg.cond.unwrap_or(0));
     let mut out = SlotStates::zeros(cfg.layers, n, h);
     let (oh, oc) = out.hc_mut();

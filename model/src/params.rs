@@ -72,7 +72,11 @@ impl ParamLayout {
         let mut specs = Vec::new();
         let mut total = 0;
         let mut push = |name: String, shape: Vec<usize>| {
-            let spec = ParamSpec { name, shape, offset: total };
+            let spec = ParamSpec {
+                name,
+                shape,
+                offset: total,
+            };
             total += spec.len();
             let offset = spec.offset;
             specs.push(spec);
@@ -85,7 +89,13 @@ impl ParamLayout {
             let w_hh = push(format!("lstm.weight_hh_l{k}"), vec![4 * h, h]);
             let b_ih = push(format!("lstm.bias_ih_l{k}"), vec![4 * h]);
             let b_hh = push(format!("lstm.bias_hh_l{k}"), vec![4 * h]);
-            layers.push(LayerOffsets { input, w_ih, w_hh, b_ih, b_hh });
+            layers.push(LayerOffsets {
+                input,
+                w_ih,
+                w_hh,
+                b_ih,
+                b_hh,
+            });
         }
         let head_w = push("head.weight".into(), vec![cfg.output, h]);
         let head_b = push("head.bias".into(), vec![cfg.output]);
@@ -97,7 +107,14 @@ impl ParamLayout {
                 init.push((w, b));
             }
         }
-        Self { specs, layers, head_w, head_b, init, total }
+        Self {
+            specs,
+            layers,
+            head_w,
+            head_b,
+            init,
+            total,
+        }
     }
 
     /// Total number of parameters.
@@ -151,12 +168,22 @@ pub fn init_params(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
     for k in 0..cfg.layers {
         let l = layout.layer(k);
         // Keras' kernel is [in, 4H]; its Glorot limit uses fan_in = in, fan_out = 4H.
-        glorot(&mut p[l.w_ih..l.w_ih + 4 * h * l.input], l.input, 4 * h, &mut rng);
+        glorot(
+            &mut p[l.w_ih..l.w_ih + 4 * h * l.input],
+            l.input,
+            4 * h,
+            &mut rng,
+        );
         orthogonal_columns(&mut p[l.w_hh..l.w_hh + 4 * h * h], 4 * h, h, &mut rng);
         p[l.b_ih + h..l.b_ih + 2 * h].fill(1.0); // unit forget bias
     }
     let out = cfg.output;
-    glorot(&mut p[layout.head_w()..layout.head_w() + out * h], h, out, &mut rng);
+    glorot(
+        &mut p[layout.head_w()..layout.head_w() + out * h],
+        h,
+        out,
+        &mut rng,
+    );
     if let Some(c) = cfg.cond {
         for k in 0..cfg.layers {
             let (w, _) = layout.init(k).expect("projection configured");
@@ -185,7 +212,10 @@ fn orthogonal_columns(out: &mut [f32], rows: usize, cols: usize, rng: &mut Rng) 
                 a[r * cols + j] -= dot * a[r * cols + i];
             }
         }
-        let norm = (0..rows).map(|r| a[r * cols + j].powi(2)).sum::<f64>().sqrt();
+        let norm = (0..rows)
+            .map(|r| a[r * cols + j].powi(2))
+            .sum::<f64>()
+            .sqrt();
         for r in 0..rows {
             a[r * cols + j] /= norm;
         }
@@ -207,9 +237,16 @@ mod tests {
         assert_eq!(
             names,
             [
-                "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0",
-                "lstm.weight_ih_l1", "lstm.weight_hh_l1", "lstm.bias_ih_l1", "lstm.bias_hh_l1",
-                "head.weight", "head.bias",
+                "lstm.weight_ih_l0",
+                "lstm.weight_hh_l0",
+                "lstm.bias_ih_l0",
+                "lstm.bias_hh_l0",
+                "lstm.weight_ih_l1",
+                "lstm.weight_hh_l1",
+                "lstm.bias_ih_l1",
+                "lstm.bias_hh_l1",
+                "head.weight",
+                "head.bias",
             ]
         );
         // PyTorch: 4H*(in+H) + 8H per layer, then out*H + out.
@@ -219,7 +256,10 @@ mod tests {
 
     #[test]
     fn init_is_keras_like_and_deterministic() {
-        let cfg = ModelConfig { hidden: 6, ..ModelConfig::seed() };
+        let cfg = ModelConfig {
+            hidden: 6,
+            ..ModelConfig::seed()
+        };
         let a = init_params(&cfg, 1);
         assert_eq!(a, init_params(&cfg, 1));
         assert_ne!(a, init_params(&cfg, 2));
@@ -241,6 +281,10 @@ mod tests {
         }
         // Glorot bound for the input kernel
         let limit = (6.0f32 / (2.0 + 24.0)).sqrt();
-        assert!(a[k0.w_ih..k0.w_ih + 4 * h * 2].iter().all(|v| v.abs() <= limit));
+        assert!(
+            a[k0.w_ih..k0.w_ih + 4 * h * 2]
+                .iter()
+                .all(|v| v.abs() <= limit)
+        );
     }
 }

@@ -11,9 +11,9 @@ pub fn mix64(mut z: u64) -> u64 {
 
 /// Hashes a sequence of words into one well-mixed word (order matters).
 pub fn hash_words(words: &[u64]) -> u64 {
-    words
-        .iter()
-        .fold(0x6a09_e667_f3bc_c908, |acc, &w| mix64(acc ^ mix64(w.wrapping_add(0x9e37_79b9_7f4a_7c15))))
+    words.iter().fold(0x6a09_e667_f3bc_c908, |acc, &w| {
+        mix64(acc ^ mix64(w.wrapping_add(0x9e37_79b9_7f4a_7c15)))
+    })
 }
 
 /// A SplitMix64 stream.
@@ -28,7 +28,9 @@ impl Rng {
         let tag_hash = tag.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
         });
-        Self { state: hash_words(&[seed, tag_hash]) }
+        Self {
+            state: hash_words(&[seed, tag_hash]),
+        }
     }
 
     /// Next 64 random bits.
@@ -61,14 +63,18 @@ mod tests {
 
     #[test]
     fn streams_are_reproducible_and_tagged() {
-        let a: Vec<u64> = (0..4).map({
-            let mut r = Rng::new(7, "init");
-            move |_| r.next_u64()
-        }).collect();
-        let b: Vec<u64> = (0..4).map({
-            let mut r = Rng::new(7, "init");
-            move |_| r.next_u64()
-        }).collect();
+        let a: Vec<u64> = (0..4)
+            .map({
+                let mut r = Rng::new(7, "init");
+                move |_| r.next_u64()
+            })
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .map({
+                let mut r = Rng::new(7, "init");
+                move |_| r.next_u64()
+            })
+            .collect();
         let c = Rng::new(7, "data").next_u64();
         assert_eq!(a, b);
         assert_ne!(a[0], c);

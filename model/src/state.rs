@@ -22,7 +22,13 @@ impl SlotStates {
     /// All-zero states.
     pub fn zeros(layers: usize, slots: usize, hidden: usize) -> Self {
         let n = layers * slots * hidden;
-        Self { layers, slots, hidden, h: vec![0.0; n], c: vec![0.0; n] }
+        Self {
+            layers,
+            slots,
+            hidden,
+            h: vec![0.0; n],
+            c: vec![0.0; n],
+        }
     }
 
     /// States from flat `[layers, slots, hidden]` vectors, checked for shape and finiteness.
@@ -51,7 +57,13 @@ impl SlotStates {
         }
         check_finite("h", &h)?;
         check_finite("c", &c)?;
-        Ok(Self { layers, slots, hidden, h, c })
+        Ok(Self {
+            layers,
+            slots,
+            hidden,
+            h,
+            c,
+        })
     }
 
     /// Layers.
@@ -106,7 +118,13 @@ impl SlotStates {
         self.set(k, 'c', value, shape)
     }
 
-    fn set(&mut self, k: usize, which: char, value: &[f32], shape: [usize; 2]) -> Result<(), ModelError> {
+    fn set(
+        &mut self,
+        k: usize,
+        which: char,
+        value: &[f32],
+        shape: [usize; 2],
+    ) -> Result<(), ModelError> {
         let what = format!("layer {k} {which}");
         if k >= self.layers {
             return Err(ModelError::Shape {
@@ -128,7 +146,11 @@ impl SlotStates {
         }
         check_finite(&what, value)?;
         let n = self.slots * self.hidden;
-        let dst = if which == 'h' { &mut self.h } else { &mut self.c };
+        let dst = if which == 'h' {
+            &mut self.h
+        } else {
+            &mut self.c
+        };
         dst[k * n..(k + 1) * n].copy_from_slice(value);
         Ok(())
     }
@@ -192,7 +214,8 @@ mod tests {
     fn set_read_gather_scatter() {
         let mut s = SlotStates::zeros(2, 3, 2);
         s.set_h(1, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [3, 2]).unwrap();
-        s.set_c(0, &[7.0, 8.0, 9.0, 10.0, 11.0, 12.0], [3, 2]).unwrap();
+        s.set_c(0, &[7.0, 8.0, 9.0, 10.0, 11.0, 12.0], [3, 2])
+            .unwrap();
         assert_eq!(s.layer_h(1), &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         let g = s.gather(&[2, 0]);
         assert_eq!(g.layer_h(1), &[5.0, 6.0, 1.0, 2.0]);

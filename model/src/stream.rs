@@ -61,9 +61,17 @@ impl Cursor {
     pub fn next(self, streams: &Streams) -> Self {
         let step = self.step + 1;
         if step == streams.steps_per_epoch {
-            Self { epoch: self.epoch + 1, step: 0, global: self.global + 1 }
+            Self {
+                epoch: self.epoch + 1,
+                step: 0,
+                global: self.global + 1,
+            }
         } else {
-            Self { step, global: self.global + 1, ..self }
+            Self {
+                step,
+                global: self.global + 1,
+                ..self
+            }
         }
     }
 }
@@ -105,7 +113,10 @@ mod tests {
     #[test]
     fn too_few_sequences_is_an_error() {
         let e = Streams::new(9, 10, "data.npz").unwrap_err().to_string();
-        assert!(e.contains("data.npz") && e.contains("10") && e.contains("got 9"), "{e}");
+        assert!(
+            e.contains("data.npz") && e.contains("10") && e.contains("got 9"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -117,7 +128,18 @@ mod tests {
             seen.push((c.epoch, c.step, c.global));
             c = c.next(&s);
         }
-        assert_eq!(seen, [(0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 0, 3), (1, 1, 4), (1, 2, 5), (2, 0, 6)]);
+        assert_eq!(
+            seen,
+            [
+                (0, 0, 0),
+                (0, 1, 1),
+                (0, 2, 2),
+                (1, 0, 3),
+                (1, 1, 4),
+                (1, 2, 5),
+                (2, 0, 6)
+            ]
+        );
         assert_eq!(total_steps(&s, 4, None), 12);
         assert_eq!(total_steps(&s, 4, Some(5)), 5);
     }

@@ -22,26 +22,67 @@ fn random(n: usize, seed: u64, scale: f64) -> Vec<f32> {
 
 fn random_states(cfg: &ModelConfig, n: usize, seed: u64) -> SlotStates {
     let len = cfg.layers * n * cfg.hidden;
-    SlotStates::from_flat(cfg.layers, n, cfg.hidden, random(len, seed, 0.5), random(len, seed + 1, 0.5)).unwrap()
+    SlotStates::from_flat(
+        cfg.layers,
+        n,
+        cfg.hidden,
+        random(len, seed, 0.5),
+        random(len, seed + 1, 0.5),
+    )
+    .unwrap()
 }
 
 /// A plain f64 LSTM with PyTorch's equations and parameter layout, written independently of the
 /// engines: returns outputs `[n, t, out]` and final `(h, c)` `[layers, n, H]`.
-fn reference(cfg: &ModelConfig, p: &[f32], x: &[f32], n: usize, t: usize, init: &SlotStates) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+fn reference(
+    cfg: &ModelConfig,
+    p: &[f32],
+    x: &[f32],
+    n: usize,
+    t: usize,
+    init: &SlotStates,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let h = cfg.hidden;
     let lay = ParamLayout::new(cfg);
-    let get = |name: &str| -> Vec<f64> { p[lay.spec(name).unwrap().range()].iter().map(|&v| f64::from(v)).collect() };
+    let get = |name: &str| -> Vec<f64> {
+        p[lay.spec(name).unwrap().range()]
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect()
+    };
     let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
-    let mut seq: Vec<Vec<Vec<f64>>> =
-        (0..n).map(|r| (0..t).map(|s| x[(r * t + s) * cfg.input..(r * t + s + 1) * cfg.input].iter().map(|&v| f64::from(v)).collect()).collect()).collect();
+    let mut seq: Vec<Vec<Vec<f64>>> = (0..n)
+        .map(|r| {
+            (0..t)
+                .map(|s| {
+                    x[(r * t + s) * cfg.input..(r * t + s + 1) * cfg.input]
+                        .iter()
+                        .map(|&v| f64::from(v))
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
     let (mut hs, mut cs) = (Vec::new(), Vec::new());
     for k in 0..cfg.layers {
-        let (wih, whh) = (get(&format!("lstm.weight_ih_l{k}")), get(&format!("lstm.weight_hh_l{k}")));
-        let (bih, bhh) = (get(&format!("lstm.bias_ih_l{k}")), get(&format!("lstm.bias_hh_l{k}")));
+        let (wih, whh) = (
+            get(&format!("lstm.weight_ih_l{k}")),
+            get(&format!("lstm.weight_hh_l{k}")),
+        );
+        let (bih, bhh) = (
+            get(&format!("lstm.bias_ih_l{k}")),
+            get(&format!("lstm.bias_hh_l{k}")),
+        );
         let inp = if k == 0 { cfg.input } else { h };
         for (r, row) in seq.iter_mut().enumerate() {
-            let mut hv: Vec<f64> = init.layer_h(k)[r * h..(r + 1) * h].iter().map(|&v| f64::from(v)).collect();
-            let mut cv: Vec<f64> = init.layer_c(k)[r * h..(r + 1) * h].iter().map(|&v| f64::from(v)).collect();
+            let mut hv: Vec<f64> = init.layer_h(k)[r * h..(r + 1) * h]
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
+            let mut cv: Vec<f64> = init.layer_c(k)[r * h..(r + 1) * h]
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
             for xs in row.iter_mut() {
                 let gate = |g: usize, j: usize| -> f64 {
                     let i = g * h + j;
@@ -56,7 +97,12 @@ fn reference(cfg: &ModelConfig, p: &[f32], x: &[f32], n: usize, t: usize, init: 
                 };
                 let mut nh = vec![0.0; h];
                 for j in 0..h {
-                    let (ig, fg, gg, og) = (sig(gate(0, j)), sig(gate(1, j)), gate(2, j).tanh(), sig(gate(3, j)));
+                    let (ig, fg, gg, og) = (
+                        sig(gate(0, j)),
+                        sig(gate(1, j)),
+                        gate(2, j).tanh(),
+                        sig(gate(3, j)),
+                    );
                     cv[j] = fg * cv[j] + ig * gg;
                     nh[j] = og * cv[j].tanh();
                 }
@@ -71,7 +117,9 @@ fn reference(cfg: &ModelConfig, p: &[f32], x: &[f32], n: usize, t: usize, init: 
     let mut y = Vec::new();
     for row in &seq {
         for hv in row {
-            let z: Vec<f64> = (0..cfg.output).map(|o| hb[o] + (0..h).map(|j| hw[o * h + j] * hv[j]).sum::<f64>()).collect();
+            let z: Vec<f64> = (0..cfg.output)
+                .map(|o| hb[o] + (0..h).map(|j| hw[o * h + j] * hv[j]).sum::<f64>())
+                .collect();
             if cfg.head == Head::Softmax {
                 let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
@@ -86,11 +134,18 @@ fn reference(cfg: &ModelConfig, p: &[f32], x: &[f32], n: usize, t: usize, init: 
 }
 
 fn max_abs(a: &[f32], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (f64::from(*x) - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - y).abs())
+        .fold(0.0, f64::max)
 }
 
 fn rel(a: &[f32], b: &[f32]) -> f64 {
-    let num = a.iter().zip(b).map(|(x, y)| f64::from(x - y).abs()).fold(0.0, f64::max);
+    let num = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(x - y).abs())
+        .fold(0.0, f64::max);
     let den = b.iter().map(|y| f64::from(*y).abs()).fold(1e-12, f64::max);
     num / den
 }
@@ -98,9 +153,35 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
 #[test]
 fn engines_match_the_reference_lstm() {
     for (cfg, n, t) in [
-        (ModelConfig { hidden: 8, ..ModelConfig::seed() }, 5, 96),
-        (ModelConfig { input: 3, hidden: 5, layers: 3, output: 4, head: Head::Softmax, ..ModelConfig::seed() }, 3, 7),
-        (ModelConfig { hidden: 1, layers: 1, ..ModelConfig::seed() }, 1, 1),
+        (
+            ModelConfig {
+                hidden: 8,
+                ..ModelConfig::seed()
+            },
+            5,
+            96,
+        ),
+        (
+            ModelConfig {
+                input: 3,
+                hidden: 5,
+                layers: 3,
+                output: 4,
+                head: Head::Softmax,
+                ..ModelConfig::seed()
+            },
+            3,
+            7,
+        ),
+        (
+            ModelConfig {
+                hidden: 1,
+                layers: 1,
+                ..ModelConfig::seed()
+            },
+            1,
+            1,
+        ),
     ] {
         let p = random(ParamLayout::new(&cfg).len(), 3, 0.4);
         let x = random(n * t * cfg.input, 4, 1.0);
@@ -113,37 +194,75 @@ fn engines_match_the_reference_lstm() {
         ];
         for mut e in engines {
             let (y, fin) = e.forward(&p, &x, n, t, &init).unwrap();
-            let d = [max_abs(&y, &ry), max_abs(fin.h(), &rh), max_abs(fin.c(), &rc)];
-            assert!(d.iter().all(|&v| v <= 1e-5), "{}: {cfg:?} diffs y/h/c {d:?}", e.describe());
+            let d = [
+                max_abs(&y, &ry),
+                max_abs(fin.h(), &rh),
+                max_abs(fin.c(), &rc),
+            ];
+            assert!(
+                d.iter().all(|&v| v <= 1e-5),
+                "{}: {cfg:?} diffs y/h/c {d:?}",
+                e.describe()
+            );
         }
     }
 }
 
-fn loss_of(e: &mut dyn Engine, cfg: &ModelConfig, p: &[f32], b: &Batch<'_>, start: Start<'_>) -> f64 {
+fn loss_of(
+    e: &mut dyn Engine,
+    cfg: &ModelConfig,
+    p: &[f32],
+    b: &Batch<'_>,
+    start: Start<'_>,
+) -> f64 {
     net::train_step(e, cfg, p, b, start).unwrap().loss_sum
 }
 
 #[test]
 fn gradients_match_finite_differences() {
     for head in [Head::Linear, Head::Softmax] {
-        let cfg = ModelConfig { hidden: 3, head, dropout: 0.3, cond: Some(2), ..ModelConfig::seed() };
+        let cfg = ModelConfig {
+            hidden: 3,
+            head,
+            dropout: 0.3,
+            cond: Some(2),
+            ..ModelConfig::seed()
+        };
         let (n, t) = (2, 5);
         let p: Vec<f32> = random(ParamLayout::new(&cfg).len(), 11, 0.5);
         let x = random(n * t * 2, 12, 1.0);
         let y = random(n * t * 2, 13, 0.5);
         let cond = random(n * 2, 14, 1.0);
         let slots = [3u64, 7];
-        let batch = Batch { n, t, x: &x, y: &y, slots: &slots, dropout: Some(DropoutKey { seed: 1, epoch: 0, step: 2 }) };
+        let batch = Batch {
+            n,
+            t,
+            x: &x,
+            y: &y,
+            slots: &slots,
+            dropout: Some(DropoutKey {
+                seed: 1,
+                epoch: 0,
+                step: 2,
+            }),
+        };
         let mut e = CpuEngine::new(&cfg, 1);
-        for start in [Start::Reset { cond: Some(&cond) }, Start::Carry(&random_states(&cfg, n, 15))] {
-            let g = net::train_step(&mut e, &cfg, &p, &batch, start).unwrap().grad;
+        for start in [
+            Start::Reset { cond: Some(&cond) },
+            Start::Carry(&random_states(&cfg, n, 15)),
+        ] {
+            let g = net::train_step(&mut e, &cfg, &p, &batch, start)
+                .unwrap()
+                .grad;
             let eps = 1e-2f32;
             let mut fd = vec![0.0f32; p.len()];
             for i in 0..p.len() {
                 let (mut a, mut b) = (p.clone(), p.clone());
                 a[i] += eps;
                 b[i] -= eps;
-                fd[i] = ((loss_of(&mut e, &cfg, &a, &batch, start) - loss_of(&mut e, &cfg, &b, &batch, start)) / (2.0 * f64::from(eps))) as f32;
+                fd[i] = ((loss_of(&mut e, &cfg, &a, &batch, start)
+                    - loss_of(&mut e, &cfg, &b, &batch, start))
+                    / (2.0 * f64::from(eps))) as f32;
             }
             let err = rel(&g, &fd);
             assert!(err <= 1e-2, "{head:?}: relative error {err}");
@@ -158,18 +277,41 @@ fn gradients_match_finite_differences() {
 
 #[test]
 fn burn_engine_gradients_match_the_fused_engine() {
-    let cfg = ModelConfig { hidden: 6, head: Head::Softmax, ..ModelConfig::seed() };
+    let cfg = ModelConfig {
+        hidden: 6,
+        head: Head::Softmax,
+        ..ModelConfig::seed()
+    };
     let (n, t) = (4, 12);
     let p = random(ParamLayout::new(&cfg).len(), 21, 0.4);
     let x = random(n * t * 2, 22, 1.0);
     let y = random(n * t * 2, 23, 0.5);
     let slots = [0u64, 1, 2, 3];
     let init = random_states(&cfg, n, 24);
-    let batch = Batch { n, t, x: &x, y: &y, slots: &slots, dropout: Some(DropoutKey { seed: 9, epoch: 1, step: 4 }) };
-    let a = CpuEngine::new(&cfg, 2).train_step(&p, &batch, &init, true).unwrap();
-    let b = BurnEngine::new(&cfg, burn::tensor::Device::flex(), "flex").train_step(&p, &batch, &init, true).unwrap();
+    let batch = Batch {
+        n,
+        t,
+        x: &x,
+        y: &y,
+        slots: &slots,
+        dropout: Some(DropoutKey {
+            seed: 9,
+            epoch: 1,
+            step: 4,
+        }),
+    };
+    let a = CpuEngine::new(&cfg, 2)
+        .train_step(&p, &batch, &init, true)
+        .unwrap();
+    let b = BurnEngine::new(&cfg, burn::tensor::Device::flex(), "flex")
+        .train_step(&p, &batch, &init, true)
+        .unwrap();
     assert!((a.loss_sum - b.loss_sum).abs() <= 1e-5 * a.loss_sum.abs().max(1.0));
-    assert!(rel(&a.grad, &b.grad) <= 1e-5, "grad rel {}", rel(&a.grad, &b.grad));
+    assert!(
+        rel(&a.grad, &b.grad) <= 1e-5,
+        "grad rel {}",
+        rel(&a.grad, &b.grad)
+    );
     assert!(rel(a.final_state.h(), b.final_state.h()) <= 1e-5);
     let (ga, gb) = (a.init_grad.unwrap(), b.init_grad.unwrap());
     assert!(rel(ga.h(), gb.h()) <= 1e-5 && rel(ga.c(), gb.c()) <= 1e-5);
@@ -177,16 +319,37 @@ fn burn_engine_gradients_match_the_fused_engine() {
 
 #[test]
 fn results_do_not_depend_on_how_slots_are_split() {
-    let cfg = ModelConfig { hidden: 5, ..ModelConfig::seed() };
+    let cfg = ModelConfig {
+        hidden: 5,
+        ..ModelConfig::seed()
+    };
     let (n, t) = (6, 20);
     let p = random(ParamLayout::new(&cfg).len(), 31, 0.4);
     let x = random(n * t * 2, 32, 1.0);
     let y = random(n * t * 2, 33, 0.5);
     let init = random_states(&cfg, n, 34);
     let slots: Vec<u64> = (0..n as u64).collect();
-    let key = Some(DropoutKey { seed: 2, epoch: 0, step: 1 });
+    let key = Some(DropoutKey {
+        seed: 2,
+        epoch: 0,
+        step: 1,
+    });
     let mut e = CpuEngine::new(&cfg, 1);
-    let whole = e.train_step(&p, &Batch { n, t, x: &x, y: &y, slots: &slots, dropout: key }, &init, false).unwrap();
+    let whole = e
+        .train_step(
+            &p,
+            &Batch {
+                n,
+                t,
+                x: &x,
+                y: &y,
+                slots: &slots,
+                dropout: key,
+            },
+            &init,
+            false,
+        )
+        .unwrap();
     let mut grad = vec![0.0f32; p.len()];
     let mut loss = 0.0;
     let mut fin = SlotStates::zeros(cfg.layers, n, cfg.hidden);
@@ -209,7 +372,11 @@ fn results_do_not_depend_on_how_slots_are_split() {
         fin.scatter(&idx, &out.final_state);
     }
     assert!((loss - whole.loss_sum).abs() <= 1e-6 * whole.loss_sum);
-    assert!(rel(&grad, &whole.grad) <= 1e-6, "grad rel {}", rel(&grad, &whole.grad));
+    assert!(
+        rel(&grad, &whole.grad) <= 1e-6,
+        "grad rel {}",
+        rel(&grad, &whole.grad)
+    );
     assert_eq!(fin, whole.final_state, "per-slot results are bit-identical");
 }
 
@@ -228,8 +395,17 @@ fn spec(batch: usize, reset: ResetPolicy) -> TrainSpec {
 
 #[test]
 fn state_carries_slot_by_slot_and_resets_by_policy() {
-    for (b, n, reset) in [(10, 50, ResetPolicy::Epoch), (3, 10, ResetPolicy::Every(2)), (4, 9, ResetPolicy::Never)] {
-        let data = synthetic(&SyntheticSpec { sequences: n, val_sequences: 0, timesteps: 6, ..SyntheticSpec::new(b, 1) });
+    for (b, n, reset) in [
+        (10, 50, ResetPolicy::Epoch),
+        (3, 10, ResetPolicy::Every(2)),
+        (4, 9, ResetPolicy::Never),
+    ] {
+        let data = synthetic(&SyntheticSpec {
+            sequences: n,
+            val_sequences: 0,
+            timesteps: 6,
+            ..SyntheticSpec::new(b, 1)
+        });
         let mut s = spec(b, reset);
         s.epochs = 2;
         let mut tr = Trainer::new(s, Arc::new(data)).unwrap();
@@ -240,12 +416,28 @@ fn state_carries_slot_by_slot_and_resets_by_policy() {
             assert_eq!(plan.reset, reset.resets_at(plan.cursor.step), "reset flag");
             // every slot starts from its own previous final state unless reset
             if plan.reset {
-                assert!(shard.init.h().iter().chain(shard.init.c()).all(|v| *v == 0.0), "reset to zero");
+                assert!(
+                    shard
+                        .init
+                        .h()
+                        .iter()
+                        .chain(shard.init.c())
+                        .all(|v| *v == 0.0),
+                    "reset to zero"
+                );
             } else if let Some(f) = &prev_final {
                 assert_eq!(&shard.init, f, "carried from the previous batch");
             }
             // slot s holds sequence step*B + s
-            let want: Vec<f32> = (0..b).flat_map(|s| tr.data().train.x.seq(plan.cursor.step as usize * b + s).to_vec()).collect();
+            let want: Vec<f32> = (0..b)
+                .flat_map(|s| {
+                    tr.data()
+                        .train
+                        .x
+                        .seq(plan.cursor.step as usize * b + s)
+                        .to_vec()
+                })
+                .collect();
             assert_eq!(shard.x, want);
             tr.step_local(&mut e).unwrap();
             prev_final = Some(tr.states().clone());
@@ -256,16 +448,29 @@ fn state_carries_slot_by_slot_and_resets_by_policy() {
 
 #[test]
 fn export_then_import_is_lossless() {
-    let cfg = ModelConfig { hidden: 7, layers: 3, cond: Some(2), ..ModelConfig::seed() };
+    let cfg = ModelConfig {
+        hidden: 7,
+        layers: 3,
+        cond: Some(2),
+        ..ModelConfig::seed()
+    };
     let p = init_params(&cfg, 9);
     let dir = std::env::temp_dir().join(format!("carry-export-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("m.safetensors");
     crate::export::export(&f, &cfg, &p).unwrap();
     let m = crate::export::load_model(&f, None).unwrap();
-    assert_eq!(m.config, ModelConfig { dropout: cfg.dropout, ..cfg.clone() });
+    assert_eq!(
+        m.config,
+        ModelConfig {
+            dropout: cfg.dropout,
+            ..cfg.clone()
+        }
+    );
     assert_eq!(m.params, p);
-    let e = crate::export::load_model(&dir.join("missing.safetensors"), None).unwrap_err().to_string();
+    let e = crate::export::load_model(&dir.join("missing.safetensors"), None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("missing.safetensors"), "{e}");
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -273,13 +478,22 @@ fn export_then_import_is_lossless() {
 /// Validation MSE of predicting the last input (the naive baseline).
 fn last_value_baseline(d: &Dataset) -> f64 {
     let v = d.val.as_ref().unwrap();
-    let s: f64 = v.x.values.iter().zip(&v.y.values).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+    let s: f64 =
+        v.x.values
+            .iter()
+            .zip(&v.y.values)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum();
     s / v.x.values.len() as f64
 }
 
 #[test]
 fn learns_the_synthetic_data() {
-    let data = synthetic(&SyntheticSpec { sequences: 600, val_sequences: 100, ..SyntheticSpec::new(10, 42) });
+    let data = synthetic(&SyntheticSpec {
+        sequences: 600,
+        val_sequences: 100,
+        ..SyntheticSpec::new(10, 42)
+    });
     let base = last_value_baseline(&data);
     let mut s = spec(10, ResetPolicy::Epoch);
     s.epochs = 30;
@@ -289,7 +503,10 @@ fn learns_the_synthetic_data() {
     let mut e = CpuEngine::new(&tr.spec().model, 0);
     while tr.step_local(&mut e).unwrap().is_some() {}
     let val = tr.validate(&mut e).unwrap().unwrap();
-    assert!(val < 0.3 * base, "validation MSE {val} vs last-value baseline {base}");
+    assert!(
+        val < 0.3 * base,
+        "validation MSE {val} vs last-value baseline {base}"
+    );
 }
 
 /// Streams whose target is a hidden per-stream constant observed through heavy noise: the more
@@ -308,12 +525,32 @@ fn offset_task(b: usize, chunks: usize, t: usize, seed: u64) -> Dataset {
                 y.push(oy as f32);
             }
         }
-        Split { x: Sequences { n, t, f: 2, values: x }, y: Sequences { n, t, f: 2, values: y }, cond: None }
+        Split {
+            x: Sequences {
+                n,
+                t,
+                f: 2,
+                values: x,
+            },
+            y: Sequences {
+                n,
+                t,
+                f: 2,
+                values: y,
+            },
+            cond: None,
+        }
     };
-    let offsets: Vec<(f64, f64)> = (0..b).map(|_| (r.range(-1.0, 1.0), r.range(-1.0, 1.0))).collect();
+    let offsets: Vec<(f64, f64)> = (0..b)
+        .map(|_| (r.range(-1.0, 1.0), r.range(-1.0, 1.0)))
+        .collect();
     let train = split(chunks, &offsets, &mut r);
     let val = split(4, &offsets, &mut r);
-    Dataset { name: "offsets".into(), train, val: Some(val) }
+    Dataset {
+        name: "offsets".into(),
+        train,
+        val: Some(val),
+    }
 }
 
 #[test]
@@ -331,7 +568,12 @@ fn carried_state_beats_reset_state_on_continuing_streams() {
         while tr.step_local(&mut e).unwrap().is_some() {}
         results.push(tr.validate(&mut e).unwrap().unwrap());
     }
-    assert!(results[0] < 0.7 * results[1], "carried {} vs reset {}", results[0], results[1]);
+    assert!(
+        results[0] < 0.7 * results[1],
+        "carried {} vs reset {}",
+        results[0],
+        results[1]
+    );
 }
 
 /// Device tests need a wgpu adapter; Mesa's software Vulkan (lavapipe) provides one in CI.
@@ -339,8 +581,15 @@ fn carried_state_beats_reset_state_on_continuing_streams() {
 fn training_on_wgpu_matches_the_cpu() {
     let compute = crate::device::resolve(crate::device::DeviceChoice::Wgpu)
         .expect("a wgpu adapter (install mesa-vulkan-drivers for a software one)");
-    let crate::device::Compute::Wgpu { device, adapter } = compute else { panic!("expected wgpu") };
-    let data = Arc::new(synthetic(&SyntheticSpec { sequences: 40, val_sequences: 0, timesteps: 16, ..SyntheticSpec::new(4, 3) }));
+    let crate::device::Compute::Wgpu { device, adapter } = compute else {
+        panic!("expected wgpu")
+    };
+    let data = Arc::new(synthetic(&SyntheticSpec {
+        sequences: 40,
+        val_sequences: 0,
+        timesteps: 16,
+        ..SyntheticSpec::new(4, 3)
+    }));
     let mut s = spec(4, ResetPolicy::Epoch);
     s.max_steps = Some(3);
     let mut cpu = Trainer::new(s.clone(), data.clone()).unwrap();
@@ -349,7 +598,12 @@ fn training_on_wgpu_matches_the_cpu() {
     let mut ge = BurnEngine::new(&gpu.spec().model, device, adapter);
     while cpu.step_local(&mut ce).unwrap().is_some() {}
     while gpu.step_local(&mut ge).unwrap().is_some() {}
-    let d = cpu.params().iter().zip(gpu.params()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let d = cpu
+        .params()
+        .iter()
+        .zip(gpu.params())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(d <= 1e-4, "max parameter difference after 3 steps: {d}");
     let ds = rel(gpu.states().h(), cpu.states().h());
     assert!(ds <= 1e-4, "state difference {ds}");
@@ -358,7 +612,9 @@ fn training_on_wgpu_matches_the_cpu() {
 fn wgpu_device() -> (burn::tensor::Device, String) {
     let compute = crate::device::resolve(crate::device::DeviceChoice::Wgpu)
         .expect("a wgpu adapter (install mesa-vulkan-drivers for a software one)");
-    let crate::device::Compute::Wgpu { device, adapter } = compute else { panic!("expected wgpu") };
+    let crate::device::Compute::Wgpu { device, adapter } = compute else {
+        panic!("expected wgpu")
+    };
     (device, adapter)
 }
 
@@ -369,7 +625,15 @@ fn fused_wgpu_matches_the_cpu_engine() {
     let mut case = 0u64;
     for hidden in [1usize, 3, 8, 64] {
         for head in [Head::Linear, Head::Softmax] {
-            let cfg = ModelConfig { input: 3, hidden, layers: 2, output: 4, head, dropout: 0.25, cond: None };
+            let cfg = ModelConfig {
+                input: 3,
+                hidden,
+                layers: 2,
+                output: 4,
+                head,
+                dropout: 0.25,
+                cond: None,
+            };
             // one engine per configuration: its buffers are reused across shapes that repeat
             let mut gpu = WgpuFusedEngine::new(&cfg, &device, &adapter).unwrap();
             let mut cpu = CpuEngine::new(&cfg, 2);
@@ -385,9 +649,23 @@ fn fused_wgpu_matches_the_cpu_engine() {
                     let y = random(n * t * cfg.output, 300 + case, 0.5);
                     let init = random_states(&cfg, n, 400 + case);
                     let slots: Vec<u64> = (0..n as u64).map(|s| 3 * s + case).collect();
-                    let dropout = (!case.is_multiple_of(4)).then_some(DropoutKey { seed: 7, epoch: case, step: 2 });
-                    let batch = Batch { n, t, x: &x, y: &y, slots: &slots, dropout };
-                    let what = format!("n={n} H={hidden} T={t} {head:?} dropout={}", dropout.is_some());
+                    let dropout = (!case.is_multiple_of(4)).then_some(DropoutKey {
+                        seed: 7,
+                        epoch: case,
+                        step: 2,
+                    });
+                    let batch = Batch {
+                        n,
+                        t,
+                        x: &x,
+                        y: &y,
+                        slots: &slots,
+                        dropout,
+                    };
+                    let what = format!(
+                        "n={n} H={hidden} T={t} {head:?} dropout={}",
+                        dropout.is_some()
+                    );
                     let a = cpu.train_step(&p, &batch, &init, true).unwrap();
                     let b = gpu.train_step(&p, &batch, &init, true).unwrap();
                     let dl = (a.loss_sum - b.loss_sum).abs() / a.loss_sum.abs().max(1e-12);
@@ -405,7 +683,11 @@ fn fused_wgpu_matches_the_cpu_engine() {
                     }
                     let (ya, fa) = cpu.forward(&p, &x, n, t, &init).unwrap();
                     let (yb, fb) = gpu.forward(&p, &x, n, t, &init).unwrap();
-                    for (name, u, v) in [("forward y", &ya[..], &yb[..]), ("forward h", fa.h(), fb.h()), ("forward c", fa.c(), fb.c())] {
+                    for (name, u, v) in [
+                        ("forward y", &ya[..], &yb[..]),
+                        ("forward h", fa.h(), fb.h()),
+                        ("forward c", fa.c(), fb.c()),
+                    ] {
                         let r = rel(v, u);
                         assert!(r <= 1e-5, "{what}: {name} relative difference {r}");
                     }
@@ -421,17 +703,48 @@ fn fused_wgpu_matches_the_cpu_engine_on_wide_layers() {
     let (device, adapter) = wgpu_device();
     // 256 units fill the largest recurrence cube; 300 make its units loop over the hidden index
     for hidden in [256usize, 300] {
-        let cfg = ModelConfig { input: 3, hidden, layers: 2, output: 2, head: Head::Softmax, dropout: 0.25, cond: None };
+        let cfg = ModelConfig {
+            input: 3,
+            hidden,
+            layers: 2,
+            output: 2,
+            head: Head::Softmax,
+            dropout: 0.25,
+            cond: None,
+        };
         let (n, t) = (2, 5);
-        let p = random(ParamLayout::new(&cfg).len(), 51, 0.4 * (8.0 / hidden as f64).sqrt());
+        let p = random(
+            ParamLayout::new(&cfg).len(),
+            51,
+            0.4 * (8.0 / hidden as f64).sqrt(),
+        );
         let x = random(n * t * cfg.input, 52, 1.0);
         let y = random(n * t * cfg.output, 53, 0.5);
         let init = random_states(&cfg, n, 54);
         let slots = [5u64, 9];
-        let batch = Batch { n, t, x: &x, y: &y, slots: &slots, dropout: Some(DropoutKey { seed: 3, epoch: 1, step: 1 }) };
-        let a = CpuEngine::new(&cfg, 1).train_step(&p, &batch, &init, true).unwrap();
-        let b = WgpuFusedEngine::new(&cfg, &device, &adapter).unwrap().train_step(&p, &batch, &init, true).unwrap();
-        assert!((a.loss_sum - b.loss_sum).abs() <= 1e-5 * a.loss_sum.abs(), "H={hidden}: loss");
+        let batch = Batch {
+            n,
+            t,
+            x: &x,
+            y: &y,
+            slots: &slots,
+            dropout: Some(DropoutKey {
+                seed: 3,
+                epoch: 1,
+                step: 1,
+            }),
+        };
+        let a = CpuEngine::new(&cfg, 1)
+            .train_step(&p, &batch, &init, true)
+            .unwrap();
+        let b = WgpuFusedEngine::new(&cfg, &device, &adapter)
+            .unwrap()
+            .train_step(&p, &batch, &init, true)
+            .unwrap();
+        assert!(
+            (a.loss_sum - b.loss_sum).abs() <= 1e-5 * a.loss_sum.abs(),
+            "H={hidden}: loss"
+        );
         let (ia, ib) = (a.init_grad.unwrap(), b.init_grad.unwrap());
         for (name, u, v) in [
             ("grad", &a.grad[..], &b.grad[..]),
@@ -450,18 +763,34 @@ fn fused_wgpu_matches_the_cpu_engine_on_wide_layers() {
 fn training_with_the_fused_wgpu_engine_matches_the_cpu() {
     let (device, adapter) = wgpu_device();
     let compute = crate::device::Compute::Wgpu { device, adapter };
-    let data = Arc::new(synthetic(&SyntheticSpec { sequences: 40, val_sequences: 0, timesteps: 16, ..SyntheticSpec::new(4, 3) }));
+    let data = Arc::new(synthetic(&SyntheticSpec {
+        sequences: 40,
+        val_sequences: 0,
+        timesteps: 16,
+        ..SyntheticSpec::new(4, 3)
+    }));
     let mut s = spec(4, ResetPolicy::Epoch);
     s.max_steps = Some(3);
     let mut cpu = Trainer::new(s.clone(), data.clone()).unwrap();
     let mut gpu = Trainer::new(s, data).unwrap();
     let mut ce = CpuEngine::new(&cpu.spec().model, 1);
     // built the way workers build it: the fused kind on a wgpu device
-    let mut ge = crate::device::make_engine(crate::engine::EngineKind::Fused, &compute, &gpu.spec().model, 1).unwrap();
+    let mut ge = crate::device::make_engine(
+        crate::engine::EngineKind::Fused,
+        &compute,
+        &gpu.spec().model,
+        1,
+    )
+    .unwrap();
     assert!(ge.describe().starts_with("fused wgpu"), "{}", ge.describe());
     while cpu.step_local(&mut ce).unwrap().is_some() {}
     while gpu.step_local(ge.as_mut()).unwrap().is_some() {}
-    let d = cpu.params().iter().zip(gpu.params()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let d = cpu
+        .params()
+        .iter()
+        .zip(gpu.params())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(d <= 1e-4, "max parameter difference after 3 steps: {d}");
     let ds = rel(gpu.states().h(), cpu.states().h());
     assert!(ds <= 1e-4, "state difference {ds}");
@@ -479,24 +808,98 @@ fn fused_wgpu_rejects_bad_shapes_without_panicking() {
     let y = random(n * t * 2, 3, 1.0);
     let init = random_states(&cfg, n, 4);
     let slots = [0u64, 1];
-    let batch = Batch { n, t, x: &x, y: &y, slots: &slots, dropout: None };
-    assert!(e.train_step(&p[1..], &batch, &init, false).is_err(), "short parameters");
-    assert!(e.train_step(&p, &Batch { x: &x[1..], ..batch }, &init, false).is_err(), "short inputs");
-    assert!(e.train_step(&p, &Batch { y: &y[1..], ..batch }, &init, false).is_err(), "short targets");
-    assert!(e.train_step(&p, &Batch { slots: &slots[..1], ..batch }, &init, false).is_err(), "slot ids");
-    assert!(e.train_step(&p, &batch, &random_states(&cfg, 3, 5), false).is_err(), "initial state");
-    assert!(e.forward(&p, &x[1..], n, t, &init).is_err(), "forward inputs");
-    assert!(e.forward(&p, &x, n, t, &random_states(&cfg, 1, 5)).is_err(), "forward state");
+    let batch = Batch {
+        n,
+        t,
+        x: &x,
+        y: &y,
+        slots: &slots,
+        dropout: None,
+    };
+    assert!(
+        e.train_step(&p[1..], &batch, &init, false).is_err(),
+        "short parameters"
+    );
+    assert!(
+        e.train_step(
+            &p,
+            &Batch {
+                x: &x[1..],
+                ..batch
+            },
+            &init,
+            false
+        )
+        .is_err(),
+        "short inputs"
+    );
+    assert!(
+        e.train_step(
+            &p,
+            &Batch {
+                y: &y[1..],
+                ..batch
+            },
+            &init,
+            false
+        )
+        .is_err(),
+        "short targets"
+    );
+    assert!(
+        e.train_step(
+            &p,
+            &Batch {
+                slots: &slots[..1],
+                ..batch
+            },
+            &init,
+            false
+        )
+        .is_err(),
+        "slot ids"
+    );
+    assert!(
+        e.train_step(&p, &batch, &random_states(&cfg, 3, 5), false)
+            .is_err(),
+        "initial state"
+    );
+    assert!(
+        e.forward(&p, &x[1..], n, t, &init).is_err(),
+        "forward inputs"
+    );
+    assert!(
+        e.forward(&p, &x, n, t, &random_states(&cfg, 1, 5)).is_err(),
+        "forward state"
+    );
     // a shard without steps changes nothing
-    let empty = e.train_step(&p, &Batch { t: 0, x: &[], y: &[], ..batch }, &init, true).unwrap();
+    let empty = e
+        .train_step(
+            &p,
+            &Batch {
+                t: 0,
+                x: &[],
+                y: &[],
+                ..batch
+            },
+            &init,
+            true,
+        )
+        .unwrap();
     assert_eq!(empty.loss_sum, 0.0);
     assert_eq!(empty.final_state, init);
     // and the engine still works afterwards
     let ok = e.train_step(&p, &batch, &init, false).unwrap();
     assert!(ok.loss_sum.is_finite() && ok.loss_sum > 0.0);
-    assert!(WgpuFusedEngine::new(&ModelConfig { hidden: 0, ..cfg }, &device, &adapter).is_err(), "invalid config");
+    assert!(
+        WgpuFusedEngine::new(&ModelConfig { hidden: 0, ..cfg }, &device, &adapter).is_err(),
+        "invalid config"
+    );
     let flex = WgpuFusedEngine::new(&ModelConfig::seed(), &burn::tensor::Device::flex(), "flex");
-    assert!(matches!(flex, Err(crate::error::ModelError::Device { .. })), "not a wgpu device");
+    assert!(
+        matches!(flex, Err(crate::error::ModelError::Device { .. })),
+        "not a wgpu device"
+    );
 }
 
 /// Time per training step of the seed shape and a larger one on every engine:
@@ -507,19 +910,42 @@ fn bench_train_step() {
     use crate::engine::wgpu_fused::WgpuFusedEngine;
     let (device, adapter) = wgpu_device();
     for (n, hidden) in [(10usize, 8usize), (64, 64)] {
-        let cfg = ModelConfig { hidden, ..ModelConfig::seed() };
+        let cfg = ModelConfig {
+            hidden,
+            ..ModelConfig::seed()
+        };
         let t = 96;
         let p = init_params(&cfg, 1);
         let x = random(n * t * cfg.input, 2, 1.0);
         let y = random(n * t * cfg.output, 3, 0.5);
         let init = random_states(&cfg, n, 4);
         let slots: Vec<u64> = (0..n as u64).collect();
-        let batch = Batch { n, t, x: &x, y: &y, slots: &slots, dropout: Some(DropoutKey { seed: 1, epoch: 0, step: 0 }) };
+        let batch = Batch {
+            n,
+            t,
+            x: &x,
+            y: &y,
+            slots: &slots,
+            dropout: Some(DropoutKey {
+                seed: 1,
+                epoch: 0,
+                step: 0,
+            }),
+        };
         let engines: Vec<(Box<dyn Engine>, usize)> = vec![
             (Box::new(CpuEngine::new(&cfg, 0)), 50),
-            (Box::new(WgpuFusedEngine::new(&cfg, &device, &adapter).unwrap()), 20),
-            (Box::new(BurnEngine::new(&cfg, device.clone(), adapter.clone())), 3),
-            (Box::new(BurnEngine::new(&cfg, burn::tensor::Device::flex(), "flex")), 5),
+            (
+                Box::new(WgpuFusedEngine::new(&cfg, &device, &adapter).unwrap()),
+                20,
+            ),
+            (
+                Box::new(BurnEngine::new(&cfg, device.clone(), adapter.clone())),
+                3,
+            ),
+            (
+                Box::new(BurnEngine::new(&cfg, burn::tensor::Device::flex(), "flex")),
+                5,
+            ),
         ];
         for (mut e, iters) in engines {
             for _ in 0..2 {
@@ -530,8 +956,10 @@ fn bench_train_step() {
                 e.train_step(&p, &batch, &init, false).unwrap();
             }
             let ms = t0.elapsed().as_secs_f64() * 1e3 / iters as f64;
-            eprintln!("n={n} H={hidden} T={t}: {:<60} {ms:9.2} ms/train_step", e.describe());
+            eprintln!(
+                "n={n} H={hidden} T={t}: {:<60} {ms:9.2} ms/train_step",
+                e.describe()
+            );
         }
     }
 }
-

@@ -70,7 +70,9 @@ impl ShardData {
             dropout: self.dropout,
         };
         let start = if self.reset {
-            Start::Reset { cond: self.cond.as_deref() }
+            Start::Reset {
+                cond: self.cond.as_deref(),
+            }
         } else {
             Start::Carry(&self.init)
         };
@@ -143,7 +145,11 @@ impl Trainer {
         if ck.params.len() != t.layout.len() {
             return Err(ModelError::Checkpoint {
                 path: ck.path,
-                msg: format!("expected {} parameters, got {}", t.layout.len(), ck.params.len()),
+                msg: format!(
+                    "expected {} parameters, got {}",
+                    t.layout.len(),
+                    ck.params.len()
+                ),
             });
         }
         t.params = ck.params;
@@ -190,7 +196,11 @@ impl Trainer {
 
     /// Replaces the `(h, c)` of all slots (explicit state, shape-checked by [`SlotStates`]).
     pub fn set_states(&mut self, states: SlotStates) -> Result<(), ModelError> {
-        let want = [self.spec.model.layers, self.spec.batch_size, self.spec.model.hidden];
+        let want = [
+            self.spec.model.layers,
+            self.spec.batch_size,
+            self.spec.model.hidden,
+        ];
         let got = [states.layers(), states.slots(), states.hidden()];
         if want != got {
             return Err(ModelError::shape("states", &want, &got));
@@ -225,13 +235,20 @@ impl Trainer {
             epoch: c.epoch,
             step: c.step,
         });
-        Some(StepPlan { cursor: c, reset: self.spec.reset.resets_at(c.step), dropout })
+        Some(StepPlan {
+            cursor: c,
+            reset: self.spec.reset.resets_at(c.step),
+            dropout,
+        })
     }
 
     /// The data and initial states of `slots` for the next step.
     pub fn shard(&self, plan: &StepPlan, slots: Range<usize>) -> ShardData {
         let split = &self.data.train;
-        let seqs: Vec<usize> = slots.clone().map(|s| self.streams.sequence(plan.cursor.step, s)).collect();
+        let seqs: Vec<usize> = slots
+            .clone()
+            .map(|s| self.streams.sequence(plan.cursor.step, s))
+            .collect();
         gather_shard(split, &seqs, slots, plan, &self.states)
     }
 
@@ -248,19 +265,34 @@ impl Trainer {
         if plan.cursor != self.cursor {
             return Err(ModelError::Engine {
                 engine: "trainer".into(),
-                msg: format!("commit of step {} while the next step is {}", plan.cursor.global, self.cursor.global),
+                msg: format!(
+                    "commit of step {} while the next step is {}",
+                    plan.cursor.global, self.cursor.global
+                ),
             });
         }
         if grad_sum.len() != self.layout.len() {
-            return Err(ModelError::shape("gradient", &[self.layout.len()], &[grad_sum.len()]));
+            return Err(ModelError::shape(
+                "gradient",
+                &[self.layout.len()],
+                &[grad_sum.len()],
+            ));
         }
         check_finite("gradient", grad_sum)?;
         if !loss_sum.is_finite() {
-            return Err(ModelError::NonFinite { what: "loss".into(), index: 0, value: loss_sum as f32 });
+            return Err(ModelError::NonFinite {
+                what: "loss".into(),
+                index: 0,
+                value: loss_sum as f32,
+            });
         }
         let covered: usize = finals.iter().map(|(r, _)| r.len()).sum();
         if covered != self.spec.batch_size {
-            return Err(ModelError::shape("final states (slots)", &[self.spec.batch_size], &[covered]));
+            return Err(ModelError::shape(
+                "final states (slots)",
+                &[self.spec.batch_size],
+                &[covered],
+            ));
         }
         let count = self.outputs_per_step() as f32;
         let grad: Vec<f32> = grad_sum.iter().map(|g| g / count).collect();
@@ -281,17 +313,22 @@ impl Trainer {
 
     /// Computes and commits the next step in this process, the whole batch in one shard.
     pub fn step_local(&mut self, engine: &mut dyn Engine) -> Result<Option<Committed>, ModelError> {
-        let Some(plan) = self.plan() else { return Ok(None) };
+        let Some(plan) = self.plan() else {
+            return Ok(None);
+        };
         let b = self.spec.batch_size;
         let shard = self.shard(&plan, 0..b);
         let out = shard.compute(engine, &self.spec.model, &self.params)?;
-        self.commit(&plan, &out.grad, out.loss_sum, &[(0..b, &out.final_state)]).map(Some)
+        self.commit(&plan, &out.grad, out.loss_sum, &[(0..b, &out.final_state)])
+            .map(Some)
     }
 
     /// Mean squared error on the validation split, laid out as `B` streams like training and
     /// starting from the final training states (or zero, per `val_state`); no dropout, no update.
     pub fn validate(&self, engine: &mut dyn Engine) -> Result<Option<f64>, ModelError> {
-        let Some(val) = &self.data.val else { return Ok(None) };
+        let Some(val) = &self.data.val else {
+            return Ok(None);
+        };
         let b = self.spec.batch_size;
         let streams = Streams::new(val.x.n, b, &format!("{} (validation)", self.data.name))?;
         let model = &self.spec.model;
@@ -312,10 +349,16 @@ impl Trainer {
             let cond = val.cond.as_ref().map(|c| gather_cond(c, &seqs));
             let start = match &states {
                 Some(s) => Start::Carry(s),
-                None => Start::Reset { cond: cond.as_deref() },
+                None => Start::Reset {
+                    cond: cond.as_deref(),
+                },
             };
             let (pred, fin) = net::forward(engine, model, &self.params, &x, b, t, start)?;
-            total += pred.iter().zip(&y).map(|(p, q)| f64::from(p - q).powi(2)).sum::<f64>();
+            total += pred
+                .iter()
+                .zip(&y)
+                .map(|(p, q)| f64::from(p - q).powi(2))
+                .sum::<f64>();
             states = Some(fin);
         }
         let count = streams.steps_per_epoch as f64 * (b * t * val.y.f) as f64;
@@ -339,10 +382,18 @@ impl Trainer {
 }
 
 fn gather_cond(c: &crate::data::Cond, seqs: &[usize]) -> Vec<f32> {
-    seqs.iter().flat_map(|&i| c.values[i * c.width..(i + 1) * c.width].iter().copied()).collect()
+    seqs.iter()
+        .flat_map(|&i| c.values[i * c.width..(i + 1) * c.width].iter().copied())
+        .collect()
 }
 
-fn gather_shard(split: &Split, seqs: &[usize], slots: Range<usize>, plan: &StepPlan, states: &SlotStates) -> ShardData {
+fn gather_shard(
+    split: &Split,
+    seqs: &[usize],
+    slots: Range<usize>,
+    plan: &StepPlan,
+    states: &SlotStates,
+) -> ShardData {
     let mut x = Vec::new();
     let mut y = Vec::new();
     split.x.gather_into(seqs.iter().copied(), &mut x);
@@ -358,7 +409,11 @@ fn gather_shard(split: &Split, seqs: &[usize], slots: Range<usize>, plan: &StepP
         t: split.x.t,
         x,
         y,
-        cond: if plan.reset { split.cond.as_ref().map(|c| gather_cond(c, seqs)) } else { None },
+        cond: if plan.reset {
+            split.cond.as_ref().map(|c| gather_cond(c, seqs))
+        } else {
+            None
+        },
         init,
         reset: plan.reset,
         dropout: plan.dropout,
@@ -369,18 +424,50 @@ fn gather_shard(split: &Split, seqs: &[usize], slots: Range<usize>, plan: &StepP
 pub fn check_spec_fits_data(spec: &TrainSpec, data: &Dataset) -> Result<(), ModelError> {
     spec.validate()?;
     let m = &spec.model;
-    let err = |field: &str, msg: String| Err(ModelError::Config { field: field.into(), msg });
+    let err = |field: &str, msg: String| {
+        Err(ModelError::Config {
+            field: field.into(),
+            msg,
+        })
+    };
     if m.input != data.input_features() {
-        return err("input", format!("expected the data's {} input features, got {}", data.input_features(), m.input));
+        return err(
+            "input",
+            format!(
+                "expected the data's {} input features, got {}",
+                data.input_features(),
+                m.input
+            ),
+        );
     }
     if m.output != data.output_features() {
-        return err("output", format!("expected the data's {} target features, got {}", data.output_features(), m.output));
+        return err(
+            "output",
+            format!(
+                "expected the data's {} target features, got {}",
+                data.output_features(),
+                m.output
+            ),
+        );
     }
     if m.cond != data.cond_width() {
         return match (m.cond, data.cond_width()) {
-            (Some(w), None) => err("cond", format!("a conditioning projection of width {w} needs a `cond` array in the data, which has none")),
-            (None, Some(w)) => err("cond", format!("the data has conditioning vectors of width {w}; enable the projection (--init-from-cond) or remove `cond`")),
-            (a, b) => err("cond", format!("expected width {b:?} from the data, got {a:?}")),
+            (Some(w), None) => err(
+                "cond",
+                format!(
+                    "a conditioning projection of width {w} needs a `cond` array in the data, which has none"
+                ),
+            ),
+            (None, Some(w)) => err(
+                "cond",
+                format!(
+                    "the data has conditioning vectors of width {w}; enable the projection (--init-from-cond) or remove `cond`"
+                ),
+            ),
+            (a, b) => err(
+                "cond",
+                format!("expected width {b:?} from the data, got {a:?}"),
+            ),
         };
     }
     Ok(())

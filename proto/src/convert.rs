@@ -47,7 +47,10 @@ pub fn tensor(shape: &[usize], values: &[f32]) -> pb::Tensor {
     for v in values {
         data.extend_from_slice(&v.to_le_bytes());
     }
-    pb::Tensor { shape: shape.iter().map(|&d| d as u64).collect(), data: Bytes::from(data) }
+    pb::Tensor {
+        shape: shape.iter().map(|&d| d as u64).collect(),
+        data: Bytes::from(data),
+    }
 }
 
 /// Decodes a wire tensor that must have exactly `shape` and finite values.
@@ -58,11 +61,24 @@ pub fn decode(t: Option<&pb::Tensor>, what: &str, shape: &[usize]) -> Result<Vec
 }
 
 /// Like [`decode`], into a reused buffer.
-pub fn decode_into(t: Option<&pb::Tensor>, what: &str, shape: &[usize], out: &mut Vec<f32>) -> Result<(), WireError> {
+pub fn decode_into(
+    t: Option<&pb::Tensor>,
+    what: &str,
+    shape: &[usize],
+    out: &mut Vec<f32>,
+) -> Result<(), WireError> {
     let t = t.ok_or_else(|| WireError::Missing { what: what.into() })?;
-    let given: Vec<usize> = t.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
+    let given: Vec<usize> = t
+        .shape
+        .iter()
+        .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+        .collect();
     if given != shape {
-        return Err(WireError::Shape { what: what.into(), expected: fmt_shape(shape), got: fmt_shape(&given) });
+        return Err(WireError::Shape {
+            what: what.into(),
+            expected: fmt_shape(shape),
+            got: fmt_shape(&given),
+        });
     }
     let n: usize = shape.iter().product();
     if t.data.len() != n * 4 {
@@ -77,7 +93,11 @@ pub fn decode_into(t: Option<&pb::Tensor>, what: &str, shape: &[usize], out: &mu
     for (index, c) in t.data.chunks_exact(4).enumerate() {
         let value = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
         if !value.is_finite() {
-            return Err(WireError::NonFinite { what: what.into(), index, value });
+            return Err(WireError::NonFinite {
+                what: what.into(),
+                index,
+                value,
+            });
         }
         out.push(value);
     }
@@ -102,11 +122,18 @@ pub fn model_spec(cfg: &ModelConfig) -> pb::ModelSpec {
 
 /// A model config from its wire form, validated.
 pub fn model_config(spec: Option<&pb::ModelSpec>) -> Result<ModelConfig, WireError> {
-    let s = spec.ok_or_else(|| WireError::Missing { what: "model".into() })?;
+    let s = spec.ok_or_else(|| WireError::Missing {
+        what: "model".into(),
+    })?;
     let head = match pb::Head::try_from(s.head) {
         Ok(pb::Head::Linear) => Head::Linear,
         Ok(pb::Head::Softmax) => Head::Softmax,
-        _ => return Err(WireError::Model(format!("head: expected linear or softmax, got {}", s.head))),
+        _ => {
+            return Err(WireError::Model(format!(
+                "head: expected linear or softmax, got {}",
+                s.head
+            )));
+        }
     };
     let cfg = ModelConfig {
         input: s.input as usize,
@@ -117,7 +144,8 @@ pub fn model_config(spec: Option<&pb::ModelSpec>) -> Result<ModelConfig, WireErr
         dropout: s.dropout,
         cond: (s.cond > 0).then_some(s.cond as usize),
     };
-    cfg.validate().map_err(|e| WireError::Model(e.to_string()))?;
+    cfg.validate()
+        .map_err(|e| WireError::Model(e.to_string()))?;
     Ok(cfg)
 }
 
@@ -128,24 +156,44 @@ mod tests {
     #[test]
     fn tensors_round_trip_and_are_checked() {
         let t = tensor(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        assert_eq!(decode(Some(&t), "x", &[2, 3]).unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(
+            decode(Some(&t), "x", &[2, 3]).unwrap(),
+            vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+        );
         let e = decode(Some(&t), "x", &[3, 2]).unwrap_err().to_string();
         assert_eq!(e, "x: expected shape (3, 2), got (2, 3)");
         let mut short = t.clone();
         short.data = short.data.slice(..8);
-        assert!(decode(Some(&short), "x", &[2, 3]).unwrap_err().to_string().contains("8 bytes"));
+        assert!(
+            decode(Some(&short), "x", &[2, 3])
+                .unwrap_err()
+                .to_string()
+                .contains("8 bytes")
+        );
         let nan = tensor(&[2], &[1.0, f32::NAN]);
         let e = decode(Some(&nan), "grad", &[2]).unwrap_err().to_string();
         assert!(e.contains("grad") && e.contains("index 1"), "{e}");
-        assert_eq!(decode(None, "h", &[1]).unwrap_err().to_string(), "h: missing");
+        assert_eq!(
+            decode(None, "h", &[1]).unwrap_err().to_string(),
+            "h: missing"
+        );
     }
 
     #[test]
     fn model_spec_round_trips() {
-        let cfg = ModelConfig { cond: Some(2), head: Head::Softmax, ..ModelConfig::seed() };
+        let cfg = ModelConfig {
+            cond: Some(2),
+            head: Head::Softmax,
+            ..ModelConfig::seed()
+        };
         assert_eq!(model_config(Some(&model_spec(&cfg))).unwrap(), cfg);
         let mut bad = model_spec(&cfg);
         bad.hidden = 0;
-        assert!(model_config(Some(&bad)).unwrap_err().to_string().contains("hidden"));
+        assert!(
+            model_config(Some(&bad))
+                .unwrap_err()
+                .to_string()
+                .contains("hidden")
+        );
     }
 }

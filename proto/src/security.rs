@@ -52,7 +52,10 @@ pub fn load_token(token: Option<&str>, token_file: Option<&Path>) -> Result<Opti
 pub fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
     if !bytes.windows(10).any(|w| w == b"-----BEGIN") {
-        return Err(format!("{what} {}: expected a PEM file (-----BEGIN ...), got something else", path.display()));
+        return Err(format!(
+            "{what} {}: expected a PEM file (-----BEGIN ...), got something else",
+            path.display()
+        ));
     }
     Ok(bytes)
 }
@@ -65,24 +68,38 @@ pub struct CheckToken {
 
 impl std::fmt::Debug for CheckToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CheckToken").field("enabled", &self.expected.is_some()).finish()
+        f.debug_struct("CheckToken")
+            .field("enabled", &self.expected.is_some())
+            .finish()
     }
 }
 
 impl CheckToken {
     /// Checks `token` when given; lets everything through otherwise.
     pub fn new(token: Option<&str>) -> Self {
-        Self { expected: token.map(|t| format!("Bearer {t}").parse().expect("token is printable ASCII")) }
+        Self {
+            expected: token.map(|t| {
+                format!("Bearer {t}")
+                    .parse()
+                    .expect("token is printable ASCII")
+            }),
+        }
     }
 }
 
 impl tonic::service::Interceptor for CheckToken {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.expected else { return Ok(req) };
+        let Some(expected) = &self.expected else {
+            return Ok(req);
+        };
         match req.metadata().get(AUTH_HEADER) {
             Some(given) if given == expected => Ok(req),
-            Some(_) => Err(Status::unauthenticated("wrong token (expected the job's shared token in `authorization: Bearer ...`)")),
-            None => Err(Status::unauthenticated("missing token: this coordinator requires `authorization: Bearer <token>`")),
+            Some(_) => Err(Status::unauthenticated(
+                "wrong token (expected the job's shared token in `authorization: Bearer ...`)",
+            )),
+            None => Err(Status::unauthenticated(
+                "missing token: this coordinator requires `authorization: Bearer <token>`",
+            )),
         }
     }
 }
@@ -95,14 +112,22 @@ pub struct AddToken {
 
 impl std::fmt::Debug for AddToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AddToken").field("enabled", &self.value.is_some()).finish()
+        f.debug_struct("AddToken")
+            .field("enabled", &self.value.is_some())
+            .finish()
     }
 }
 
 impl AddToken {
     /// Attaches `token` when given.
     pub fn new(token: Option<&str>) -> Self {
-        Self { value: token.map(|t| format!("Bearer {t}").parse().expect("token is printable ASCII")) }
+        Self {
+            value: token.map(|t| {
+                format!("Bearer {t}")
+                    .parse()
+                    .expect("token is printable ASCII")
+            }),
+        }
     }
 }
 

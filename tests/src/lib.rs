@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 /// Path of a workspace program built next to the test binary (`target/<profile>/<name>`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
     let p = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         p.is_file(),
@@ -70,7 +73,13 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `program` with `args` and extra `env`, logging into `dir/<name>.log`.
-    pub fn start(name: &str, program: &Path, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Self {
+    pub fn start(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: &Path,
+    ) -> Self {
         let log = dir.join(format!("{name}.log"));
         let f = File::create(&log).expect("log file");
         let mut cmd = Command::new(program);
@@ -78,13 +87,23 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(Stdio::from(f.try_clone().expect("dup log")))
             .stderr(Stdio::from(f))
-            .env("RUST_LOG", std::env::var("CARRY_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("CARRY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("CARRY_TOKEN");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
-        Self { name: name.to_string(), child, log, status: None }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        Self {
+            name: name.to_string(),
+            child,
+            log,
+            status: None,
+        }
     }
 
     /// Starts the coordinator.
@@ -126,7 +145,11 @@ impl Proc {
                 return l.to_string();
             }
             if Instant::now() > deadline {
-                panic!("timed out after {timeout:?} waiting for {what}\n----- {} log -----\n{}", self.name, self.log());
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\n----- {} log -----\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -134,7 +157,9 @@ impl Proc {
 
     /// Waits for `READY <addr>` and returns the address.
     pub fn ready(&self) -> String {
-        let line = self.wait_line(Duration::from_secs(60), "READY", |l| l.starts_with("READY "));
+        let line = self.wait_line(Duration::from_secs(60), "READY", |l| {
+            l.starts_with("READY ")
+        });
         line.trim_start_matches("READY ").trim().to_string()
     }
 
@@ -152,7 +177,10 @@ impl Proc {
             if Instant::now() > deadline {
                 let log = self.log();
                 let _ = self.child.kill();
-                panic!("{} did not exit within {timeout:?}\n----- log -----\n{log}", self.name);
+                panic!(
+                    "{} did not exit within {timeout:?}\n----- log -----\n{log}",
+                    self.name
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -194,7 +222,12 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("----- {} log ({}) -----\n{}", self.name, self.log.display(), self.log());
+            eprintln!(
+                "----- {} log ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.log()
+            );
         }
     }
 }
@@ -242,20 +275,37 @@ pub fn metrics(dir: &Path) -> Vec<Row> {
 
 /// Final parameters of a run directory's checkpoint.
 pub fn params(dir: &Path) -> Vec<f32> {
-    model::checkpoint::Checkpoint::load(dir).expect("checkpoint").params
+    model::checkpoint::Checkpoint::load(dir)
+        .expect("checkpoint")
+        .params
 }
 
 /// Largest absolute difference.
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Arguments of the small job most tests run: the seed model (dropout on) for 50 steps over
 /// 2.5 epochs of 20 steps, so epoch boundaries, resets and validation all happen.
 pub const JOB: &[&str] = &[
-    "--sequences", "200", "--val-sequences", "40", "--batch-size", "10", "--epochs", "3", "--steps", "50",
-    "--seed", "7", "--progress", "log",
+    "--sequences",
+    "200",
+    "--val-sequences",
+    "40",
+    "--batch-size",
+    "10",
+    "--epochs",
+    "3",
+    "--steps",
+    "50",
+    "--seed",
+    "7",
+    "--progress",
+    "log",
 ];
 
 /// Runs the in-process reference trainer on [`JOB`] plus `extra` in `dir/name`; returns its
@@ -275,11 +325,15 @@ pub fn reference(dir: &TempDir, name: &str, extra: &[&str]) -> Vec<f32> {
 pub fn wait_rows(dir: &Path, rows: usize, timeout: Duration, p: &Proc) {
     let deadline = Instant::now() + timeout;
     loop {
-        let n = std::fs::read_to_string(dir.join("metrics.csv")).map_or(0, |t| t.lines().count().saturating_sub(1));
+        let n = std::fs::read_to_string(dir.join("metrics.csv"))
+            .map_or(0, |t| t.lines().count().saturating_sub(1));
         if n >= rows {
             return;
         }
-        p.check(Instant::now() < deadline, &format!("timed out waiting for {rows} steps (have {n})"));
+        p.check(
+            Instant::now() < deadline,
+            &format!("timed out waiting for {rows} steps (have {n})"),
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -288,5 +342,8 @@ pub fn wait_rows(dir: &Path, rows: usize, timeout: Duration, p: &Proc) {
 pub fn assert_step_log(rows: &[Row], total: u64) {
     let steps: Vec<u64> = rows.iter().map(|r| r.step).collect();
     let want: Vec<u64> = (0..total).collect();
-    assert_eq!(steps, want, "every step committed exactly once, none skipped");
+    assert_eq!(
+        steps, want,
+        "every step committed exactly once, none skipped"
+    );
 }

@@ -10,16 +10,27 @@ use crate::config::WorkerArgs;
 use crate::error::WorkerError;
 use crate::session::{self, Outcome};
 
-async fn serve_health(addr: std::net::SocketAddr, stop: CancellationToken) -> Result<(), WorkerError> {
+async fn serve_health(
+    addr: std::net::SocketAddr,
+    stop: CancellationToken,
+) -> Result<(), WorkerError> {
     let l = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| WorkerError::Config { field: "health_listen".into(), msg: format!("{addr}: {e}") })?;
+        .map_err(|e| WorkerError::Config {
+            field: "health_listen".into(),
+            msg: format!("{addr}: {e}"),
+        })?;
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(health)
-            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(l), stop.cancelled_owned())
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(l),
+                stop.cancelled_owned(),
+            )
             .await;
     });
     Ok(())
@@ -72,14 +83,21 @@ pub fn main() -> std::process::ExitCode {
     let args = WorkerArgs::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     run(args)
 }
 
 /// Runs a worker with parsed arguments (logging already set up); returns the exit code.
 pub fn run(args: WorkerArgs) -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!(cause = %e, "cannot start the async runtime");

@@ -10,7 +10,6 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{info, warn};
 
-
 use crate::config::WorkerConfig;
 use crate::error::WorkerError;
 
@@ -18,7 +17,10 @@ use crate::error::WorkerError;
 pub type Client = CoordinatorClient<InterceptedService<Channel, AddToken>>;
 
 fn endpoint(cfg: &WorkerConfig) -> Result<Endpoint, WorkerError> {
-    let bad = |field: &str, msg: String| WorkerError::Config { field: field.into(), msg };
+    let bad = |field: &str, msg: String| WorkerError::Config {
+        field: field.into(),
+        msg,
+    };
     let mut ep = Endpoint::from_shared(cfg.coordinator.clone())
         .map_err(|e| bad("coordinator", format!("`{}`: {e}", cfg.coordinator)))?
         .connect_timeout(Duration::from_secs(5))
@@ -28,7 +30,9 @@ fn endpoint(cfg: &WorkerConfig) -> Result<Endpoint, WorkerError> {
     if let Some(tls) = &cfg.tls {
         let mut t = ClientTlsConfig::new();
         if let Some(ca) = &tls.ca {
-            t = t.ca_certificate(Certificate::from_pem(read_pem(ca, "--tls-ca").map_err(|m| bad("tls_ca", m))?));
+            t = t.ca_certificate(Certificate::from_pem(
+                read_pem(ca, "--tls-ca").map_err(|m| bad("tls_ca", m))?,
+            ));
         }
         if let Some((c, k)) = &tls.identity {
             let cert = read_pem(c, "--tls-cert").map_err(|m| bad("tls_cert", m))?;
@@ -47,9 +51,12 @@ fn endpoint(cfg: &WorkerConfig) -> Result<Endpoint, WorkerError> {
 pub async fn connect(cfg: &WorkerConfig) -> Result<Client, WorkerError> {
     let ep = endpoint(cfg)?;
     match ep.connect().await {
-        Ok(ch) => Ok(CoordinatorClient::with_interceptor(ch, AddToken::new(cfg.token.as_ref().map(proto::security::Token::expose)))
-            .max_decoding_message_size(cfg.max_message_bytes)
-            .max_encoding_message_size(cfg.max_message_bytes)),
+        Ok(ch) => Ok(CoordinatorClient::with_interceptor(
+            ch,
+            AddToken::new(cfg.token.as_ref().map(proto::security::Token::expose)),
+        )
+        .max_decoding_message_size(cfg.max_message_bytes)
+        .max_encoding_message_size(cfg.max_message_bytes)),
         Err(e) => Err(WorkerError::Transport(source_chain(&e))),
     }
 }
@@ -67,7 +74,12 @@ pub struct Retry {
 impl Retry {
     /// A fresh backoff.
     pub fn new(give_up: Option<Duration>) -> Self {
-        Self { give_up, since: None, delay: Duration::from_millis(100), failures: 0 }
+        Self {
+            give_up,
+            since: None,
+            delay: Duration::from_millis(100),
+            failures: 0,
+        }
     }
 
     /// The coordinator answered.
@@ -79,13 +91,22 @@ impl Retry {
     }
 
     /// Records a failure and sleeps before the next try. `Ok(false)` means shutdown was requested.
-    pub async fn failed(&mut self, url: &str, cause: &str, shutdown: &CancellationToken) -> Result<bool, WorkerError> {
+    pub async fn failed(
+        &mut self,
+        url: &str,
+        cause: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, WorkerError> {
         let since = *self.since.get_or_insert_with(Instant::now);
         self.failures += 1;
         if let Some(limit) = self.give_up
             && since.elapsed() >= limit
         {
-            return Err(WorkerError::Unreachable { url: url.to_string(), secs: limit.as_secs(), last: cause.to_string() });
+            return Err(WorkerError::Unreachable {
+                url: url.to_string(),
+                secs: limit.as_secs(),
+                last: cause.to_string(),
+            });
         }
         if self.failures == 1 || self.failures.is_power_of_two() {
             warn!(%url, %cause, failures = self.failures, retry_in_ms = self.delay.as_millis() as u64, "coordinator not reachable");

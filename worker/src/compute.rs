@@ -54,7 +54,11 @@ impl std::fmt::Debug for Msg {
 impl Computer {
     /// Resolves the device (a missing device is an error here, before joining any job) and starts
     /// the thread.
-    pub fn start(device: DeviceChoice, engine: EngineKind, threads: usize) -> Result<Self, WorkerError> {
+    pub fn start(
+        device: DeviceChoice,
+        engine: EngineKind,
+        threads: usize,
+    ) -> Result<Self, WorkerError> {
         let compute = resolve(device)?;
         let desc = format!("{} {engine}", compute.describe());
         let (tx, rx) = std_mpsc::channel::<Msg>();
@@ -73,15 +77,23 @@ impl Computer {
     /// Builds the engine for `cfg` (kept until a different model arrives).
     pub async fn set_model(&self, cfg: ModelConfig) -> Result<String, WorkerError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Msg::Model(cfg, tx)).map_err(|_| WorkerError::Compute("stopped".into()))?;
-        rx.await.map_err(|_| WorkerError::Compute("stopped".into()))?.map_err(WorkerError::Compute)
+        self.tx
+            .send(Msg::Model(cfg, tx))
+            .map_err(|_| WorkerError::Compute("stopped".into()))?;
+        rx.await
+            .map_err(|_| WorkerError::Compute("stopped".into()))?
+            .map_err(WorkerError::Compute)
     }
 
     /// Computes one shard.
     pub async fn run(&self, work: Work) -> Result<Done, WorkerError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Msg::Step(Box::new(work), tx)).map_err(|_| WorkerError::Compute("stopped".into()))?;
-        rx.await.map_err(|_| WorkerError::Compute("stopped".into()))?.map_err(WorkerError::Compute)
+        self.tx
+            .send(Msg::Step(Box::new(work), tx))
+            .map_err(|_| WorkerError::Compute("stopped".into()))?;
+        rx.await
+            .map_err(|_| WorkerError::Compute("stopped".into()))?
+            .map_err(WorkerError::Compute)
     }
 }
 
@@ -91,7 +103,10 @@ fn serve(rx: std_mpsc::Receiver<Msg>, compute: Compute, kind: EngineKind, thread
         match msg {
             Msg::Model(cfg, reply) => {
                 if current.as_ref().is_some_and(|(c, _)| *c == cfg) {
-                    let _ = reply.send(Ok(current.as_ref().map(|(_, e)| e.describe()).unwrap_or_default()));
+                    let _ = reply.send(Ok(current
+                        .as_ref()
+                        .map(|(_, e)| e.describe())
+                        .unwrap_or_default()));
                     continue;
                 }
                 let r = make_engine(kind, &compute, &cfg, threads).map(|e| {
@@ -110,7 +125,10 @@ fn serve(rx: std_mpsc::Receiver<Msg>, compute: Compute, kind: EngineKind, thread
                 let r = work
                     .shard
                     .compute(engine.as_mut(), cfg, &work.params)
-                    .map(|out| Done { out, ms: t0.elapsed().as_secs_f64() * 1e3 })
+                    .map(|out| Done {
+                        out,
+                        ms: t0.elapsed().as_secs_f64() * 1e3,
+                    })
                     .map_err(|e| e.to_string());
                 let _ = reply.send(r);
             }

@@ -113,9 +113,13 @@ pub struct WorkerConfig {
 impl WorkerArgs {
     /// Applies the TOML file under flags and environment.
     pub fn with_file(mut self) -> Result<Self, WorkerError> {
-        let Some(path) = self.config.clone() else { return Ok(self) };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| WorkerError::Config { field: "config".into(), msg: format!("{}: {e}", path.display()) })?;
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| WorkerError::Config {
+            field: "config".into(),
+            msg: format!("{}: {e}", path.display()),
+        })?;
         let mut f: WorkerArgs = toml::from_str(&text).map_err(|e| WorkerError::Config {
             field: "config".into(),
             msg: format!("{}: {}", path.display(), e.to_string().trim()),
@@ -123,34 +127,88 @@ impl WorkerArgs {
         macro_rules! fill {
             ($($x:ident),*) => { $( if self.$x.is_none() { self.$x = f.$x.take(); } )* };
         }
-        fill!(coordinator, device, engine, name, threads, health_listen, token, token_file, tls_ca, tls_cert, tls_key, tls_domain, give_up_secs, max_message_mb, throttle_ms);
+        fill!(
+            coordinator,
+            device,
+            engine,
+            name,
+            threads,
+            health_listen,
+            token,
+            token_file,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            tls_domain,
+            give_up_secs,
+            max_message_mb,
+            throttle_ms
+        );
         Ok(self)
     }
 
     /// Resolves defaults and validates; errors name the field.
     pub fn resolve(self) -> Result<WorkerConfig, WorkerError> {
-        let bad = |field: &str, msg: String| WorkerError::Config { field: field.into(), msg };
-        let coordinator = self
-            .coordinator
-            .ok_or_else(|| bad("coordinator", "expected the coordinator URL (--coordinator or CARRY_COORDINATOR), got none".into()))?;
+        let bad = |field: &str, msg: String| WorkerError::Config {
+            field: field.into(),
+            msg,
+        };
+        let coordinator = self.coordinator.ok_or_else(|| {
+            bad(
+                "coordinator",
+                "expected the coordinator URL (--coordinator or CARRY_COORDINATOR), got none"
+                    .into(),
+            )
+        })?;
         let https = coordinator.starts_with("https://");
         if !https && !coordinator.starts_with("http://") {
-            return Err(bad("coordinator", format!("expected a URL starting with http:// or https://, got `{coordinator}`")));
+            return Err(bad(
+                "coordinator",
+                format!("expected a URL starting with http:// or https://, got `{coordinator}`"),
+            ));
         }
-        let device: DeviceChoice =
-            self.device.as_deref().unwrap_or("auto").parse().map_err(|m| bad("device", m))?;
-        let engine: EngineKind = self.engine.as_deref().unwrap_or("fused").parse().map_err(|m| bad("engine", m))?;
+        let device: DeviceChoice = self
+            .device
+            .as_deref()
+            .unwrap_or("auto")
+            .parse()
+            .map_err(|m| bad("device", m))?;
+        let engine: EngineKind = self
+            .engine
+            .as_deref()
+            .unwrap_or("fused")
+            .parse()
+            .map_err(|m| bad("engine", m))?;
         let identity = match (self.tls_cert, self.tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
-            (Some(_), None) => return Err(bad("tls_key", "--tls-cert is given, so --tls-key is expected too, but it is missing".into())),
-            (None, Some(_)) => return Err(bad("tls_cert", "--tls-key is given, so --tls-cert is expected too, but it is missing".into())),
+            (Some(_), None) => {
+                return Err(bad(
+                    "tls_key",
+                    "--tls-cert is given, so --tls-key is expected too, but it is missing".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "tls_cert",
+                    "--tls-key is given, so --tls-cert is expected too, but it is missing".into(),
+                ));
+            }
         };
         let tls = if https {
-            Some(ClientTls { ca: self.tls_ca, identity, domain: self.tls_domain })
+            Some(ClientTls {
+                ca: self.tls_ca,
+                identity,
+                domain: self.tls_domain,
+            })
         } else {
             if self.tls_ca.is_some() || identity.is_some() {
-                return Err(bad("coordinator", format!("TLS files are given, so an https:// URL is expected, got `{coordinator}`")));
+                return Err(bad(
+                    "coordinator",
+                    format!(
+                        "TLS files are given, so an https:// URL is expected, got `{coordinator}`"
+                    ),
+                ));
             }
             None
         };
@@ -175,7 +233,10 @@ impl WorkerArgs {
             health_listen: self.health_listen,
             token,
             tls,
-            give_up: self.give_up_secs.filter(|&s| s > 0).map(Duration::from_secs),
+            give_up: self
+                .give_up_secs
+                .filter(|&s| s > 0)
+                .map(Duration::from_secs),
             max_message_bytes,
             throttle: Duration::from_millis(self.throttle_ms.unwrap_or(0)),
         })
@@ -187,7 +248,9 @@ mod tests {
     use super::*;
 
     fn parse(a: &[&str]) -> Result<WorkerConfig, WorkerError> {
-        WorkerArgs::try_parse_from(std::iter::once("worker").chain(a.iter().copied())).unwrap().resolve()
+        WorkerArgs::try_parse_from(std::iter::once("worker").chain(a.iter().copied()))
+            .unwrap()
+            .resolve()
     }
 
     #[test]
@@ -197,10 +260,19 @@ mod tests {
         assert!(c.tls.is_none());
         let e = parse(&["--coordinator", "h:1"]).unwrap_err().to_string();
         assert!(e.contains("coordinator") && e.contains("http://"), "{e}");
-        let e = parse(&["--coordinator", "http://h:1", "--device", "tpu"]).unwrap_err().to_string();
+        let e = parse(&["--coordinator", "http://h:1", "--device", "tpu"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("device") && e.contains("tpu"), "{e}");
-        let e = parse(&["--coordinator", "http://h:1", "--tls-ca", "ca.pem"]).unwrap_err().to_string();
+        let e = parse(&["--coordinator", "http://h:1", "--tls-ca", "ca.pem"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("https://"), "{e}");
-        assert!(parse(&["--coordinator", "https://h:1", "--tls-ca", "ca.pem"]).unwrap().tls.is_some());
+        assert!(
+            parse(&["--coordinator", "https://h:1", "--tls-ca", "ca.pem"])
+                .unwrap()
+                .tls
+                .is_some()
+        );
     }
 }

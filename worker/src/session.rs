@@ -40,9 +40,14 @@ enum Next {
 
 fn classify(s: &Status) -> Result<Next, WorkerError> {
     Ok(match s.code() {
-        Code::Unauthenticated | Code::PermissionDenied => return Err(WorkerError::Refused(s.message().to_string())),
+        Code::Unauthenticated | Code::PermissionDenied => {
+            return Err(WorkerError::Refused(s.message().to_string()));
+        }
         Code::NotFound => Next::Register,
-        Code::FailedPrecondition | Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => Next::Continue,
+        Code::FailedPrecondition
+        | Code::InvalidArgument
+        | Code::OutOfRange
+        | Code::ResourceExhausted => Next::Continue,
         _ => Next::Reconnect,
     })
 }
@@ -50,9 +55,17 @@ fn classify(s: &Status) -> Result<Next, WorkerError> {
 /// Decodes an assignment into work for the compute thread; every tensor is checked.
 fn decode(a: &pb::Assignment, cfg: &ModelConfig, n_params: usize) -> Result<Work, WireError> {
     let n = a.slots as usize;
-    let t = a.x.as_ref().and_then(|x| x.shape.get(1)).copied().unwrap_or(0) as usize;
+    let t =
+        a.x.as_ref()
+            .and_then(|x| x.shape.get(1))
+            .copied()
+            .unwrap_or(0) as usize;
     if n == 0 || t == 0 {
-        return Err(WireError::Shape { what: "assignment".into(), expected: "at least 1 slot and 1 step".into(), got: format!("{n} slots, {t} steps") });
+        return Err(WireError::Shape {
+            what: "assignment".into(),
+            expected: "at least 1 slot and 1 step".into(),
+            got: format!("{n} slots, {t} steps"),
+        });
     }
     let params = convert::decode(a.params.as_ref(), "params", &[n_params])?;
     let x = convert::decode(a.x.as_ref(), "x", &[n, t, cfg.input])?;
@@ -60,18 +73,44 @@ fn decode(a: &pb::Assignment, cfg: &ModelConfig, n_params: usize) -> Result<Work
     let st = [cfg.layers, n, cfg.hidden];
     let h = convert::decode(a.h.as_ref(), "h", &st)?;
     let c = convert::decode(a.c.as_ref(), "c", &st)?;
-    let init = SlotStates::from_flat(cfg.layers, n, cfg.hidden, h, c).map_err(|e| WireError::Model(e.to_string()))?;
+    let init = SlotStates::from_flat(cfg.layers, n, cfg.hidden, h, c)
+        .map_err(|e| WireError::Model(e.to_string()))?;
     let cond = match (a.reset, cfg.cond, a.cond.as_ref()) {
         (true, Some(w), Some(_)) => Some(convert::decode(a.cond.as_ref(), "cond", &[n, w])?),
-        (true, Some(_), None) => return Err(WireError::Missing { what: "cond".into() }),
+        (true, Some(_), None) => {
+            return Err(WireError::Missing {
+                what: "cond".into(),
+            });
+        }
         _ => None,
     };
     let slots = (a.first_slot..a.first_slot + n as u64).collect();
-    let dropout = a.dropout.as_ref().map(|d| DropoutKey { seed: d.seed, epoch: d.epoch, step: d.step });
-    Ok(Work { params, shard: ShardData { slots, t, x, y, cond, init, reset: a.reset, dropout } })
+    let dropout = a.dropout.as_ref().map(|d| DropoutKey {
+        seed: d.seed,
+        epoch: d.epoch,
+        step: d.step,
+    });
+    Ok(Work {
+        params,
+        shard: ShardData {
+            slots,
+            t,
+            x,
+            y,
+            cond,
+            init,
+            reset: a.reset,
+            dropout,
+        },
+    })
 }
 
-fn heartbeats(mut client: Client, id: String, every: Duration, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+fn heartbeats(
+    mut client: Client,
+    id: String,
+    every: Duration,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut iv = tokio::time::interval(every.max(Duration::from_millis(20)));
         iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -117,13 +156,19 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<Outco
                 Ok(r) => r.into_inner(),
                 Err(s) => match classify(&s)? {
                     Next::Reconnect => {
-                        let cause = format!("registration failed: {:?}: {} (a plaintext http:// URL against a TLS coordinator fails like this)", s.code(), s.message());
+                        let cause = format!(
+                            "registration failed: {:?}: {} (a plaintext http:// URL against a TLS coordinator fails like this)",
+                            s.code(),
+                            s.message()
+                        );
                         if !retry.failed(&cfg.coordinator, &cause, &shutdown).await? {
                             return Ok(Outcome::Stopped);
                         }
                         continue 'connect;
                     }
-                    _ if s.code() == Code::FailedPrecondition => return Err(WorkerError::Refused(s.message().to_string())),
+                    _ if s.code() == Code::FailedPrecondition => {
+                        return Err(WorkerError::Refused(s.message().to_string()));
+                    }
                     _ => {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue 'register;
@@ -131,17 +176,26 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<Outco
                 },
             };
             retry.success();
-            let model = convert::model_config(reg.model.as_ref()).map_err(|e| WorkerError::Refused(e.to_string()))?;
+            let model = convert::model_config(reg.model.as_ref())
+                .map_err(|e| WorkerError::Refused(e.to_string()))?;
             let n_params = model::params::ParamLayout::new(&model).len();
             let engine = computer.set_model(model.clone()).await?;
             info!(id = %reg.worker_id, job = %reg.job_id, %engine, "registered");
             let id = reg.worker_id;
             let hb_stop = CancellationToken::new();
-            let hb = heartbeats(client.clone(), id.clone(), Duration::from_millis(reg.heartbeat_ms), hb_stop.clone());
+            let hb = heartbeats(
+                client.clone(),
+                id.clone(),
+                Duration::from_millis(reg.heartbeat_ms),
+                hb_stop.clone(),
+            );
             let _stop_heartbeats = hb_stop.clone().drop_guard();
             let mut pending: Option<pb::ShardResult> = None;
             loop {
-                let req = pb::StepRequest { worker_id: id.clone(), result: pending.take() };
+                let req = pb::StepRequest {
+                    worker_id: id.clone(),
+                    result: pending.take(),
+                };
                 let reply = tokio::select! {
                     _ = shutdown.cancelled() => {
                         let _ = tokio::time::timeout(Duration::from_secs(2), client.leave(pb::LeaveRequest { worker_id: id.clone() })).await;
@@ -158,7 +212,10 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<Outco
                             continue;
                         }
                         Next::Register => {
-                            warn!(msg = s.message(), "the coordinator no longer knows this worker; registering again");
+                            warn!(
+                                msg = s.message(),
+                                "the coordinator no longer knows this worker; registering again"
+                            );
                             hb_stop.cancel();
                             let _ = hb.await;
                             continue 'register;
@@ -200,7 +257,13 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<Outco
                             }
                         };
                         let st = [model.layers, a.slots as usize, model.hidden];
-                        debug!(step, shard, loss_sum = done.out.loss_sum, ms = done.ms, "computed");
+                        debug!(
+                            step,
+                            shard,
+                            loss_sum = done.out.loss_sum,
+                            ms = done.ms,
+                            "computed"
+                        );
                         pending = Some(pb::ShardResult {
                             step,
                             shard,

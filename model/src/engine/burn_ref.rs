@@ -23,6 +23,21 @@ pub struct BurnEngine {
     label: String,
 }
 
+/// One forward pass's inputs.
+struct Pass<'a> {
+    x: &'a [f32],
+    n: usize,
+    t: usize,
+    init: &'a SlotStates,
+    /// Dropout factors `[n, t, H]`.
+    mask: Option<Vec<f32>>,
+    /// Track the initial states for their gradients.
+    track_init: bool,
+}
+
+/// Predictions, final states, and the initial-state tensors.
+type RunOut = (Tensor<3>, Vec<LstmState<2>>, Vec<(Tensor<2>, Tensor<2>)>);
+
 /// The modules of one network loaded from flat parameters.
 struct Net {
     lstms: Vec<Lstm>,
@@ -32,18 +47,29 @@ struct Net {
 impl BurnEngine {
     /// An engine for `cfg` on `device` (a device without autodiff; training adds it).
     pub fn new(cfg: &ModelConfig, device: Device, label: impl Into<String>) -> Self {
-        Self { cfg: cfg.clone(), layout: ParamLayout::new(cfg), device, label: label.into() }
+        Self {
+            cfg: cfg.clone(),
+            layout: ParamLayout::new(cfg),
+            device,
+            label: label.into(),
+        }
     }
 
     fn err(&self, msg: impl std::fmt::Display) -> ModelError {
-        ModelError::Engine { engine: self.describe(), msg: msg.to_string() }
+        ModelError::Engine {
+            engine: self.describe(),
+            msg: msg.to_string(),
+        }
     }
 
     fn build(&self, p: &[f32], dev: &Device) -> Net {
         let h = self.cfg.hidden;
         let linear = |w: Vec<f32>, shape: [usize; 2], b: &[f32]| Linear {
             weight: Param::from_data(TensorData::new(w, shape), dev),
-            bias: Some(Param::from_data(TensorData::new(b.to_vec(), [b.len()]), dev)),
+            bias: Some(Param::from_data(
+                TensorData::new(b.to_vec(), [b.len()]),
+                dev,
+            )),
         };
         let lstms = (0..self.cfg.layers)
             .map(|k| {
@@ -60,8 +86,16 @@ impl BurnEngine {
                     out
                 };
                 let gate = |g: usize| GateController {
-                    input_transform: linear(block(lo.w_ih, inp, g), [inp, h], &p[lo.b_ih + g * h..lo.b_ih + (g + 1) * h]),
-                    hidden_transform: linear(block(lo.w_hh, h, g), [h, h], &p[lo.b_hh + g * h..lo.b_hh + (g + 1) * h]),
+                    input_transform: linear(
+                        block(lo.w_ih, inp, g),
+                        [inp, h],
+                        &p[lo.b_ih + g * h..lo.b_ih + (g + 1) * h],
+                    ),
+                    hidden_transform: linear(
+                        block(lo.w_hh, h, g),
+                        [h, h],
+                        &p[lo.b_hh + g * h..lo.b_hh + (g + 1) * h],
+                    ),
                 };
                 let mut lstm = LstmConfig::new(inp, h, true).init(dev);
                 lstm.input_gate = gate(0);
@@ -84,25 +118,25 @@ impl BurnEngine {
 
     /// Runs the network; returns predictions `[n, t, out]`, the final states and the initial
     /// state tensors (for their gradients).
-    #[allow(clippy::type_complexity)]
-    fn run(
-        &self,
-        net: &Net,
-        dev: &Device,
-        x: &[f32],
-        n: usize,
-        t: usize,
-        init: &SlotStates,
-        mask: Option<Vec<f32>>,
-        track_init: bool,
-    ) -> (Tensor<3>, Vec<LstmState<2>>, Vec<(Tensor<2>, Tensor<2>)>) {
+    fn run(&self, net: &Net, dev: &Device, pass: Pass<'_>) -> RunOut {
+        let Pass {
+            x,
+            n,
+            t,
+            init,
+            mask,
+            track_init,
+        } = pass;
         let h = self.cfg.hidden;
-        let mut input = Tensor::<3>::from_data(TensorData::new(x.to_vec(), [n, t, self.cfg.input]), dev);
+        let mut input =
+            Tensor::<3>::from_data(TensorData::new(x.to_vec(), [n, t, self.cfg.input]), dev);
         let mut finals = Vec::new();
         let mut inits = Vec::new();
         for (k, lstm) in net.lstms.iter().enumerate() {
-            let mut h0 = Tensor::<2>::from_data(TensorData::new(init.layer_h(k).to_vec(), [n, h]), dev);
-            let mut c0 = Tensor::<2>::from_data(TensorData::new(init.layer_c(k).to_vec(), [n, h]), dev);
+            let mut h0 =
+                Tensor::<2>::from_data(TensorData::new(init.layer_h(k).to_vec(), [n, h]), dev);
+            let mut c0 =
+                Tensor::<2>::from_data(TensorData::new(init.layer_c(k).to_vec(), [n, h]), dev);
             if track_init {
                 h0 = h0.require_grad();
                 c0 = c0.require_grad();
@@ -123,7 +157,10 @@ impl BurnEngine {
     }
 
     fn to_vec<const D: usize>(&self, t: Tensor<D>) -> Result<Vec<f32>, ModelError> {
-        t.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| self.err(format!("{e:?}")))
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| self.err(format!("{e:?}")))
     }
 
     fn states_out(&self, finals: Vec<LstmState<2>>, n: usize) -> Result<SlotStates, ModelError> {
@@ -160,7 +197,18 @@ impl Engine for BurnEngine {
             }
             v
         });
-        let (pred, finals, inits) = self.run(&net, &dev, batch.x, n, t, init, mask, want_init_grad);
+        let (pred, finals, inits) = self.run(
+            &net,
+            &dev,
+            Pass {
+                x: batch.x,
+                n,
+                t,
+                init,
+                mask,
+                track_init: want_init_grad,
+            },
+        );
         let y = Tensor::<3>::from_data(TensorData::new(batch.y.to_vec(), [n, t, fo]), &dev);
         let loss = (pred - y).powi_scalar(2).sum();
         let grads = loss.backward();
@@ -177,9 +225,10 @@ impl Engine for BurnEngine {
                 &lstm.output_gate,
             ];
             for (g, gate) in gates.into_iter().enumerate() {
-                for (lin, off, cols, boff) in
-                    [(&gate.input_transform, lo.w_ih, lo.input, lo.b_ih), (&gate.hidden_transform, lo.w_hh, h, lo.b_hh)]
-                {
+                for (lin, off, cols, boff) in [
+                    (&gate.input_transform, lo.w_ih, lo.input, lo.b_ih),
+                    (&gate.hidden_transform, lo.w_hh, h, lo.b_hh),
+                ] {
                     if let Some(gw) = grad_of(&lin.weight) {
                         let v = self.to_vec(gw)?; // [cols, H]
                         for j in 0..h {
@@ -211,15 +260,30 @@ impl Engine for BurnEngine {
             let (mut gh, mut gc) = (Vec::new(), Vec::new());
             for (h0, c0) in &inits {
                 let zero = || vec![0.0; n * h];
-                gh.extend(h0.grad(&grads).map(|g| self.to_vec(g)).transpose()?.unwrap_or_else(zero));
-                gc.extend(c0.grad(&grads).map(|g| self.to_vec(g)).transpose()?.unwrap_or_else(zero));
+                gh.extend(
+                    h0.grad(&grads)
+                        .map(|g| self.to_vec(g))
+                        .transpose()?
+                        .unwrap_or_else(zero),
+                );
+                gc.extend(
+                    c0.grad(&grads)
+                        .map(|g| self.to_vec(g))
+                        .transpose()?
+                        .unwrap_or_else(zero),
+                );
             }
             Some(SlotStates::from_flat(self.cfg.layers, n, h, gh, gc)?)
         } else {
             None
         };
         let final_state = self.states_out(finals, n)?;
-        Ok(TrainOut { loss_sum, grad, final_state, init_grad })
+        Ok(TrainOut {
+            loss_sum,
+            grad,
+            final_state,
+            init_grad,
+        })
     }
 
     fn forward(
@@ -231,15 +295,34 @@ impl Engine for BurnEngine {
         init: &SlotStates,
     ) -> Result<(Vec<f32>, SlotStates), ModelError> {
         if params.len() != self.layout.len() {
-            return Err(ModelError::shape("parameters", &[self.layout.len()], &[params.len()]));
+            return Err(ModelError::shape(
+                "parameters",
+                &[self.layout.len()],
+                &[params.len()],
+            ));
         }
         if x.len() != n * t * self.cfg.input {
-            return Err(ModelError::shape("inputs", &[n, t, self.cfg.input], &[x.len()]));
+            return Err(ModelError::shape(
+                "inputs",
+                &[n, t, self.cfg.input],
+                &[x.len()],
+            ));
         }
         check_init(&self.cfg, n, init)?;
         let dev = self.device.clone();
         let net = self.build(params, &dev);
-        let (pred, finals, _) = self.run(&net, &dev, x, n, t, init, None, false);
+        let (pred, finals, _) = self.run(
+            &net,
+            &dev,
+            Pass {
+                x,
+                n,
+                t,
+                init,
+                mask: None,
+                track_init: false,
+            },
+        );
         Ok((self.to_vec(pred)?, self.states_out(finals, n)?))
     }
 }

@@ -33,7 +33,12 @@ impl CpuEngine {
         } else {
             threads
         };
-        Self { cfg: cfg.clone(), layout: ParamLayout::new(cfg), threads, workspaces: Vec::new() }
+        Self {
+            cfg: cfg.clone(),
+            layout: ParamLayout::new(cfg),
+            threads,
+            workspaces: Vec::new(),
+        }
     }
 
     /// Threads this engine may use.
@@ -43,7 +48,9 @@ impl CpuEngine {
 
     fn ranges(&self, n: usize) -> Vec<(usize, usize)> {
         let parts = self.threads.min(n / MIN_SLOTS_PER_THREAD).max(1);
-        (0..parts).map(|i| (i * n / parts, (i + 1) * n / parts)).collect()
+        (0..parts)
+            .map(|i| (i * n / parts, (i + 1) * n / parts))
+            .collect()
     }
 
     fn ensure_workspaces(&mut self, count: usize) {
@@ -59,7 +66,7 @@ impl CpuEngine {
         n: usize,
         t: usize,
         x: &[f32],
-        targets: Option<(&[f32], &[u64], Option<DropoutKey>, bool)>,
+        targets: Option<Targets<'_>>,
         init: &SlotStates,
     ) -> Vec<(usize, usize)> {
         let ranges = self.ranges(n);
@@ -69,8 +76,12 @@ impl CpuEngine {
         let work = |ws: &mut Workspace, (r0, r1): (usize, usize)| {
             let m = r1 - r0;
             let h = cfg.hidden;
-            let init_h: Vec<&[f32]> = (0..cfg.layers).map(|k| &init.layer_h(k)[r0 * h..r1 * h]).collect();
-            let init_c: Vec<&[f32]> = (0..cfg.layers).map(|k| &init.layer_c(k)[r0 * h..r1 * h]).collect();
+            let init_h: Vec<&[f32]> = (0..cfg.layers)
+                .map(|k| &init.layer_h(k)[r0 * h..r1 * h])
+                .collect();
+            let init_c: Vec<&[f32]> = (0..cfg.layers)
+                .map(|k| &init.layer_c(k)[r0 * h..r1 * h])
+                .collect();
             let chunk = Chunk {
                 cfg,
                 layout,
@@ -85,11 +96,21 @@ impl CpuEngine {
                 None => {
                     ws.forward(&chunk, None);
                 }
-                Some((y, slots, key, want_init)) => {
+                Some(Targets {
+                    y,
+                    slots,
+                    key,
+                    want_init,
+                }) => {
                     let mask = key.map(|k| (DropoutMask::new(k, cfg.dropout), &slots[r0..r1]));
                     let mask = mask.filter(|_| cfg.dropout > 0.0);
                     ws.forward(&chunk, mask);
-                    ws.backward(&chunk, &y[r0 * t * fo..r1 * t * fo], mask.is_some(), want_init);
+                    ws.backward(
+                        &chunk,
+                        &y[r0 * t * fo..r1 * t * fo],
+                        mask.is_some(),
+                        want_init,
+                    );
                 }
             }
         };
@@ -106,7 +127,13 @@ impl CpuEngine {
     }
 
     /// Copies the final states (and optionally the initial-state gradients) out of the workspaces.
-    fn collect_states(&self, ranges: &[(usize, usize)], n: usize, t: usize, grads: bool) -> SlotStates {
+    fn collect_states(
+        &self,
+        ranges: &[(usize, usize)],
+        n: usize,
+        t: usize,
+        grads: bool,
+    ) -> SlotStates {
         let (layers, h) = (self.cfg.layers, self.cfg.hidden);
         let mut out = SlotStates::zeros(layers, n, h);
         let (oh, oc) = out.hc_mut();
@@ -144,8 +171,19 @@ impl Engine for CpuEngine {
     ) -> Result<TrainOut, ModelError> {
         check_batch(&self.cfg, params.len(), self.layout.len(), batch, init)?;
         let (n, t) = (batch.n, batch.t);
-        let ranges =
-            self.run(params, n, t, batch.x, Some((batch.y, batch.slots, batch.dropout, want_init_grad)), init);
+        let ranges = self.run(
+            params,
+            n,
+            t,
+            batch.x,
+            Some(Targets {
+                y: batch.y,
+                slots: batch.slots,
+                key: batch.dropout,
+                want_init: want_init_grad,
+            }),
+            init,
+        );
         let mut grad = vec![0.0f32; self.layout.len()];
         let mut loss_sum = 0.0;
         for ws in &self.workspaces[..ranges.len()] {
@@ -156,7 +194,12 @@ impl Engine for CpuEngine {
         }
         let final_state = self.collect_states(&ranges, n, t, false);
         let init_grad = want_init_grad.then(|| self.collect_states(&ranges, n, t, true));
-        Ok(TrainOut { loss_sum, grad, final_state, init_grad })
+        Ok(TrainOut {
+            loss_sum,
+            grad,
+            final_state,
+            init_grad,
+        })
     }
 
     fn forward(
@@ -168,12 +211,20 @@ impl Engine for CpuEngine {
         init: &SlotStates,
     ) -> Result<(Vec<f32>, SlotStates), ModelError> {
         if params.len() != self.layout.len() {
-            return Err(ModelError::shape("parameters", &[self.layout.len()], &[params.len()]));
+            return Err(ModelError::shape(
+                "parameters",
+                &[self.layout.len()],
+                &[params.len()],
+            ));
         }
         if x.len() != n * t * self.cfg.input {
             return Err(ModelError::Shape {
                 what: "inputs".into(),
-                expected: format!("{} values for ({n}, {t}, {})", n * t * self.cfg.input, self.cfg.input),
+                expected: format!(
+                    "{} values for ({n}, {t}, {})",
+                    n * t * self.cfg.input,
+                    self.cfg.input
+                ),
                 got: format!("{} values", x.len()),
             });
         }
@@ -186,6 +237,15 @@ impl Engine for CpuEngine {
         }
         Ok((pred, self.collect_states(&ranges, n, t, false)))
     }
+}
+
+/// What a training (rather than inference) pass needs beyond the inputs.
+#[derive(Clone, Copy)]
+struct Targets<'a> {
+    y: &'a [f32],
+    slots: &'a [u64],
+    key: Option<DropoutKey>,
+    want_init: bool,
 }
 
 /// The inputs of one contiguous range of slots.
@@ -274,15 +334,39 @@ impl Workspace {
             let cells = &mut self.cells[k];
             let tanh_c = &mut self.tanh_c[k];
             // input projection of every step at once, plus both biases
-            gemm(n * t, lo.input, g4, 1.0, View::rows(input, lo.input), View::t(w_ih, lo.input), 0.0, gates, g4);
+            gemm(
+                n * t,
+                lo.input,
+                g4,
+                1.0,
+                View::rows(input, lo.input),
+                View::t(w_ih, lo.input),
+                0.0,
+                gates,
+                g4,
+            );
             for row in gates.chunks_exact_mut(g4) {
                 for (a, b) in row.iter_mut().zip(&self.bias) {
                     *a += b;
                 }
             }
             for s in 0..t {
-                let hp = if s == 0 { View::rows(c.h0[k], h) } else { View::rows(&out[(s - 1) * h..], t * h) };
-                gemm(n, h, g4, 1.0, hp, View::t(w_hh, h), 1.0, &mut gates[s * g4..], t * g4);
+                let hp = if s == 0 {
+                    View::rows(c.h0[k], h)
+                } else {
+                    View::rows(&out[(s - 1) * h..], t * h)
+                };
+                gemm(
+                    n,
+                    h,
+                    g4,
+                    1.0,
+                    hp,
+                    View::t(w_hh, h),
+                    1.0,
+                    &mut gates[s * g4..],
+                    t * g4,
+                );
                 for r in 0..n {
                     let idx = r * t + s;
                     let row = &mut gates[idx * g4..(idx + 1) * g4];
@@ -290,7 +374,11 @@ impl Workspace {
                     tanh_slice(&mut row[2 * h..3 * h]);
                     sigmoid_slice(&mut row[3 * h..]);
                     let (prev, cur) = cells.split_at_mut(idx * h);
-                    let cprev = if s == 0 { &c.c0[k][r * h..(r + 1) * h] } else { &prev[(idx - 1) * h..] };
+                    let cprev = if s == 0 {
+                        &c.c0[k][r * h..(r + 1) * h]
+                    } else {
+                        &prev[(idx - 1) * h..]
+                    };
                     let cur = &mut cur[..h];
                     let tc = &mut tanh_c[idx * h..(idx + 1) * h];
                     let o = &mut out[idx * h..(idx + 1) * h];
@@ -332,7 +420,17 @@ impl Workspace {
         let hw = &p[c.layout.head_w()..c.layout.head_w() + fo * h];
         let hb = &p[c.layout.head_b()..c.layout.head_b() + fo];
         sized(&mut self.pred, n * t * fo);
-        gemm(n * t, h, fo, 1.0, View::rows(d, h), View::t(hw, h), 0.0, &mut self.pred, fo);
+        gemm(
+            n * t,
+            h,
+            fo,
+            1.0,
+            View::rows(d, h),
+            View::t(hw, h),
+            0.0,
+            &mut self.pred,
+            fo,
+        );
         for row in self.pred.chunks_exact_mut(fo) {
             for (z, b) in row.iter_mut().zip(hb) {
                 *z += b;
@@ -378,13 +476,33 @@ impl Workspace {
         let top = &self.outs[cfg.layers - 1];
         let d: &[f32] = if dropout { &self.dropped } else { top };
         let (hw, hb) = (layout.head_w(), layout.head_b());
-        gemm(fo, n * t, h, 1.0, View::t(&self.dz, fo), View::rows(d, h), 1.0, &mut self.grad[hw..hw + fo * h], h);
+        gemm(
+            fo,
+            n * t,
+            h,
+            1.0,
+            View::t(&self.dz, fo),
+            View::rows(d, h),
+            1.0,
+            &mut self.grad[hw..hw + fo * h],
+            h,
+        );
         for row in self.dz.chunks_exact(fo) {
             for (g, v) in self.grad[hb..hb + fo].iter_mut().zip(row) {
                 *g += v;
             }
         }
-        gemm(n * t, fo, h, 1.0, View::rows(&self.dz, fo), View::rows(&p[hw..hw + fo * h], h), 0.0, &mut self.dy, h);
+        gemm(
+            n * t,
+            fo,
+            h,
+            1.0,
+            View::rows(&self.dz, fo),
+            View::rows(&p[hw..hw + fo * h], h),
+            0.0,
+            &mut self.dy,
+            h,
+        );
         if dropout {
             for (g, m) in self.dy.iter_mut().zip(&self.mask) {
                 *g *= m;
@@ -401,12 +519,26 @@ impl Workspace {
             self.dc.fill(0.0);
             for s in (0..t).rev() {
                 if s + 1 < t {
-                    gemm(n, g4, h, 1.0, View::rows(&self.da[(s + 1) * g4..], t * g4), View::rows(w_hh, h), 0.0, &mut self.dh, h);
+                    gemm(
+                        n,
+                        g4,
+                        h,
+                        1.0,
+                        View::rows(&self.da[(s + 1) * g4..], t * g4),
+                        View::rows(w_hh, h),
+                        0.0,
+                        &mut self.dh,
+                        h,
+                    );
                 }
                 for r in 0..n {
                     let idx = r * t + s;
                     let row = &gates[idx * g4..(idx + 1) * g4];
-                    let cprev = if s == 0 { &c.c0[k][r * h..(r + 1) * h] } else { &cells[(idx - 1) * h..idx * h] };
+                    let cprev = if s == 0 {
+                        &c.c0[k][r * h..(r + 1) * h]
+                    } else {
+                        &cells[(idx - 1) * h..idx * h]
+                    };
                     let tc = &tanh_c[idx * h..(idx + 1) * h];
                     let dyv = &self.dy[idx * h..(idx + 1) * h];
                     let dh = &self.dh[r * h..(r + 1) * h];
@@ -429,13 +561,43 @@ impl Workspace {
                 }
             }
             if want_init {
-                gemm(n, g4, h, 1.0, View::rows(&self.da, t * g4), View::rows(w_hh, h), 0.0, &mut self.dh0[k], h);
+                gemm(
+                    n,
+                    g4,
+                    h,
+                    1.0,
+                    View::rows(&self.da, t * g4),
+                    View::rows(w_hh, h),
+                    0.0,
+                    &mut self.dh0[k],
+                    h,
+                );
                 self.dc0[k].copy_from_slice(&self.dc);
             }
             let input: &[f32] = if k == 0 { c.x } else { &self.outs[k - 1] };
             let grad = &mut self.grad;
-            gemm(g4, n * t, lo.input, 1.0, View::t(&self.da, g4), View::rows(input, lo.input), 1.0, &mut grad[lo.w_ih..lo.w_ih + g4 * lo.input], lo.input);
-            gemm(g4, n * t, h, 1.0, View::t(&self.da, g4), View::rows(&self.hprev[k], h), 1.0, &mut grad[lo.w_hh..lo.w_hh + g4 * h], h);
+            gemm(
+                g4,
+                n * t,
+                lo.input,
+                1.0,
+                View::t(&self.da, g4),
+                View::rows(input, lo.input),
+                1.0,
+                &mut grad[lo.w_ih..lo.w_ih + g4 * lo.input],
+                lo.input,
+            );
+            gemm(
+                g4,
+                n * t,
+                h,
+                1.0,
+                View::t(&self.da, g4),
+                View::rows(&self.hprev[k], h),
+                1.0,
+                &mut grad[lo.w_hh..lo.w_hh + g4 * h],
+                h,
+            );
             for row in self.da.chunks_exact(g4) {
                 for (g, v) in grad[lo.b_ih..lo.b_ih + g4].iter_mut().zip(row) {
                     *g += v;
@@ -445,7 +607,17 @@ impl Workspace {
             grad.copy_within(bi..bi + g4, bh);
             if k > 0 {
                 let w_ih = &p[lo.w_ih..lo.w_ih + g4 * lo.input];
-                gemm(n * t, g4, lo.input, 1.0, View::rows(&self.da, g4), View::rows(w_ih, lo.input), 0.0, &mut self.dy, lo.input);
+                gemm(
+                    n * t,
+                    g4,
+                    lo.input,
+                    1.0,
+                    View::rows(&self.da, g4),
+                    View::rows(w_ih, lo.input),
+                    0.0,
+                    &mut self.dy,
+                    lo.input,
+                );
             }
         }
     }

@@ -18,24 +18,46 @@ impl<'a> View<'a> {
 
     /// Transposed view of a row-major matrix whose rows have stride `rs`.
     pub(crate) fn t(data: &'a [f32], rs: usize) -> Self {
-        Self { data, rs: 1, cs: rs }
+        Self {
+            data,
+            rs: 1,
+            cs: rs,
+        }
     }
 
     fn check(&self, rows: usize, cols: usize, what: &str) {
         if rows > 0 && cols > 0 {
             let last = (rows - 1) * self.rs + (cols - 1) * self.cs;
-            assert!(last < self.data.len(), "gemm {what}: index {last} out of {} values", self.data.len());
+            assert!(
+                last < self.data.len(),
+                "gemm {what}: index {last} out of {} values",
+                self.data.len()
+            );
         }
     }
 }
 
 /// `C = alpha * A B + beta * C` with `A` `m x k`, `B` `k x n`, `C` `m x n` with row stride `rsc`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm(m: usize, k: usize, n: usize, alpha: f32, a: View<'_>, b: View<'_>, beta: f32, c: &mut [f32], rsc: usize) {
+pub(crate) fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: View<'_>,
+    b: View<'_>,
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
-    let cv = View { data: c, rs: rsc, cs: 1 };
+    let cv = View {
+        data: c,
+        rs: rsc,
+        cs: 1,
+    };
     cv.check(m, n, "C");
     if k == 0 {
         for i in 0..m {
@@ -51,11 +73,20 @@ pub(crate) fn gemm(m: usize, k: usize, n: usize, alpha: f32, a: View<'_>, b: Vie
     // strides are non-negative, and C does not alias A or B (it is a distinct &mut borrow).
     unsafe {
         matrixmultiply::sgemm(
-            m, k, n, alpha,
-            a.data.as_ptr(), a.rs as isize, a.cs as isize,
-            b.data.as_ptr(), b.rs as isize, b.cs as isize,
+            m,
+            k,
+            n,
+            alpha,
+            a.data.as_ptr(),
+            a.rs as isize,
+            a.cs as isize,
+            b.data.as_ptr(),
+            b.rs as isize,
+            b.cs as isize,
             beta,
-            c.as_mut_ptr(), rsc as isize, 1,
+            c.as_mut_ptr(),
+            rsc as isize,
+            1,
         );
     }
 }
@@ -78,7 +109,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     // 2^n: the integer n sits in m's low bits as 0x4B40_0000 + n.
     let pow2 = f32::from_bits((m.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127)) << 23);
@@ -96,11 +127,12 @@ pub(crate) fn sigmoid(x: f32) -> f32 {
 pub(crate) fn tanh(x: f32) -> f32 {
     let ax = x.abs();
     let z = x * x;
-    let small = ((((-5.704_988_7e-3 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
-        - 3.333_328_2e-1)
-        * z
-        * x
-        + x;
+    let small =
+        ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
+            - 3.333_328e-1)
+            * z
+            * x
+            + x;
     let e = exp(2.0 * ax);
     let large = (1.0 - 2.0 / (e + 1.0)).copysign(x);
     if ax < 0.625 { small } else { large }
@@ -157,7 +189,17 @@ mod tests {
         let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         let bt = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
         let mut c = [10.0; 4];
-        gemm(2, 3, 2, 1.0, View::rows(&a, 3), View::t(&bt, 3), 1.0, &mut c, 2);
+        gemm(
+            2,
+            3,
+            2,
+            1.0,
+            View::rows(&a, 3),
+            View::t(&bt, 3),
+            1.0,
+            &mut c,
+            2,
+        );
         assert_eq!(c, [14.0, 12.0, 20.0, 15.0]);
     }
 }

@@ -107,9 +107,19 @@ impl std::fmt::Display for EngineKind {
 }
 
 /// Checks that a batch and its initial states have the sizes `cfg` expects.
-pub(crate) fn check_batch(cfg: &ModelConfig, params_len: usize, expected_params: usize, batch: &Batch<'_>, init: &SlotStates) -> Result<(), ModelError> {
+pub(crate) fn check_batch(
+    cfg: &ModelConfig,
+    params_len: usize,
+    expected_params: usize,
+    batch: &Batch<'_>,
+    init: &SlotStates,
+) -> Result<(), ModelError> {
     if params_len != expected_params {
-        return Err(ModelError::shape("parameters", &[expected_params], &[params_len]));
+        return Err(ModelError::shape(
+            "parameters",
+            &[expected_params],
+            &[params_len],
+        ));
     }
     let (n, t) = (batch.n, batch.t);
     if batch.x.len() != n * t * cfg.input {
@@ -122,7 +132,11 @@ pub(crate) fn check_batch(cfg: &ModelConfig, params_len: usize, expected_params:
     if batch.y.len() != n * t * cfg.output {
         return Err(ModelError::Shape {
             what: "targets".into(),
-            expected: format!("{} values for ({n}, {t}, {})", n * t * cfg.output, cfg.output),
+            expected: format!(
+                "{} values for ({n}, {t}, {})",
+                n * t * cfg.output,
+                cfg.output
+            ),
             got: format!("{} values", batch.y.len()),
         });
     }

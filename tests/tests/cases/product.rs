@@ -23,42 +23,84 @@ fn metrics_plot_health_and_prometheus() {
     let mut c = Proc::coordinator(
         "coordinator",
         &[
-            "train", "--listen", "127.0.0.1:0", "--out", out.to_str().unwrap(), "--sequences", "60", "--val-sequences", "20",
-            "--epochs", "2", "--spawn-workers", "1", "--metrics-listen", &metrics_addr, "--health-listen", &health.to_string(),
-            "--worker-args", "--throttle-ms 40", "--progress", "log",
+            "train",
+            "--listen",
+            "127.0.0.1:0",
+            "--out",
+            out.to_str().unwrap(),
+            "--sequences",
+            "60",
+            "--val-sequences",
+            "20",
+            "--epochs",
+            "2",
+            "--spawn-workers",
+            "1",
+            "--metrics-listen",
+            &metrics_addr,
+            "--health-listen",
+            &health.to_string(),
+            "--worker-args",
+            "--throttle-ms 40",
+            "--progress",
+            "log",
         ],
         &[],
         dir.path(),
     );
     let addr = c.ready();
     // health on both the main and the plaintext health port
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         for a in [addr.clone(), health.to_string()] {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{a}")).unwrap().connect().await.unwrap();
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{a}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
             let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
             let r = h
-                .check(tonic_health::pb::HealthCheckRequest { service: "carry.v1.Coordinator".into() })
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "carry.v1.Coordinator".into(),
+                })
                 .await
                 .unwrap()
                 .into_inner();
-            assert_eq!(r.status(), tonic_health::pb::health_check_response::ServingStatus::Serving, "{a}");
+            assert_eq!(
+                r.status(),
+                tonic_health::pb::health_check_response::ServingStatus::Serving,
+                "{a}"
+            );
         }
     });
     carry_it::wait_rows(&out, 2, Duration::from_secs(60), &c);
     let mut body = String::new();
     let mut s = std::net::TcpStream::connect(&metrics_addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
     s.read_to_string(&mut body).unwrap();
-    assert!(body.contains("carry_steps_total") && body.contains("carry_loss"), "{body}");
+    assert!(
+        body.contains("carry_steps_total") && body.contains("carry_loss"),
+        "{body}"
+    );
     c.success(Duration::from_secs(60));
     let rows = metrics(&out);
     assert_eq!(rows.len(), 12, "6 steps per epoch, 2 epochs");
-    let val: Vec<u64> = rows.iter().filter(|r| r.val_loss.is_some()).map(|r| r.step).collect();
+    let val: Vec<u64> = rows
+        .iter()
+        .filter(|r| r.val_loss.is_some())
+        .map(|r| r.step)
+        .collect();
     assert_eq!(val, vec![5, 11], "validation at each epoch end");
     assert!(rows.iter().all(|r| r.loss.is_finite() && r.workers == 1));
     let svg = std::fs::read_to_string(out.join("loss.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "an SVG with the loss curve");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("polyline"),
+        "an SVG with the loss curve"
+    );
     assert!(c.log().contains("DONE steps=12"));
 }
 
@@ -76,7 +118,11 @@ fn flags_beat_environment_beat_file_beat_defaults() {
     let toml = dir.join("job.toml");
     std::fs::write(&toml, "hidden = 32\nlayers = 3\nbatch_size = 5\n").unwrap();
     let t = toml.to_str().unwrap();
-    let (ok, log) = dry_run(&dir, &["--config", t, "--hidden", "24"], &[("CARRY_HIDDEN", "16"), ("CARRY_LAYERS", "4")]);
+    let (ok, log) = dry_run(
+        &dir,
+        &["--config", t, "--hidden", "24"],
+        &[("CARRY_HIDDEN", "16"), ("CARRY_LAYERS", "4")],
+    );
     assert!(ok, "{log}");
     assert!(log.contains("hidden: 24"), "flag wins: {log}");
     assert!(log.contains("layers: 4"), "env beats file: {log}");
@@ -88,10 +134,16 @@ fn flags_beat_environment_beat_file_beat_defaults() {
     let (ok, log) = dry_run(&dir, &["--batch-size", "0"], &[]);
     assert!(!ok && log.contains("batch_size"), "{log}");
     let (ok, log) = dry_run(&dir, &[], &[("CARRY_DROPOUT", "1.5")]);
-    assert!(!ok && log.contains("dropout") && log.contains("1.5"), "{log}");
+    assert!(
+        !ok && log.contains("dropout") && log.contains("1.5"),
+        "{log}"
+    );
     std::fs::write(&toml, "hiden = 3\n").unwrap();
     let (ok, log) = dry_run(&dir, &["--config", t], &[]);
-    assert!(!ok && log.contains("hiden") && log.contains("job.toml"), "{log}");
+    assert!(
+        !ok && log.contains("hiden") && log.contains("job.toml"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -100,7 +152,19 @@ fn predict_chunk_by_chunk_and_export_import() {
     let out = dir.join("run");
     let mut c = Proc::coordinator(
         "train",
-        &["train", "--spawn-workers", "0", "--out", out.to_str().unwrap(), "--sequences", "100", "--val-sequences", "0", "--epochs", "1"],
+        &[
+            "train",
+            "--spawn-workers",
+            "0",
+            "--out",
+            out.to_str().unwrap(),
+            "--sequences",
+            "100",
+            "--val-sequences",
+            "0",
+            "--epochs",
+            "1",
+        ],
         &[],
         dir.path(),
     );
@@ -126,37 +190,97 @@ fn predict_chunk_by_chunk_and_export_import() {
         pr.success(Duration::from_secs(60));
     };
     let model = out.to_str().unwrap().to_string();
-    run("whole", &[&model, "--inputs", &p("x.npy"), "--out", &p("whole.npz")]);
-    run("chunk1", &[&model, "--inputs", &p("x1.npy"), "--out", &p("c1.npz")]);
-    run("chunk2", &[&model, "--inputs", &p("x2.npy"), "--initial-state", &p("c1.npz"), "--out", &p("c2.npz")]);
+    run(
+        "whole",
+        &[&model, "--inputs", &p("x.npy"), "--out", &p("whole.npz")],
+    );
+    run(
+        "chunk1",
+        &[&model, "--inputs", &p("x1.npy"), "--out", &p("c1.npz")],
+    );
+    run(
+        "chunk2",
+        &[
+            &model,
+            "--inputs",
+            &p("x2.npy"),
+            "--initial-state",
+            &p("c1.npz"),
+            "--out",
+            &p("c2.npz"),
+        ],
+    );
     let whole = read_npz(&dir.join("whole.npz")).unwrap();
     let c1 = read_npz(&dir.join("c1.npz")).unwrap();
     let c2 = read_npz(&dir.join("c2.npz")).unwrap();
     assert_eq!(whole["y"].shape, vec![3, 192, 2]);
     assert_eq!(whole["h"].shape, vec![2, 3, 8], "[layers, N, H]");
     assert_eq!(c1["y"].shape, vec![3, 96, 2]);
-    let d = whole["h"].data.iter().zip(&c2["h"].data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    assert!(d < 1e-5, "chunked prediction carries the state: final h differs by {d}");
+    let d = whole["h"]
+        .data
+        .iter()
+        .zip(&c2["h"].data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        d < 1e-5,
+        "chunked prediction carries the state: final h differs by {d}"
+    );
     for s in 0..n {
         let tail = &whole["y"].data[(s * t + 96) * 2..(s + 1) * t * 2];
         let chunk = &c2["y"].data[s * 96 * 2..(s + 1) * 96 * 2];
-        let d = tail.iter().zip(chunk).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let d = tail
+            .iter()
+            .zip(chunk)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(d < 1e-5, "sequence {s}: second chunk differs by {d}");
     }
     // a wrong-shaped state is a clear error
-    write_npz(&dir.join("bad.npz"), &[("h", &[2, 3, 2], &[0.0; 12]), ("c", &[2, 3, 8], &[0.0; 48])]).unwrap();
+    write_npz(
+        &dir.join("bad.npz"),
+        &[("h", &[2, 3, 2], &[0.0; 12]), ("c", &[2, 3, 8], &[0.0; 48])],
+    )
+    .unwrap();
     let mut bad = Proc::coordinator(
         "bad-state",
-        &["predict", "--model", &model, "--inputs", &p("x2.npy"), "--initial-state", &p("bad.npz"), "--out", &p("bad-out.npz")],
+        &[
+            "predict",
+            "--model",
+            &model,
+            "--inputs",
+            &p("x2.npy"),
+            "--initial-state",
+            &p("bad.npz"),
+            "--out",
+            &p("bad-out.npz"),
+        ],
         &[],
         dir.path(),
     );
     let status = bad.wait(Duration::from_secs(30));
-    bad.check(!status.success() && bad.log().contains("h: expected (2, 3, 8), got (2, 3, 2)"), "shape error");
+    bad.check(
+        !status.success() && bad.log().contains("h: expected (2, 3, 8), got (2, 3, 2)"),
+        "shape error",
+    );
     // export, then predict from the exported (imported) weights: the same predictions
-    let mut e = Proc::coordinator("export", &["export", "--model", &model, "--out", &p("m.safetensors")], &[], dir.path());
+    let mut e = Proc::coordinator(
+        "export",
+        &["export", "--model", &model, "--out", &p("m.safetensors")],
+        &[],
+        dir.path(),
+    );
     e.success(Duration::from_secs(30));
-    run("imported", &[&p("m.safetensors"), "--inputs", &p("x.npy"), "--out", &p("imported.npz")]);
+    run(
+        "imported",
+        &[
+            &p("m.safetensors"),
+            "--inputs",
+            &p("x.npy"),
+            "--out",
+            &p("imported.npz"),
+        ],
+    );
     let imp = read_npz(&dir.join("imported.npz")).unwrap();
     assert_eq!(imp["y"].data, whole["y"].data, "import is lossless");
 }
@@ -165,9 +289,29 @@ fn predict_chunk_by_chunk_and_export_import() {
 fn bad_data_files_are_clear_errors() {
     let dir = TempDir::new("bad-data");
     let f = dir.join("bad.npz");
-    write_npz(&f, &[("x", &[1000], &[0.0; 1000]), ("y", &[1000], &[0.0; 1000])]).unwrap();
-    let mut c = Proc::coordinator("bad", &["train", "--spawn-workers", "0", "--data", f.to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()], &[], dir.path());
+    write_npz(
+        &f,
+        &[("x", &[1000], &[0.0; 1000]), ("y", &[1000], &[0.0; 1000])],
+    )
+    .unwrap();
+    let mut c = Proc::coordinator(
+        "bad",
+        &[
+            "train",
+            "--spawn-workers",
+            "0",
+            "--data",
+            f.to_str().unwrap(),
+            "--out",
+            dir.join("o").to_str().unwrap(),
+        ],
+        &[],
+        dir.path(),
+    );
     let status = c.wait(Duration::from_secs(30));
     c.check(!status.success(), "refused");
-    c.check(c.log().contains("96*2 = 192") && c.log().contains("(1000,)"), "names expected and given sizes");
+    c.check(
+        c.log().contains("96*2 = 192") && c.log().contains("(1000,)"),
+        "names expected and given sizes",
+    );
 }

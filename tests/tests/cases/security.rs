@@ -4,9 +4,21 @@
 use std::time::Duration;
 
 use carry_it::{Proc, TempDir, metrics};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
 
-const SMALL: &[&str] = &["--sequences", "40", "--val-sequences", "0", "--batch-size", "4", "--progress", "log"];
+const SMALL: &[&str] = &[
+    "--sequences",
+    "40",
+    "--val-sequences",
+    "0",
+    "--batch-size",
+    "4",
+    "--progress",
+    "log",
+];
 
 struct Pki {
     ca: String,
@@ -19,7 +31,9 @@ struct Pki {
 fn pki(dir: &TempDir) -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "carry test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "carry test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
         let key = KeyPair::generate().unwrap();
@@ -28,7 +42,10 @@ fn pki(dir: &TempDir) -> Pki {
         let cert = p.signed_by(&key, &ca).unwrap();
         (cert.pem(), key.serialize_pem())
     };
-    let (sc, sk) = leaf(vec!["localhost".into(), "127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth);
+    let (sc, sk) = leaf(
+        vec!["localhost".into(), "127.0.0.1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
     let (cc, ck) = leaf(vec!["worker".into()], ExtendedKeyUsagePurpose::ClientAuth);
     let write = |name: &str, pem: &str| {
         let p = dir.join(name);
@@ -46,7 +63,13 @@ fn pki(dir: &TempDir) -> Pki {
 
 fn train(name: &str, dir: &TempDir, extra: &[&str]) -> (Proc, String) {
     let out = dir.join(name);
-    let mut args = vec!["train", "--listen", "127.0.0.1:0", "--out", out.to_str().unwrap()];
+    let mut args = vec![
+        "train",
+        "--listen",
+        "127.0.0.1:0",
+        "--out",
+        out.to_str().unwrap(),
+    ];
     args.extend_from_slice(SMALL);
     args.extend_from_slice(extra);
     let c = Proc::coordinator(name, &args, &[], dir.path());
@@ -59,17 +82,43 @@ fn tls_and_mutual_tls_handshakes() {
     let dir = TempDir::new("tls");
     let k = pki(&dir);
     // server-side TLS
-    let (mut c, addr) = train("tls", &dir, &["--steps", "10", "--tls-cert", &k.server_cert, "--tls-key", &k.server_key]);
+    let (mut c, addr) = train(
+        "tls",
+        &dir,
+        &[
+            "--steps",
+            "10",
+            "--tls-cert",
+            &k.server_cert,
+            "--tls-key",
+            &k.server_key,
+        ],
+    );
     let url = format!("https://{addr}");
     let mut plain = Proc::worker(
         "plaintext",
-        &["--coordinator", &format!("http://{addr}"), "--device", "cpu", "--give-up-secs", "2"],
+        &[
+            "--coordinator",
+            &format!("http://{addr}"),
+            "--device",
+            "cpu",
+            "--give-up-secs",
+            "2",
+        ],
         &[],
         dir.path(),
     );
     let status = plain.wait(Duration::from_secs(60));
-    plain.check(!status.success(), "a plaintext client cannot talk to a TLS coordinator");
-    let mut w = Proc::worker("tls-worker", &["--coordinator", &url, "--device", "cpu", "--tls-ca", &k.ca], &[], dir.path());
+    plain.check(
+        !status.success(),
+        "a plaintext client cannot talk to a TLS coordinator",
+    );
+    let mut w = Proc::worker(
+        "tls-worker",
+        &["--coordinator", &url, "--device", "cpu", "--tls-ca", &k.ca],
+        &[],
+        dir.path(),
+    );
     c.success(Duration::from_secs(60));
     w.success(Duration::from_secs(30));
     assert_eq!(metrics(&dir.join("tls")).len(), 10);
@@ -78,20 +127,52 @@ fn tls_and_mutual_tls_handshakes() {
     let (mut c, addr) = train(
         "mtls",
         &dir,
-        &["--steps", "10", "--tls-cert", &k.server_cert, "--tls-key", &k.server_key, "--tls-client-ca", &k.ca],
+        &[
+            "--steps",
+            "10",
+            "--tls-cert",
+            &k.server_cert,
+            "--tls-key",
+            &k.server_key,
+            "--tls-client-ca",
+            &k.ca,
+        ],
     );
     let url = format!("https://{addr}");
     let mut anon = Proc::worker(
         "no-client-cert",
-        &["--coordinator", &url, "--device", "cpu", "--tls-ca", &k.ca, "--give-up-secs", "2"],
+        &[
+            "--coordinator",
+            &url,
+            "--device",
+            "cpu",
+            "--tls-ca",
+            &k.ca,
+            "--give-up-secs",
+            "2",
+        ],
         &[],
         dir.path(),
     );
     let status = anon.wait(Duration::from_secs(60));
-    anon.check(!status.success(), "mutual TLS refuses a worker without a client certificate");
+    anon.check(
+        !status.success(),
+        "mutual TLS refuses a worker without a client certificate",
+    );
     let mut w = Proc::worker(
         "mtls-worker",
-        &["--coordinator", &url, "--device", "cpu", "--tls-ca", &k.ca, "--tls-cert", &k.client_cert, "--tls-key", &k.client_key],
+        &[
+            "--coordinator",
+            &url,
+            "--device",
+            "cpu",
+            "--tls-ca",
+            &k.ca,
+            "--tls-cert",
+            &k.client_cert,
+            "--tls-key",
+            &k.client_key,
+        ],
         &[],
         dir.path(),
     );
@@ -105,32 +186,72 @@ fn wrong_or_missing_tokens_are_refused_while_the_job_goes_on() {
     let dir = TempDir::new("token");
     let token_file = dir.join("token.txt");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
-    let (mut c, addr) = train("token", &dir, &["--token-file", token_file.to_str().unwrap(), "--steps", "40"]);
+    let (mut c, addr) = train(
+        "token",
+        &dir,
+        &[
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--steps",
+            "40",
+        ],
+    );
     let url = format!("http://{addr}");
     let mut good = Proc::worker(
         "good",
-        &["--coordinator", &url, "--device", "cpu", "--throttle-ms", "20"],
+        &[
+            "--coordinator",
+            &url,
+            "--device",
+            "cpu",
+            "--throttle-ms",
+            "20",
+        ],
         &[("CARRY_TOKEN", "s3cret-token")],
         dir.path(),
     );
     carry_it::wait_rows(&dir.join("token"), 3, Duration::from_secs(60), &c);
-    for (name, env) in [("wrong", vec![("CARRY_TOKEN", "guess")]), ("missing", vec![])] {
-        let mut bad = Proc::worker(name, &["--coordinator", &url, "--device", "cpu"], &env, dir.path());
+    for (name, env) in [
+        ("wrong", vec![("CARRY_TOKEN", "guess")]),
+        ("missing", vec![]),
+    ] {
+        let mut bad = Proc::worker(
+            name,
+            &["--coordinator", &url, "--device", "cpu"],
+            &env,
+            dir.path(),
+        );
         let status = bad.wait(Duration::from_secs(30));
         bad.check(!status.success(), "refused");
-        bad.check(bad.log().contains("token"), "the refusal says it is about the token");
+        bad.check(
+            bad.log().contains("token"),
+            "the refusal says it is about the token",
+        );
     }
     c.success(Duration::from_secs(60));
     good.success(Duration::from_secs(30));
-    assert_eq!(metrics(&dir.join("token")).len(), 40, "the job finished all its steps");
+    assert_eq!(
+        metrics(&dir.join("token")).len(),
+        40,
+        "the job finished all its steps"
+    );
 }
 
 #[test]
 fn an_unprotected_public_address_is_refused() {
     let dir = TempDir::new("insecure");
-    let mut c = Proc::coordinator("public", &["train", "--listen", "0.0.0.0:0"], &[], dir.path());
+    let mut c = Proc::coordinator(
+        "public",
+        &["train", "--listen", "0.0.0.0:0"],
+        &[],
+        dir.path(),
+    );
     let status = c.wait(Duration::from_secs(30));
     c.check(!status.success(), "refused");
-    c.check(c.log().contains("refusing to serve on non-loopback address"), "says why");
+    c.check(
+        c.log()
+            .contains("refusing to serve on non-loopback address"),
+        "says why",
+    );
     c.check(c.log().contains("--insecure"), "says how to override");
 }
