@@ -7,7 +7,7 @@
 
 use crate::config::{Head, ModelConfig};
 use crate::dropout::{DropoutKey, DropoutMask};
-use crate::engine::math::{View, gemm, sigmoid_slice, tanh, tanh_slice};
+use crate::engine::math::{View, gemm, sigmoid_slice, small_gemm, tanh, tanh_slice};
 use crate::engine::{Batch, Engine, TrainOut, check_batch, check_init};
 use crate::error::ModelError;
 use crate::params::ParamLayout;
@@ -93,9 +93,7 @@ impl CpuEngine {
                 c0: &init_c,
             };
             match targets {
-                None => {
-                    ws.forward(&chunk, None);
-                }
+                None => pass_best(ws, &chunk, None),
                 Some(Targets {
                     y,
                     slots,
@@ -104,12 +102,10 @@ impl CpuEngine {
                 }) => {
                     let mask = key.map(|k| (DropoutMask::new(k, cfg.dropout), &slots[r0..r1]));
                     let mask = mask.filter(|_| cfg.dropout > 0.0);
-                    ws.forward(&chunk, mask);
-                    ws.backward(
+                    pass_best(
+                        ws,
                         &chunk,
-                        &y[r0 * t * fo..r1 * t * fo],
-                        mask.is_some(),
-                        want_init,
+                        Some((&y[r0 * t * fo..r1 * t * fo], mask, want_init)),
                     );
                 }
             }
@@ -239,6 +235,54 @@ impl Engine for CpuEngine {
     }
 }
 
+/// Targets, dropout masks and whether initial-state gradients are wanted: a training pass.
+type Train<'a> = Option<(&'a [f32], Option<(DropoutMask, &'a [u64])>, bool)>;
+
+/// Forward, and backward when training, of one chunk. Inlined into the variants below, which
+/// compile it for wider vector units.
+#[inline(always)]
+fn pass<const FMA: bool>(ws: &mut Workspace, c: &Chunk<'_>, train: Train<'_>) {
+    match train {
+        None => ws.forward::<FMA>(c, None),
+        Some((y, mask, want_init)) => {
+            ws.forward::<FMA>(c, mask);
+            ws.backward::<FMA>(c, y, mask.is_some(), want_init);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+fn pass_avx512(ws: &mut Workspace, c: &Chunk<'_>, train: Train<'_>) {
+    pass::<true>(ws, c, train);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn pass_avx2(ws: &mut Workspace, c: &Chunk<'_>, train: Train<'_>) {
+    pass::<true>(ws, c, train);
+}
+
+/// [`pass`] compiled for the widest vector unit this CPU has (AVX-512 or AVX2 with fused
+/// multiply-adds in the recurrence; the element-wise code is the same everywhere).
+fn pass_best(ws: &mut Workspace, c: &Chunk<'_>, train: Train<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features the function was compiled for.
+            return unsafe { pass_avx512(ws, c, train) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { pass_avx2(ws, c, train) };
+        }
+    }
+    pass::<false>(ws, c, train);
+}
+
 /// What a training (rather than inference) pass needs beyond the inputs.
 #[derive(Clone, Copy)]
 struct Targets<'a> {
@@ -293,6 +337,8 @@ struct Workspace {
     dc0: Vec<Vec<f32>>,
     /// `[4H]` summed biases.
     bias: Vec<f32>,
+    /// `[H, 4H]` the current layer's `W_hh` transposed.
+    wt: Vec<f32>,
     grad: Vec<f32>,
     loss: f64,
 }
@@ -309,7 +355,8 @@ fn sized_layers(v: &mut Vec<Vec<f32>>, layers: usize, len: usize) {
 }
 
 impl Workspace {
-    fn forward(&mut self, c: &Chunk<'_>, mask: Option<(DropoutMask, &[u64])>) {
+    #[inline(always)]
+    fn forward<const FMA: bool>(&mut self, c: &Chunk<'_>, mask: Option<(DropoutMask, &[u64])>) {
         let cfg = c.cfg;
         let (n, t, h, fo) = (c.n, c.t, cfg.hidden, cfg.output);
         let g4 = 4 * h;
@@ -350,22 +397,29 @@ impl Workspace {
                     *a += b;
                 }
             }
+            // W_hhᵀ, so each step's recurrent product runs over contiguous gate rows
+            let wt = &mut self.wt;
+            sized(wt, g4 * h);
+            for i in 0..g4 {
+                for kk in 0..h {
+                    wt[kk * g4 + i] = w_hh[i * h + kk];
+                }
+            }
             for s in 0..t {
-                let hp = if s == 0 {
-                    View::rows(c.h0[k], h)
+                let (hp, rs): (&[f32], usize) = if s == 0 {
+                    (c.h0[k], h)
                 } else {
-                    View::rows(&out[(s - 1) * h..], t * h)
+                    (&out[(s - 1) * h..], t * h)
                 };
-                gemm(
-                    n,
-                    h,
-                    g4,
-                    1.0,
-                    hp,
-                    View::t(w_hh, h),
-                    1.0,
+                small_gemm::<FMA>(
                     &mut gates[s * g4..],
                     t * g4,
+                    hp,
+                    rs,
+                    wt,
+                    g4,
+                    (n, h, g4),
+                    true,
                 );
                 for r in 0..n {
                     let idx = r * t + s;
@@ -441,7 +495,14 @@ impl Workspace {
         }
     }
 
-    fn backward(&mut self, c: &Chunk<'_>, y: &[f32], dropout: bool, want_init: bool) {
+    #[inline(always)]
+    fn backward<const FMA: bool>(
+        &mut self,
+        c: &Chunk<'_>,
+        y: &[f32],
+        dropout: bool,
+        want_init: bool,
+    ) {
         let cfg = c.cfg;
         let (n, t, h, fo) = (c.n, c.t, cfg.hidden, cfg.output);
         let g4 = 4 * h;
@@ -519,17 +580,8 @@ impl Workspace {
             self.dc.fill(0.0);
             for s in (0..t).rev() {
                 if s + 1 < t {
-                    gemm(
-                        n,
-                        g4,
-                        h,
-                        1.0,
-                        View::rows(&self.da[(s + 1) * g4..], t * g4),
-                        View::rows(w_hh, h),
-                        0.0,
-                        &mut self.dh,
-                        h,
-                    );
+                    let da = &self.da[(s + 1) * g4..];
+                    small_gemm::<FMA>(&mut self.dh, h, da, t * g4, w_hh, h, (n, g4, h), false);
                 }
                 for r in 0..n {
                     let idx = r * t + s;

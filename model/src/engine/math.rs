@@ -91,6 +91,107 @@ pub(crate) fn gemm(
     }
 }
 
+/// `C[m×n] (+)= A[m×k] · B[k×n]` for the small products of the recurrence (one per time step,
+/// always with the same `B`), all row-major with row strides `rsc`, `rsa`, `rsb`. Blocks of up
+/// to 4 rows × 64 columns keep their accumulators in registers, so nothing is packed or spilled;
+/// every element is summed over `k` in order. With `FMA` the multiply-adds are fused (only
+/// instantiated where the CPU has FMA; elsewhere `mul_add` would be a slow library call).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn small_gemm<const FMA: bool>(
+    c: &mut [f32],
+    rsc: usize,
+    a: &[f32],
+    rsa: usize,
+    b: &[f32],
+    rsb: usize,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+) {
+    let mut j0 = 0;
+    while j0 < n {
+        let w = n - j0;
+        let step = if w >= 64 {
+            rows_of::<64, FMA>(c, rsc, a, rsa, b, rsb, (m, k, j0), accumulate)
+        } else if w >= 32 {
+            rows_of::<32, FMA>(c, rsc, a, rsa, b, rsb, (m, k, j0), accumulate)
+        } else if w >= 16 {
+            rows_of::<16, FMA>(c, rsc, a, rsa, b, rsb, (m, k, j0), accumulate)
+        } else if w >= 8 {
+            rows_of::<8, FMA>(c, rsc, a, rsa, b, rsb, (m, k, j0), accumulate)
+        } else {
+            rows_of::<1, FMA>(c, rsc, a, rsa, b, rsb, (m, k, j0), accumulate)
+        };
+        j0 += step;
+    }
+}
+
+/// Columns `j0..j0+W` of every row, 4 rows at a time; returns `W`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rows_of<const W: usize, const FMA: bool>(
+    c: &mut [f32],
+    rsc: usize,
+    a: &[f32],
+    rsa: usize,
+    b: &[f32],
+    rsb: usize,
+    (m, k, j0): (usize, usize, usize),
+    accumulate: bool,
+) -> usize {
+    let mut r0 = 0;
+    while r0 + 4 <= m {
+        block::<4, W, FMA>(c, rsc, a, rsa, b, rsb, (r0, k, j0), accumulate);
+        r0 += 4;
+    }
+    while r0 < m {
+        block::<1, W, FMA>(c, rsc, a, rsa, b, rsb, (r0, k, j0), accumulate);
+        r0 += 1;
+    }
+    W
+}
+
+/// One `R × W` block of `C` with its accumulators in registers.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn block<const R: usize, const W: usize, const FMA: bool>(
+    c: &mut [f32],
+    rsc: usize,
+    a: &[f32],
+    rsa: usize,
+    b: &[f32],
+    rsb: usize,
+    (r0, k, j0): (usize, usize, usize),
+    accumulate: bool,
+) {
+    let mut acc = [[0.0f32; W]; R];
+    if accumulate {
+        for (rr, row) in acc.iter_mut().enumerate() {
+            row.copy_from_slice(&c[(r0 + rr) * rsc + j0..(r0 + rr) * rsc + j0 + W]);
+        }
+    }
+    for kk in 0..k {
+        let bv: &[f32; W] = b[kk * rsb + j0..kk * rsb + j0 + W]
+            .try_into()
+            .expect("block width");
+        for (rr, row) in acc.iter_mut().enumerate() {
+            let av = a[(r0 + rr) * rsa + kk];
+            for (x, &y) in row.iter_mut().zip(bv) {
+                *x = madd::<FMA>(av, y, *x);
+            }
+        }
+    }
+    for (rr, row) in acc.iter().enumerate() {
+        c[(r0 + rr) * rsc + j0..(r0 + rr) * rsc + j0 + W].copy_from_slice(row);
+    }
+}
+
+/// `a * b + c`, fused when `FMA`.
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
