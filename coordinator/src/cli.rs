@@ -124,6 +124,7 @@ async fn train(args: TrainArgs) -> Result<(), CoordError> {
 
 /// Runs the program; returns the process exit code.
 pub fn main() -> std::process::ExitCode {
+    model::device::set_runtime_dir_if_missing();
     let cli = Cli::parse();
     init_tracing();
     if let Command::Worker(args) = cli.command {

@@ -125,7 +125,8 @@ pub struct TrainArgs {
     /// Worker lease in milliseconds: a worker silent this long is dead [default: 3000].
     #[arg(long, env = "CARRY_LEASE_MS")]
     pub lease_ms: Option<u64>,
-    /// Device for in-process training and validation: auto, wgpu, vulkan, metal, dx12, cpu [default: cpu].
+    /// Device for in-process training and for spawned workers: auto (a GPU through wgpu if there
+    /// is one, else the CPU), wgpu, vulkan, metal, dx12, cpu [default: auto].
     #[arg(long, env = "CARRY_DEVICE")]
     pub device: Option<String>,
     /// Engine: fused or burn [default: fused].
@@ -320,7 +321,7 @@ impl TrainArgs {
         let head: Head = parse("head", self.head, Head::Linear)?;
         let reset: ResetPolicy = parse("reset_states", self.reset_states, ResetPolicy::Epoch)?;
         let val_state: ValState = parse("val_state", self.val_state, ValState::Carry)?;
-        let device: DeviceChoice = parse("device", self.device, DeviceChoice::Cpu)?;
+        let device: DeviceChoice = parse("device", self.device, DeviceChoice::Auto)?;
         let engine: EngineKind = parse("engine", self.engine, EngineKind::Fused)?;
         let progress = match self.progress.as_deref().unwrap_or("auto") {
             "auto" => Progress::Auto,

@@ -25,6 +25,8 @@ use crate::service::{CoordinatorService, Shared};
 
 /// How long workers get to hear that the job is over before the server stops.
 const FINISH_GRACE: Duration = Duration::from_secs(10);
+/// HTTP/2 flow-control window for streams and connections.
+pub const HTTP2_WINDOW: u32 = 8 << 20;
 /// How long open connections may delay the end of serving.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -292,7 +294,12 @@ async fn serve(
         svc,
         CheckToken::new(cfg.token.as_ref().map(proto::security::Token::expose)),
     );
-    let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(10)));
+    // Parameters and gradients are a few hundred KiB per step; HTTP/2's default 64 KiB windows
+    // would make each transfer wait for several window updates.
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .initial_stream_window_size(Some(HTTP2_WINDOW))
+        .initial_connection_window_size(Some(HTTP2_WINDOW));
     let scheme = if let Some(t) = tls_config(cfg)? {
         builder = builder.tls_config(t)?;
         "https"

@@ -39,6 +39,13 @@ pub fn spawn(cfg: &TrainConfig, count: usize, url: &str) -> Result<Workers, Coor
             .args(&cfg.worker_args)
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        if !cfg
+            .worker_args
+            .iter()
+            .any(|a| a == "--device" || a.starts_with("--device="))
+        {
+            cmd.arg("--device").arg(cfg.device.to_string());
+        }
         if let Some(t) = &cfg.token {
             cmd.env("CARRY_TOKEN", t.expose());
         }

@@ -93,6 +93,27 @@ impl Compute {
     }
 }
 
+/// Mesa's Vulkan drivers print `XDG_RUNTIME_DIR is invalid or not set` on every probe when the
+/// variable is unset, as it usually is in containers and CI. This points it at a private
+/// directory so the logs stay clean. Call it first thing in `main`, before any thread exists.
+pub fn set_runtime_dir_if_missing() {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+            return;
+        }
+        let dir = std::env::temp_dir().join("carry-runtime");
+        if std::fs::create_dir_all(&dir).is_err()
+            || std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_err()
+        {
+            return;
+        }
+        // SAFETY: called at the start of `main`, before any other thread reads the environment.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", dir) };
+    }
+}
+
 /// A probed adapter: Burn's device, its description, and whether it is a software rasterizer.
 type Probe = Result<(Device, String, bool), String>;
 

@@ -80,6 +80,7 @@ async fn main_async(args: WorkerArgs) -> Result<(), WorkerError> {
 
 /// Runs the program; returns the process exit code.
 pub fn main() -> std::process::ExitCode {
+    model::device::set_runtime_dir_if_missing();
     let args = WorkerArgs::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

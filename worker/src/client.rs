@@ -26,7 +26,10 @@ fn endpoint(cfg: &WorkerConfig) -> Result<Endpoint, WorkerError> {
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .keep_alive_timeout(Duration::from_secs(10))
+        // parameters and gradients are a few hundred KiB per step: open the HTTP/2 windows wide
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(8 << 20));
     if let Some(tls) = &cfg.tls {
         let mut t = ClientTlsConfig::new();
         if let Some(ca) = &tls.ca {
