@@ -330,7 +330,7 @@ async fn serve(
         })
     };
 
-    let workers = match cfg.spawn_workers {
+    let mut workers = match cfg.spawn_workers {
         Some(k) if k > 0 => Some(crate::spawn::spawn(
             cfg,
             k,
@@ -341,6 +341,7 @@ async fn serve(
 
     // wait for the end of the job, then give workers time to hear it
     let mut finished_at: Option<tokio::time::Instant> = None;
+    let mut spawn_failure = None;
     loop {
         let notified = shared.changed.notified();
         tokio::pin!(notified);
@@ -349,6 +350,16 @@ async fn serve(
             let j = shared.job();
             (j.is_finished(), j.live_workers())
         };
+        if !finished
+            && live == 0
+            && let Some(w) = workers.as_mut()
+            && w.all_exited()
+        {
+            spawn_failure = Some(
+                "every spawned worker exited before the job was complete (their errors are above)",
+            );
+            break;
+        }
         if finished {
             let at = *finished_at.get_or_insert_with(tokio::time::Instant::now);
             if cfg.linger {
@@ -398,6 +409,9 @@ async fn serve(
     shared.close_events();
     drop(shared);
     save_if_interrupted(&trainer, &cfg.out).await?;
+    if let Some(f) = spawn_failure {
+        return Err(CoordError::Spawn(f.into()));
+    }
     match failure {
         Some(f) => Err(CoordError::JobFailed(f)),
         None => Ok(()),

@@ -14,7 +14,13 @@ use crate::error::CoordError;
 /// Running local workers.
 #[derive(Debug)]
 pub struct Workers {
-    children: Vec<(String, Child)>,
+    /// Name, process, and exit status once seen.
+    children: Vec<(String, Child, Option<std::process::ExitStatus>)>,
+}
+
+fn has_flag(args: &[String], flag: &str) -> bool {
+    args.iter()
+        .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
 }
 
 /// Starts `count` workers connecting to `url`.
@@ -34,16 +40,14 @@ pub fn spawn(cfg: &TrainConfig, count: usize, url: &str) -> Result<Workers, Coor
             .arg(url)
             .arg("--name")
             .arg(&name)
-            .arg("--threads")
-            .arg(threads.to_string())
             .args(&cfg.worker_args)
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        if !cfg
-            .worker_args
-            .iter()
-            .any(|a| a == "--device" || a.starts_with("--device="))
-        {
+        // defaults that --worker-args may override
+        if !has_flag(&cfg.worker_args, "--threads") {
+            cmd.arg("--threads").arg(threads.to_string());
+        }
+        if !has_flag(&cfg.worker_args, "--device") {
             cmd.arg("--device").arg(cfg.device.to_string());
         }
         if let Some(t) = &cfg.token {
@@ -69,16 +73,39 @@ pub fn spawn(cfg: &TrainConfig, count: usize, url: &str) -> Result<Workers, Coor
             .spawn()
             .map_err(|e| CoordError::Spawn(format!("starting {}: {e}", bin.display())))?;
         info!(worker = %name, pid = child.id().unwrap_or(0), threads, "spawned local worker");
-        children.push((name, child));
+        children.push((name, child, None));
     }
     Ok(Workers { children })
 }
 
 impl Workers {
+    /// Whether every worker has exited; logs each one's exit status the first time it is seen.
+    pub fn all_exited(&mut self) -> bool {
+        let mut all = true;
+        for (name, child, seen) in &mut self.children {
+            if seen.is_some() {
+                continue;
+            }
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() {
+                        warn!(worker = %name, %status, "local worker exited with an error");
+                    }
+                    *seen = Some(status);
+                }
+                _ => all = false,
+            }
+        }
+        all
+    }
+
     /// Waits up to `grace` for every worker to exit, then kills the rest.
     pub async fn reap(mut self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
-        for (name, child) in &mut self.children {
+        for (name, child, seen) in &mut self.children {
+            if seen.is_some() {
+                continue;
+            }
             match tokio::time::timeout_at(deadline, child.wait()).await {
                 Ok(Ok(status)) if status.success() => info!(worker = %name, "local worker exited"),
                 Ok(Ok(status)) => {

@@ -105,11 +105,23 @@ pub struct Trainer {
     cursor: Cursor,
     states: SlotStates,
     total: u64,
+    /// The data's fingerprint, computed once (hashing the data at every checkpoint would stall
+    /// the step that takes it).
+    fingerprint: String,
 }
 
 impl Trainer {
     /// A fresh run of `spec` on `data`, parameters initialized from the seed.
     pub fn new(spec: TrainSpec, data: Arc<Dataset>) -> Result<Self, ModelError> {
+        let fingerprint = data.fingerprint();
+        Self::with_fingerprint(spec, data, fingerprint)
+    }
+
+    fn with_fingerprint(
+        spec: TrainSpec,
+        data: Arc<Dataset>,
+        fingerprint: String,
+    ) -> Result<Self, ModelError> {
         check_spec_fits_data(&spec, &data)?;
         let params = init_params(&spec.model, spec.seed);
         let layout = ParamLayout::new(&spec.model);
@@ -117,6 +129,7 @@ impl Trainer {
         let states = SlotStates::zeros(spec.model.layers, spec.batch_size, spec.model.hidden);
         let total = total_steps(&streams, spec.epochs, spec.max_steps);
         Ok(Self {
+            fingerprint,
             adam: AdamState::new(layout.len()),
             spec,
             data,
@@ -141,7 +154,7 @@ impl Trainer {
                 ),
             });
         }
-        let mut t = Self::new(ck.spec, data)?;
+        let mut t = Self::with_fingerprint(ck.spec.clone(), data, fp)?;
         if ck.params.len() != t.layout.len() {
             return Err(ModelError::Checkpoint {
                 path: ck.path,
@@ -374,7 +387,7 @@ impl Trainer {
             params: self.params.clone(),
             adam: self.adam.clone(),
             states: self.states.clone(),
-            fingerprint: self.data.fingerprint(),
+            fingerprint: self.fingerprint.clone(),
             data_name: self.data.name.clone(),
             total_steps: self.total,
         }

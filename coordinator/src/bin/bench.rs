@@ -46,6 +46,9 @@ struct Args {
     json_out: Option<PathBuf>,
 }
 
+/// Sequences per second and timed steps, or why nothing was measured.
+type Measured = Result<(f64, u64), String>;
+
 struct Config {
     name: &'static str,
     batch: usize,
@@ -88,7 +91,7 @@ fn in_process(
     compute: &Compute,
     seconds: f64,
     threads: usize,
-) -> Result<(f64, u64), String> {
+) -> Measured {
     let data = synthetic(&SyntheticSpec {
         sequences: c.batch * 200,
         val_sequences: 0,
@@ -119,7 +122,7 @@ fn in_process(
 
 /// Distributed: the real coordinator with K spawned workers; throughput from the step log,
 /// skipping the first steps (connection set-up).
-fn distributed(c: &Config, workers: usize, seconds: f64) -> Result<(f64, u64), String> {
+fn distributed(c: &Config, workers: usize, seconds: f64) -> Measured {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let coordinator = exe.with_file_name(format!("coordinator{}", std::env::consts::EXE_SUFFIX));
     if !coordinator.is_file() {
@@ -222,7 +225,7 @@ fn main() -> std::process::ExitCode {
         .iter()
         .filter(|c| args.configs.iter().any(|n| n == c.name))
     {
-        let mut runs: Vec<(&str, String, Result<(f64, u64), String>)> = Vec::new();
+        let mut runs: Vec<(&str, String, Measured)> = Vec::new();
         if wanted("fused-cpu") {
             let threads = if args.threads == 0 {
                 cores

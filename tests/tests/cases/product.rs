@@ -315,3 +315,117 @@ fn bad_data_files_are_clear_errors() {
         "names expected and given sizes",
     );
 }
+
+#[test]
+fn a_missing_device_is_a_clear_error() {
+    let dir = TempDir::new("device");
+    for device in ["dx12", "metal"] {
+        let mut w = Proc::worker(
+            device,
+            &["--coordinator", "http://127.0.0.1:9", "--device", device],
+            &[],
+            dir.path(),
+        );
+        let status = w.wait(Duration::from_secs(60));
+        w.check(!status.success(), "a missing device is an error");
+        w.check(
+            w.log()
+                .contains(&format!("device `{device}` is not available")),
+            "names the device",
+        );
+        w.check(!w.log().contains("panicked"), "no panic");
+    }
+}
+
+#[test]
+fn spawned_workers_that_die_fail_the_job_instead_of_hanging_it() {
+    let dir = TempDir::new("spawn-fail");
+    let out = dir.join("run");
+    let mut c = Proc::coordinator(
+        "coordinator",
+        &[
+            "train",
+            "--listen",
+            "127.0.0.1:0",
+            "--spawn-workers",
+            "2",
+            "--worker-args",
+            "--no-such-flag",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+        dir.path(),
+    );
+    let status = c.wait(Duration::from_secs(60));
+    c.check(!status.success(), "the job fails");
+    c.check(c.log().contains("every spawned worker exited"), "says why");
+}
+
+#[test]
+fn resuming_on_other_data_is_refused() {
+    let dir = TempDir::new("other-data");
+    let out = dir.join("run");
+    let o = out.to_str().unwrap();
+    let mut a = Proc::coordinator(
+        "first",
+        &[
+            "train",
+            "--spawn-workers",
+            "0",
+            "--out",
+            o,
+            "--sequences",
+            "100",
+            "--epochs",
+            "1",
+        ],
+        &[],
+        dir.path(),
+    );
+    a.success(Duration::from_secs(60));
+    let mut b = Proc::coordinator(
+        "resume",
+        &[
+            "train",
+            "--spawn-workers",
+            "0",
+            "--out",
+            o,
+            "--resume",
+            o,
+            "--sequences",
+            "120",
+            "--epochs",
+            "2",
+        ],
+        &[],
+        dir.path(),
+    );
+    let status = b.wait(Duration::from_secs(60));
+    b.check(
+        !status.success() && b.log().contains("trained on other data"),
+        "refused, saying why",
+    );
+    // the same data resumes and extends the run
+    let mut c = Proc::coordinator(
+        "extend",
+        &[
+            "train",
+            "--spawn-workers",
+            "0",
+            "--out",
+            o,
+            "--resume",
+            o,
+            "--sequences",
+            "100",
+            "--epochs",
+            "2",
+        ],
+        &[],
+        dir.path(),
+    );
+    c.success(Duration::from_secs(60));
+    carry_it::assert_step_log(&metrics(&out), 20);
+}
