@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor, TensorData, activation::softmax};
 
 use crate::config::{Head, ModelConfig};
 use crate::dropout::DropoutMask;
-use crate::engine::{Batch, Engine, TrainOut, check_batch, check_init};
+use crate::engine::{Batch, Engine, TrainOut, check_batch, check_forward};
 use crate::error::ModelError;
 use crate::params::ParamLayout;
 use crate::state::SlotStates;
@@ -294,21 +294,7 @@ impl Engine for BurnEngine {
         t: usize,
         init: &SlotStates,
     ) -> Result<(Vec<f32>, SlotStates), ModelError> {
-        if params.len() != self.layout.len() {
-            return Err(ModelError::shape(
-                "parameters",
-                &[self.layout.len()],
-                &[params.len()],
-            ));
-        }
-        if x.len() != n * t * self.cfg.input {
-            return Err(ModelError::shape(
-                "inputs",
-                &[n, t, self.cfg.input],
-                &[x.len()],
-            ));
-        }
-        check_init(&self.cfg, n, init)?;
+        check_forward(&self.cfg, params.len(), self.layout.len(), x, n, t, init)?;
         let dev = self.device.clone();
         let net = self.build(params, &dev);
         let (pred, finals, _) = self.run(

@@ -8,7 +8,7 @@
 use crate::config::{Head, ModelConfig};
 use crate::dropout::{DropoutKey, DropoutMask};
 use crate::engine::math::{View, gemm, sigmoid_slice, small_gemm, tanh, tanh_slice};
-use crate::engine::{Batch, Engine, TrainOut, check_batch, check_init};
+use crate::engine::{Batch, Engine, TrainOut, check_batch, check_forward};
 use crate::error::ModelError;
 use crate::params::ParamLayout;
 use crate::state::SlotStates;
@@ -206,25 +206,7 @@ impl Engine for CpuEngine {
         t: usize,
         init: &SlotStates,
     ) -> Result<(Vec<f32>, SlotStates), ModelError> {
-        if params.len() != self.layout.len() {
-            return Err(ModelError::shape(
-                "parameters",
-                &[self.layout.len()],
-                &[params.len()],
-            ));
-        }
-        if x.len() != n * t * self.cfg.input {
-            return Err(ModelError::Shape {
-                what: "inputs".into(),
-                expected: format!(
-                    "{} values for ({n}, {t}, {})",
-                    n * t * self.cfg.input,
-                    self.cfg.input
-                ),
-                got: format!("{} values", x.len()),
-            });
-        }
-        check_init(&self.cfg, n, init)?;
+        check_forward(&self.cfg, params.len(), self.layout.len(), x, n, t, init)?;
         let ranges = self.run(params, n, t, x, None, init);
         let fo = self.cfg.output;
         let mut pred = Vec::with_capacity(n * t * fo);

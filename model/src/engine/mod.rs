@@ -114,6 +114,25 @@ pub(crate) fn check_batch(
     batch: &Batch<'_>,
     init: &SlotStates,
 ) -> Result<(), ModelError> {
+    let (n, t) = (batch.n, batch.t);
+    check_forward(cfg, params_len, expected_params, batch.x, n, t, init)?;
+    check_len("targets", batch.y, n, t, cfg.output)?;
+    if batch.slots.len() != n {
+        return Err(ModelError::shape("slot ids", &[n], &[batch.slots.len()]));
+    }
+    Ok(())
+}
+
+/// Checks the parameters, inputs `[n, t, input]` and initial states of a forward pass.
+pub(crate) fn check_forward(
+    cfg: &ModelConfig,
+    params_len: usize,
+    expected_params: usize,
+    x: &[f32],
+    n: usize,
+    t: usize,
+    init: &SlotStates,
+) -> Result<(), ModelError> {
     if params_len != expected_params {
         return Err(ModelError::shape(
             "parameters",
@@ -121,33 +140,23 @@ pub(crate) fn check_batch(
             &[params_len],
         ));
     }
-    let (n, t) = (batch.n, batch.t);
-    if batch.x.len() != n * t * cfg.input {
-        return Err(ModelError::Shape {
-            what: "inputs".into(),
-            expected: format!("{} values for ({n}, {t}, {})", n * t * cfg.input, cfg.input),
-            got: format!("{} values", batch.x.len()),
-        });
-    }
-    if batch.y.len() != n * t * cfg.output {
-        return Err(ModelError::Shape {
-            what: "targets".into(),
-            expected: format!(
-                "{} values for ({n}, {t}, {})",
-                n * t * cfg.output,
-                cfg.output
-            ),
-            got: format!("{} values", batch.y.len()),
-        });
-    }
-    if batch.slots.len() != n {
-        return Err(ModelError::shape("slot ids", &[n], &[batch.slots.len()]));
-    }
+    check_len("inputs", x, n, t, cfg.input)?;
     check_init(cfg, n, init)
 }
 
+fn check_len(what: &str, v: &[f32], n: usize, t: usize, f: usize) -> Result<(), ModelError> {
+    if v.len() != n * t * f {
+        return Err(ModelError::Shape {
+            what: what.into(),
+            expected: format!("{} values for ({n}, {t}, {f})", n * t * f),
+            got: format!("{} values", v.len()),
+        });
+    }
+    Ok(())
+}
+
 /// Checks that initial states are `[layers, n, hidden]`.
-pub(crate) fn check_init(cfg: &ModelConfig, n: usize, init: &SlotStates) -> Result<(), ModelError> {
+fn check_init(cfg: &ModelConfig, n: usize, init: &SlotStates) -> Result<(), ModelError> {
     let want = [cfg.layers, n, cfg.hidden];
     let got = [init.layers(), init.slots(), init.hidden()];
     if want != got {

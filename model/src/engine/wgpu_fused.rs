@@ -35,7 +35,7 @@ use burn::tensor::Device;
 
 use crate::config::{Head, ModelConfig};
 use crate::dropout::DropoutMask;
-use crate::engine::{Batch, Engine, TrainOut, check_batch, check_init};
+use crate::engine::{Batch, Engine, TrainOut, check_batch, check_forward};
 use crate::error::ModelError;
 use crate::params::ParamLayout;
 use crate::state::SlotStates;
@@ -1149,25 +1149,7 @@ impl Engine for WgpuFusedEngine {
         t: usize,
         init: &SlotStates,
     ) -> Result<(Vec<f32>, SlotStates), ModelError> {
-        if params.len() != self.layout.len() {
-            return Err(ModelError::shape(
-                "parameters",
-                &[self.layout.len()],
-                &[params.len()],
-            ));
-        }
-        if x.len() != n * t * self.cfg.input {
-            return Err(ModelError::Shape {
-                what: "inputs".into(),
-                expected: format!(
-                    "{} values for ({n}, {t}, {})",
-                    n * t * self.cfg.input,
-                    self.cfg.input
-                ),
-                got: format!("{} values", x.len()),
-            });
-        }
-        check_init(&self.cfg, n, init)?;
+        check_forward(&self.cfg, params.len(), self.layout.len(), x, n, t, init)?;
         if n == 0 || t == 0 {
             return Ok((Vec::new(), init.clone()));
         }
