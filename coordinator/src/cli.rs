@@ -33,16 +33,6 @@ pub enum Command {
     Worker(Box<worker::config::WorkerArgs>),
 }
 
-/// Sets up logging: `RUST_LOG` filters (default `info`), logs go to stderr.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// Writes one line to stdout (the machine-readable channel: `READY <addr>`, results).
 fn say(line: &str) {
     let mut out = std::io::stdout().lock();
@@ -126,7 +116,7 @@ async fn train(args: TrainArgs) -> Result<(), CoordError> {
 pub fn main() -> std::process::ExitCode {
     model::device::set_runtime_dir_if_missing();
     let cli = Cli::parse();
-    init_tracing();
+    worker::cli::init_tracing();
     if let Command::Worker(args) = cli.command {
         return worker::cli::run(*args);
     }

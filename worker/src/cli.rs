@@ -1,6 +1,6 @@
 //! The command line of the `worker` program.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -82,13 +82,21 @@ async fn main_async(args: WorkerArgs) -> Result<(), WorkerError> {
 pub fn main() -> std::process::ExitCode {
     model::device::set_runtime_dir_if_missing();
     let args = WorkerArgs::parse();
+    init_tracing();
+    run(args)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), in colour only on a terminal and
+/// without `NO_COLOR`.
+pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .try_init();
-    run(args)
 }
 
 /// Runs a worker with parsed arguments (logging already set up); returns the exit code.

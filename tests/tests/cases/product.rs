@@ -101,7 +101,11 @@ fn metrics_plot_health_and_prometheus() {
         svg.starts_with("<svg") && svg.contains("polyline"),
         "an SVG with the loss curve"
     );
-    assert!(c.log().contains("DONE steps=12"));
+    let log = c.log();
+    assert!(log.contains("DONE steps=12"));
+    // without a terminal: plain periodic progress lines, no colour escape codes
+    assert!(log.contains("progress epoch="), "{log}");
+    assert!(!log.contains('\x1b'), "escape codes in a log file: {log}");
 }
 
 fn dry_run(dir: &TempDir, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
