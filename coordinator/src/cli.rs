@@ -116,7 +116,7 @@ async fn train(args: TrainArgs) -> Result<(), CoordError> {
 pub fn main() -> std::process::ExitCode {
     model::device::set_runtime_dir_if_missing();
     let cli = Cli::parse();
-    worker::cli::init_tracing();
+    worker::cli::init_tracing_to(crate::report::LogWriter::default);
     if let Command::Worker(args) = cli.command {
         return worker::cli::run(*args);
     }

@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -136,14 +137,63 @@ fn open_metrics(path: &Path, start_step: u64) -> Result<(Vec<Row>, BufWriter<Fil
     Ok((history, f))
 }
 
-fn progress_bar(cfg: &ReportConfig) -> Option<ProgressBar> {
+/// The progress bar on screen, if any, so that log lines can be written above it.
+static SHOWN_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Log output to stderr that lifts the progress bar while a line is written, so log lines and
+/// the bar never overwrite each other on a terminal.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let bar = SHOWN_BAR.lock().ok().and_then(|b| b.clone());
+        match bar {
+            Some(b) => b.suspend(|| std::io::stderr().write_all(buf)),
+            None => std::io::stderr().write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// The bar while it is shown; dropping it takes it off [`LogWriter`]'s hands.
+struct Shown(ProgressBar);
+
+impl Shown {
+    fn new(pb: ProgressBar) -> Self {
+        if let Ok(mut b) = SHOWN_BAR.lock() {
+            *b = Some(pb.clone());
+        }
+        Self(pb)
+    }
+}
+
+impl Drop for Shown {
+    fn drop(&mut self) {
+        if let Ok(mut b) = SHOWN_BAR.lock() {
+            *b = None;
+        }
+    }
+}
+
+fn progress_bar(cfg: &ReportConfig) -> Option<Shown> {
     let bar = match cfg.progress {
         Progress::Bar => true,
         Progress::Auto => std::io::stderr().is_terminal(),
         Progress::Log | Progress::Off => false,
     };
     bar.then(|| {
-        let pb = ProgressBar::new(cfg.total_steps);
+        // registered before it first draws, so no log line can land on it
+        let shown = Shown::new(ProgressBar::new(cfg.total_steps));
+        let pb = &shown.0;
         pb.set_style(
             ProgressStyle::with_template(
                 "{bar:30.cyan/blue} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
@@ -151,7 +201,7 @@ fn progress_bar(cfg: &ReportConfig) -> Option<ProgressBar> {
             .expect("valid template"),
         );
         pb.set_position(cfg.start_step);
-        pb
+        shown
     })
 }
 
@@ -281,7 +331,7 @@ async fn run(
                     "epoch {} loss {:.5} {:.0} seq/s {} workers",
                     c.cursor.epoch, c.loss, rate, workers
                 );
-                match &bar {
+                match bar.as_ref().map(|b| &b.0) {
                     Some(b) => {
                         b.set_position(c.cursor.global + 1);
                         b.set_message(msg);
@@ -306,7 +356,7 @@ async fn run(
         }
     }
     if let Some(b) = bar {
-        b.finish();
+        b.0.finish();
     }
     summary.seq_per_s =
         summary.steps as f64 * cfg.batch_size as f64 / started.elapsed().as_secs_f64().max(1e-9);

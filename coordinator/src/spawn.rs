@@ -1,11 +1,16 @@
 //! `--spawn-workers K`: launches K local worker processes (like `torchrun --nproc-per-node`),
 //! splitting the cores between them, and reaps them when the job ends. On Linux each child is
-//! told to die with the coordinator, so a killed coordinator leaves no orphans behind.
+//! told to die with the coordinator, so a killed coordinator leaves no orphans behind. Their
+//! output comes through the coordinator's log, each line prefixed with the worker's name, so it
+//! never tears the progress bar.
 
+use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::TrainConfig;
@@ -16,6 +21,31 @@ use crate::error::CoordError;
 pub struct Workers {
     /// Name, process, and exit status once seen.
     children: Vec<(String, Child, Option<std::process::ExitStatus>)>,
+    /// Tasks copying the workers' output into this process's log.
+    relays: Vec<JoinHandle<()>>,
+}
+
+/// Copies `from` line by line into the coordinator's log output, prefixed with `[name] `.
+fn relay(name: &str, from: impl AsyncRead + Unpin + Send + 'static) -> JoinHandle<()> {
+    let prefix = format!("[{name}] ");
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(from);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match lines.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if !line.ends_with(b"\n") {
+                        line.push(b'\n');
+                    }
+                    let mut out = prefix.clone().into_bytes();
+                    out.extend_from_slice(&line);
+                    let _ = crate::report::LogWriter.write_all(&out);
+                }
+            }
+        }
+    })
 }
 
 fn has_flag(args: &[String], flag: &str) -> bool {
@@ -32,6 +62,7 @@ pub fn spawn(cfg: &TrainConfig, count: usize, url: &str) -> Result<Workers, Coor
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (cores / count.max(1)).max(1);
     let mut children = Vec::with_capacity(count);
+    let mut relays = Vec::with_capacity(2 * count);
     for i in 0..count {
         let name = format!("local-{i}");
         let mut cmd = Command::new(&bin);
@@ -42,6 +73,8 @@ pub fn spawn(cfg: &TrainConfig, count: usize, url: &str) -> Result<Workers, Coor
             .arg(&name)
             .args(&cfg.worker_args)
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         // defaults that --worker-args may override
         if !has_flag(&cfg.worker_args, "--threads") {
@@ -69,13 +102,19 @@ pub fn spawn(cfg: &TrainConfig, count: usize, url: &str) -> Result<Workers, Coor
                 Ok(())
             });
         }
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .map_err(|e| CoordError::Spawn(format!("starting {}: {e}", bin.display())))?;
         info!(worker = %name, pid = child.id().unwrap_or(0), threads, "spawned local worker");
+        if let Some(out) = child.stdout.take() {
+            relays.push(relay(&name, out));
+        }
+        if let Some(err) = child.stderr.take() {
+            relays.push(relay(&name, err));
+        }
         children.push((name, child, None));
     }
-    Ok(Workers { children })
+    Ok(Workers { children, relays })
 }
 
 impl Workers {
@@ -117,6 +156,10 @@ impl Workers {
                     let _ = child.kill().await;
                 }
             }
+        }
+        // the last lines of their output, which may still be on the way
+        for r in self.relays {
+            let _ = tokio::time::timeout(Duration::from_secs(1), r).await;
         }
     }
 }

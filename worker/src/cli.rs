@@ -89,12 +89,21 @@ pub fn main() -> std::process::ExitCode {
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), in colour only on a terminal and
 /// without `NO_COLOR`.
 pub fn init_tracing() {
+    init_tracing_to(std::io::stderr);
+}
+
+/// [`init_tracing`] with another writer for stderr (the coordinator's keeps its progress bar
+/// intact).
+pub fn init_tracing_to<W>(writer: W)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(colour)
         .try_init();
 }

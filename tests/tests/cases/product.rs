@@ -106,6 +106,11 @@ fn metrics_plot_health_and_prometheus() {
     // without a terminal: plain periodic progress lines, no colour escape codes
     assert!(log.contains("progress epoch="), "{log}");
     assert!(!log.contains('\x1b'), "escape codes in a log file: {log}");
+    // the spawned worker's output comes through the coordinator's log, named
+    assert!(
+        log.contains("[local-0] ") && log.contains("registered"),
+        "{log}"
+    );
 }
 
 fn dry_run(dir: &TempDir, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
