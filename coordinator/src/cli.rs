@@ -89,23 +89,20 @@ async fn train(args: TrainArgs) -> Result<(), CoordError> {
     };
     let out = cfg.out.clone();
     let summary = crate::server::run(cfg, listener, shutdown).await?;
+    // `none` where there was nothing to measure (no steps run, no validation data)
+    let value = |v: Option<f64>| v.map_or_else(|| "none".to_string(), |v| format!("{v:.6}"));
+    let (loss, val_loss) = (value(summary.last_loss), value(summary.last_val_loss));
     info!(
         steps = summary.steps,
-        loss = summary.last_loss.unwrap_or(f64::NAN),
-        val_loss = summary.last_val_loss.unwrap_or(f64::NAN),
+        %loss,
+        %val_loss,
         seq_per_s = format!("{:.0}", summary.seq_per_s),
         out = %out.display(),
         "done"
     );
     say(&format!(
-        "DONE steps={} loss={} val_loss={} seq_per_s={:.1} out={}",
+        "DONE steps={} loss={loss} val_loss={val_loss} seq_per_s={:.1} out={}",
         summary.steps,
-        summary
-            .last_loss
-            .map_or("nan".into(), |v| format!("{v:.6}")),
-        summary
-            .last_val_loss
-            .map_or("nan".into(), |v| format!("{v:.6}")),
         summary.seq_per_s,
         out.display()
     ));

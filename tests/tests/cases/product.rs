@@ -178,6 +178,9 @@ fn predict_chunk_by_chunk_and_export_import() {
         dir.path(),
     );
     c.success(Duration::from_secs(60));
+    let log = c.log();
+    assert!(log.contains("DONE steps=10 loss=0."), "{log}");
+    assert!(log.contains("val_loss=none"), "no validation data: {log}");
     // 3 sequences of 192 steps, also cut into two chunks of 96
     let (n, t) = (3usize, 192usize);
     let x: Vec<f32> = (0..n * t * 2).map(|i| ((i as f32) * 0.37).sin()).collect();
