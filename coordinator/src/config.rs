@@ -358,13 +358,15 @@ impl TrainArgs {
             reset,
             val_state,
         };
-        let tls = match (self.tls_cert, self.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles {
+        let pair = proto::security::cert_and_key(self.tls_cert, self.tls_key)
+            .map_err(|(field, msg)| bad(field, msg))?;
+        let tls = match pair {
+            Some((cert, key)) => Some(TlsFiles {
                 cert,
                 key,
                 client_ca: self.tls_client_ca,
             }),
-            (None, None) => {
+            None => {
                 if self.tls_client_ca.is_some() {
                     return Err(bad(
                         "tls_client_ca",
@@ -372,18 +374,6 @@ impl TrainArgs {
                     ));
                 }
                 None
-            }
-            (Some(_), None) => {
-                return Err(bad(
-                    "tls_key",
-                    "--tls-cert is given, so --tls-key is expected too, but it is missing".into(),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(bad(
-                    "tls_cert",
-                    "--tls-key is given, so --tls-cert is expected too, but it is missing".into(),
-                ));
             }
         };
         let token = proto::security::load_token(self.token.as_deref(), self.token_file.as_deref())

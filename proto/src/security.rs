@@ -1,7 +1,7 @@
 //! Transport security shared by both programs: the shared bearer token (checked on every
 //! coordinator call when configured) and PEM loading with errors that name the file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Status};
@@ -46,6 +46,26 @@ pub fn load_token(token: Option<&str>, token_file: Option<&Path>) -> Result<Opti
         return Err("token: expected printable ASCII without spaces".into());
     }
     Ok(Some(Token(t)))
+}
+
+/// Pairs `--tls-cert` with `--tls-key`: both or neither. A half pair is an error naming the
+/// missing field and why it is expected.
+pub fn cert_and_key(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<(PathBuf, PathBuf)>, (&'static str, String)> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((c, k))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err((
+            "tls_key",
+            "--tls-cert is given, so --tls-key is expected too, but it is missing".into(),
+        )),
+        (None, Some(_)) => Err((
+            "tls_cert",
+            "--tls-key is given, so --tls-cert is expected too, but it is missing".into(),
+        )),
+    }
 }
 
 /// Reads a PEM file; `what` names it in errors (e.g. `--tls-cert`).

@@ -179,22 +179,8 @@ impl WorkerArgs {
             .unwrap_or("fused")
             .parse()
             .map_err(|m| bad("engine", m))?;
-        let identity = match (self.tls_cert, self.tls_key) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(bad(
-                    "tls_key",
-                    "--tls-cert is given, so --tls-key is expected too, but it is missing".into(),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(bad(
-                    "tls_cert",
-                    "--tls-key is given, so --tls-cert is expected too, but it is missing".into(),
-                ));
-            }
-        };
+        let identity = proto::security::cert_and_key(self.tls_cert, self.tls_key)
+            .map_err(|(field, msg)| bad(field, msg))?;
         let tls = if https {
             Some(ClientTls {
                 ca: self.tls_ca,
