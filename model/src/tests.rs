@@ -8,7 +8,7 @@ use crate::data::{Dataset, Sequences, Split, SyntheticSpec, synthetic};
 use crate::dropout::DropoutKey;
 use crate::engine::burn_ref::BurnEngine;
 use crate::engine::cpu::CpuEngine;
-use crate::engine::{Batch, Engine};
+use crate::engine::{Batch, Engine, TrainOut};
 use crate::net::{self, Start};
 use crate::params::{ParamLayout, init_params};
 use crate::rng::Rng;
@@ -278,6 +278,29 @@ fn gradients_match_finite_differences() {
 /// The fused CPU engine against Burn's stock `Lstm` with Burn's autodiff (the reference path),
 /// across shapes: outputs, final states, loss, parameter and initial-state gradients within 1e-5
 /// relative.
+/// Loss, gradients, final states and initial-state gradients of `got` within 1e-5 relative of
+/// `reference` (relative to the reference's largest magnitude).
+fn assert_step_matches(what: &str, got: TrainOut, reference: TrainOut) {
+    let dl = (got.loss_sum - reference.loss_sum).abs() / reference.loss_sum.abs().max(1e-12);
+    assert!(
+        dl <= 1e-5,
+        "{what}: loss {} vs {}",
+        got.loss_sum,
+        reference.loss_sum
+    );
+    let (gi, ri) = (got.init_grad.unwrap(), reference.init_grad.unwrap());
+    for (name, u, v) in [
+        ("grad", &got.grad[..], &reference.grad[..]),
+        ("final h", got.final_state.h(), reference.final_state.h()),
+        ("final c", got.final_state.c(), reference.final_state.c()),
+        ("init grad h", gi.h(), ri.h()),
+        ("init grad c", gi.c(), ri.c()),
+    ] {
+        let r = rel(u, v);
+        assert!(r <= 1e-5, "{what}: {name} relative difference {r}");
+    }
+}
+
 #[test]
 fn fused_cpu_engine_matches_burns_stock_lstm_across_shapes() {
     let mut case = 0u64;
@@ -324,19 +347,7 @@ fn fused_cpu_engine_matches_burns_stock_lstm_across_shapes() {
                 let what = format!("n={n} H={hidden} T={t} {head:?}");
                 let a = fused.train_step(&p, &batch, &init, true).unwrap();
                 let b = stock.train_step(&p, &batch, &init, true).unwrap();
-                let dl = (a.loss_sum - b.loss_sum).abs() / b.loss_sum.abs().max(1e-12);
-                assert!(dl <= 1e-5, "{what}: loss {} vs {}", a.loss_sum, b.loss_sum);
-                let (ga, gb) = (a.init_grad.unwrap(), b.init_grad.unwrap());
-                for (name, u, v) in [
-                    ("grad", &a.grad[..], &b.grad[..]),
-                    ("final h", a.final_state.h(), b.final_state.h()),
-                    ("final c", a.final_state.c(), b.final_state.c()),
-                    ("init grad h", ga.h(), gb.h()),
-                    ("init grad c", ga.c(), gb.c()),
-                ] {
-                    let r = rel(u, v);
-                    assert!(r <= 1e-5, "{what}: {name} relative difference {r}");
-                }
+                assert_step_matches(&what, a, b);
                 let (ya, _) = fused.forward(&p, &x, n, t, &init).unwrap();
                 let (yb, _) = stock.forward(&p, &x, n, t, &init).unwrap();
                 assert!(rel(&ya, &yb) <= 1e-5, "{what}: forward outputs");
@@ -696,19 +707,7 @@ fn fused_wgpu_matches_the_cpu_engine() {
                     );
                     let a = cpu.train_step(&p, &batch, &init, true).unwrap();
                     let b = gpu.train_step(&p, &batch, &init, true).unwrap();
-                    let dl = (a.loss_sum - b.loss_sum).abs() / a.loss_sum.abs().max(1e-12);
-                    assert!(dl <= 1e-5, "{what}: loss {} vs {}", a.loss_sum, b.loss_sum);
-                    let (ia, ib) = (a.init_grad.unwrap(), b.init_grad.unwrap());
-                    for (name, u, v) in [
-                        ("grad", &a.grad[..], &b.grad[..]),
-                        ("final h", a.final_state.h(), b.final_state.h()),
-                        ("final c", a.final_state.c(), b.final_state.c()),
-                        ("init grad h", ia.h(), ib.h()),
-                        ("init grad c", ia.c(), ib.c()),
-                    ] {
-                        let r = rel(v, u);
-                        assert!(r <= 1e-5, "{what}: {name} relative difference {r}");
-                    }
+                    assert_step_matches(&what, b, a);
                     let (ya, fa) = cpu.forward(&p, &x, n, t, &init).unwrap();
                     let (yb, fb) = gpu.forward(&p, &x, n, t, &init).unwrap();
                     for (name, u, v) in [
