@@ -1,10 +1,9 @@
 //! The command line of the `coordinator` program.
 
-use std::io::Write;
-
 use clap::{Parser, Subcommand};
+use runtime::process::say;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
 use crate::config::{TrainArgs, TrainConfig};
 use crate::error::CoordError;
@@ -28,39 +27,6 @@ pub enum Command {
     Predict(PredictArgs),
     /// Write a checkpoint's weights as PyTorch-layout safetensors.
     Export(ExportArgs),
-    /// Run as a worker (what `--spawn-workers` launches; same as the `worker` program).
-    #[command(hide = true)]
-    Worker(Box<worker::config::WorkerArgs>),
-}
-
-/// Writes one line to stdout (the machine-readable channel: `READY <addr>`, results).
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-/// Cancels `token` on SIGTERM or Ctrl-C.
-pub fn cancel_on_signals(token: CancellationToken) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut term = match signal(SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-            tokio::select! {
-                _ = term.recv() => info!("SIGTERM"),
-                _ = tokio::signal::ctrl_c() => info!("interrupted"),
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        token.cancel();
-    });
 }
 
 /// Resolves train arguments (flags > env > TOML > defaults).
@@ -76,7 +42,7 @@ async fn train(args: TrainArgs) -> Result<(), CoordError> {
         return Ok(());
     }
     let shutdown = CancellationToken::new();
-    cancel_on_signals(shutdown.clone());
+    runtime::process::cancel_on_signals(shutdown.clone());
     let listener = if cfg.spawn_workers == Some(0) {
         None
     } else {
@@ -87,7 +53,7 @@ async fn train(args: TrainArgs) -> Result<(), CoordError> {
         say(&format!("READY {addr}"));
         Some(l)
     };
-    let out = cfg.out.clone();
+    let out = cfg.out.path().to_path_buf();
     let summary = crate::server::run(cfg, listener, shutdown).await?;
     // `none` where there was nothing to measure (no steps run, no validation data)
     let value = |v: Option<f64>| v.map_or_else(|| "none".to_string(), |v| format!("{v:.6}"));
@@ -109,61 +75,40 @@ async fn train(args: TrainArgs) -> Result<(), CoordError> {
     Ok(())
 }
 
+async fn dispatch(command: Command) -> Result<(), CoordError> {
+    match command {
+        Command::Train(a) => train(*a).await,
+        Command::Predict(a) => {
+            let s = tokio::task::spawn_blocking(move || {
+                crate::predict::predict(&a).map(|s| (s, a.out))
+            })
+            .await
+            .map_err(|e| CoordError::JobFailed(format!("predict panicked: {e}")))??;
+            say(&format!(
+                "wrote predictions for {} sequences of {} steps to {}",
+                s.0.n,
+                s.0.t,
+                s.1.display()
+            ));
+            Ok(())
+        }
+        Command::Export(a) => {
+            crate::predict::export_model(&a)?;
+            say(&format!(
+                "exported {} to {}",
+                a.model.display(),
+                a.out.display()
+            ));
+            Ok(())
+        }
+    }
+}
+
 /// Runs the program; returns the process exit code.
 pub fn main() -> std::process::ExitCode {
-    model::device::set_runtime_dir_if_missing();
+    // SAFETY: first thing in `main`, before any other thread exists.
+    unsafe { runtime::process::set_runtime_dir_if_missing() };
     let cli = Cli::parse();
-    worker::cli::init_tracing_to(crate::report::LogWriter::default);
-    if let Command::Worker(args) = cli.command {
-        return worker::cli::run(*args);
-    }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(cause = %e, "cannot start the async runtime");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async move {
-        match cli.command {
-            Command::Train(a) => train(*a).await,
-            Command::Predict(a) => {
-                let s = tokio::task::spawn_blocking(move || {
-                    crate::predict::predict(&a).map(|s| (s, a.out))
-                })
-                .await
-                .map_err(|e| CoordError::JobFailed(format!("predict panicked: {e}")))??;
-                say(&format!(
-                    "wrote predictions for {} sequences of {} steps to {}",
-                    s.0.n,
-                    s.0.t,
-                    s.1.display()
-                ));
-                Ok(())
-            }
-            Command::Export(a) => {
-                crate::predict::export_model(&a)?;
-                say(&format!(
-                    "exported {} to {}",
-                    a.model.display(),
-                    a.out.display()
-                ));
-                Ok(())
-            }
-            Command::Worker(_) => unreachable!("handled above"),
-        }
-    });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e}");
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    runtime::process::init_tracing_to(crate::report::LogWriter::default);
+    runtime::process::run(None, dispatch(cli.command))
 }

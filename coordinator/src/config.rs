@@ -1,6 +1,6 @@
 //! Configuration of `coordinator train`: flags, environment variables (`CARRY_*`), a TOML file
-//! (`--config`), defaults, in that order of precedence; parsed into a plain [`TrainConfig`] whose
-//! `validate` errors name the field.
+//! (`--config`), defaults, in that order of precedence (layered by [`runtime::config`]); parsed
+//! into a plain [`TrainConfig`] whose `validate` errors name the field.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,9 +10,18 @@ use clap::Args;
 use model::config::{AdamConfig, Head, ModelConfig, ResetPolicy, TrainSpec, ValState};
 use model::device::DeviceChoice;
 use model::engine::EngineKind;
+use runtime::config::parse_named;
 use serde::Deserialize;
 
 use crate::error::CoordError;
+use crate::job::{DeadlinePolicy, JobConfig};
+
+/// A boolean flag that may be given bare (`--linger`) or with a value (`--linger false`).
+macro_rules! boolish {
+    () => {
+        clap::builder::BoolishValueParser::new()
+    };
+}
 
 /// Options of `coordinator train`, each from a flag, an environment variable or the TOML file.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -23,7 +32,7 @@ pub struct TrainArgs {
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Print the resolved configuration and exit.
-    #[arg(long, env = "CARRY_DRY_RUN", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "CARRY_DRY_RUN", num_args = 0..=1, default_missing_value = "true", value_parser = boolish!())]
     #[serde(skip)]
     pub dry_run: Option<bool>,
 
@@ -42,6 +51,10 @@ pub struct TrainArgs {
     /// Input features per step for flat data [default: 2].
     #[arg(long, env = "CARRY_FEATURES")]
     pub features: Option<usize>,
+    /// Most memory, in MiB, the arrays of an .npz may need; larger data is refused before it is
+    /// decompressed [default: the memory available].
+    #[arg(long, env = "CARRY_MAX_DATA_MB")]
+    pub max_data_mb: Option<u64>,
 
     /// Epochs [default: 10].
     #[arg(long, env = "CARRY_EPOCHS")]
@@ -61,9 +74,9 @@ pub struct TrainArgs {
     /// Dropout on the last LSTM layer's outputs [default: 0.2].
     #[arg(long, env = "CARRY_DROPOUT")]
     pub dropout: Option<f32>,
-    /// Head activation: linear or softmax [default: linear].
-    #[arg(long, env = "CARRY_HEAD")]
-    pub head: Option<String>,
+    /// Head activation [default: linear].
+    #[arg(long, env = "CARRY_HEAD", value_enum)]
+    pub head: Option<Head>,
     /// Adam learning rate [default: 0.001].
     #[arg(long, env = "CARRY_LR")]
     pub lr: Option<f64>,
@@ -76,18 +89,26 @@ pub struct TrainArgs {
     /// Adam epsilon [default: 1e-7].
     #[arg(long, env = "CARRY_EPSILON")]
     pub epsilon: Option<f64>,
+    /// Clip the whole batch's gradient to this global L2 norm (torch `clip_grad_norm_`, Keras
+    /// `global_clipnorm`) [default: no clipping].
+    #[arg(long, env = "CARRY_CLIP_NORM")]
+    pub clip_norm: Option<f64>,
     /// Seed for initialization, dropout masks and synthetic data [default: 42].
     #[arg(long, env = "CARRY_SEED")]
     pub seed: Option<u64>,
     /// State resets: never, epoch or every:K [default: epoch].
-    #[arg(long, env = "CARRY_RESET_STATES")]
-    pub reset_states: Option<String>,
+    #[arg(long, env = "CARRY_RESET_STATES", value_parser = parse_named::<ResetPolicy>("reset_states"))]
+    pub reset_states: Option<ResetPolicy>,
     /// Validation start state: carry (final training state) or zero [default: carry].
-    #[arg(long, env = "CARRY_VAL_STATE")]
-    pub val_state: Option<String>,
+    #[arg(long, env = "CARRY_VAL_STATE", value_enum)]
+    pub val_state: Option<ValState>,
     /// Learn a projection from each sequence's `cond` vector to the initial (h, c) at resets.
-    #[arg(long, env = "CARRY_INIT_FROM_COND", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "CARRY_INIT_FROM_COND", num_args = 0..=1, default_missing_value = "true", value_parser = boolish!())]
     pub init_from_cond: Option<bool>,
+    /// Start the first step from these states: an .npz with `h` and `c`, each [layers, B, H] (what
+    /// `predict` writes); the reset policy applies from the second step on.
+    #[arg(long, env = "CARRY_INITIAL_STATE")]
+    pub initial_state: Option<PathBuf>,
 
     /// gRPC address to serve on; port 0 picks a free port [default: 127.0.0.1:50051].
     #[arg(long, env = "CARRY_LISTEN")]
@@ -101,23 +122,30 @@ pub struct TrainArgs {
     /// Workers to wait for before the first step [default: spawn-workers, else 1].
     #[arg(long, env = "CARRY_WORKERS")]
     pub workers: Option<usize>,
+    /// Most workers at once; more registrations are refused [default: 256].
+    #[arg(long, env = "CARRY_MAX_WORKERS")]
+    pub max_workers: Option<usize>,
     /// Launch K local worker processes; 0 trains in this process (the reference trainer).
     #[arg(long, env = "CARRY_SPAWN_WORKERS")]
     pub spawn_workers: Option<usize>,
     /// Extra arguments for spawned workers, e.g. "--device wgpu".
     #[arg(long, env = "CARRY_WORKER_ARGS", allow_hyphen_values = true)]
     pub worker_args: Option<String>,
-    /// Run directory: checkpoints, metrics.csv, loss plot [default: runs/latest].
+    /// Run directory: checkpoints, metrics.csv, loss plot [default: a new runs/<date>-<time>,
+    /// linked as runs/latest].
     #[arg(long, env = "CARRY_OUT")]
     pub out: Option<PathBuf>,
     /// Resume from the checkpoint in this run directory (or file).
     #[arg(long, env = "CARRY_RESUME")]
     pub resume: Option<PathBuf>,
     /// Resume from --out when it holds a checkpoint, else start fresh (for restarts under Kubernetes).
-    #[arg(long, env = "CARRY_AUTO_RESUME", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "CARRY_AUTO_RESUME", num_args = 0..=1, default_missing_value = "true", value_parser = boolish!())]
     pub auto_resume: Option<bool>,
+    /// Replace the run in --out instead of refusing to touch it.
+    #[arg(long, env = "CARRY_OVERWRITE", num_args = 0..=1, default_missing_value = "true", value_parser = boolish!())]
+    pub overwrite: Option<bool>,
     /// Keep serving (health, status) after the job ends, until SIGTERM.
-    #[arg(long, env = "CARRY_LINGER", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "CARRY_LINGER", num_args = 0..=1, default_missing_value = "true", value_parser = boolish!())]
     pub linger: Option<bool>,
     /// Checkpoint every K steps (and at the end) [default: 50].
     #[arg(long, env = "CARRY_CHECKPOINT_EVERY")]
@@ -125,17 +153,38 @@ pub struct TrainArgs {
     /// Worker lease in milliseconds: a worker silent this long is dead [default: 3000].
     #[arg(long, env = "CARRY_LEASE_MS")]
     pub lease_ms: Option<u64>,
+    /// Milliseconds a worker has for a shard before it is also given to another worker
+    /// [default: adaptive, 5x the usual shard time, at least --deadline-floor-ms].
+    #[arg(long, env = "CARRY_SHARD_DEADLINE_MS")]
+    pub shard_deadline_ms: Option<u64>,
+    /// Least time of the adaptive shard deadline, in milliseconds [default: 30000].
+    #[arg(long, env = "CARRY_DEADLINE_FLOOR_MS")]
+    pub deadline_floor_ms: Option<u64>,
+    /// Missed deadlines after which a worker is evicted [default: 3].
+    #[arg(long, env = "CARRY_MAX_DEADLINE_MISSES")]
+    pub max_deadline_misses: Option<u32>,
+    /// Refused results (or reported failures) after which a worker is evicted [default: 3].
+    #[arg(long, env = "CARRY_MAX_REFUSALS")]
+    pub max_refusals: Option<u32>,
+    /// Milliseconds an evicted worker waits before it may register again; doubles with each
+    /// eviction [default: 5000].
+    #[arg(long, env = "CARRY_EVICT_BACKOFF_MS")]
+    pub evict_backoff_ms: Option<u64>,
+    /// Fraction of shard results recomputed by another worker and compared [default: 0].
+    #[arg(long, env = "CARRY_VERIFY_FRACTION")]
+    pub verify_fraction: Option<f64>,
     /// Device for in-process training and for spawned workers: auto (a GPU through wgpu if there
     /// is one, else the CPU), wgpu, vulkan, metal, dx12, cpu [default: auto].
-    #[arg(long, env = "CARRY_DEVICE")]
-    pub device: Option<String>,
-    /// Engine: fused or burn [default: fused].
-    #[arg(long, env = "CARRY_ENGINE")]
-    pub engine: Option<String>,
+    #[arg(long, env = "CARRY_DEVICE", value_enum)]
+    pub device: Option<DeviceChoice>,
+    /// Engine [default: fused].
+    #[arg(long, env = "CARRY_ENGINE", value_enum)]
+    pub engine: Option<EngineKind>,
     /// CPU threads for in-process training (0 = all cores) [default: 0].
     #[arg(long, env = "CARRY_THREADS")]
     pub threads: Option<usize>,
-    /// Shared token every worker must present.
+    /// Shared token every worker must present (at least 16 bytes; make one with
+    /// `openssl rand -hex 32`).
     #[arg(long, env = "CARRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// File holding the shared token.
@@ -150,45 +199,34 @@ pub struct TrainArgs {
     /// CA (PEM) that worker client certificates must chain to (mutual TLS).
     #[arg(long, env = "CARRY_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
-    /// Allow a non-loopback listen address without token or TLS.
-    #[arg(long, env = "CARRY_INSECURE", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    /// Allow a non-loopback listen address without a token or mutual TLS.
+    #[arg(long, env = "CARRY_INSECURE", num_args = 0..=1, default_missing_value = "true", value_parser = boolish!())]
     pub insecure: Option<bool>,
-    /// Largest gRPC message accepted, in MiB [default: 64].
+    /// Largest gRPC message, in MiB; larger tensors travel in chunks [default: 64].
     #[arg(long, env = "CARRY_MAX_MESSAGE_MB")]
     pub max_message_mb: Option<usize>,
     /// Progress display: auto (bar on a terminal, log lines otherwise), bar, log, off [default: auto].
-    #[arg(long, env = "CARRY_PROGRESS")]
-    pub progress: Option<String>,
-}
-
-macro_rules! fill_from {
-    ($dst:ident, $src:ident; $($f:ident),* $(,)?) => {
-        $( if $dst.$f.is_none() { $dst.$f = $src.$f.take(); } )*
-    };
+    #[arg(long, env = "CARRY_PROGRESS", value_enum)]
+    pub progress: Option<Progress>,
 }
 
 impl TrainArgs {
     /// Fills every option not given by a flag or environment variable from `file`.
     pub fn fill_from(&mut self, mut file: TrainArgs) {
-        fill_from!(self, file; data, sequences, val_sequences, timesteps, features, epochs, steps,
-            batch_size, hidden, layers, dropout, head, lr, beta1, beta2, epsilon, seed, reset_states,
-            val_state, init_from_cond, listen, health_listen, metrics_listen, workers, spawn_workers,
-            worker_args, out, resume, auto_resume, linger, checkpoint_every, lease_ms, device, engine,
-            threads, token, token_file, tls_cert, tls_key, tls_client_ca, insecure, max_message_mb,
-            progress);
+        runtime::fill_from!(self, file; data, sequences, val_sequences, timesteps, features,
+            max_data_mb, epochs, steps, batch_size, hidden, layers, dropout, head, lr, beta1, beta2,
+            epsilon, clip_norm, seed, reset_states, val_state, init_from_cond, initial_state, listen,
+            health_listen, metrics_listen, workers, max_workers, spawn_workers, worker_args, out,
+            resume, auto_resume, overwrite, linger, checkpoint_every, lease_ms, shard_deadline_ms,
+            deadline_floor_ms, max_deadline_misses, max_refusals, evict_backoff_ms,
+            verify_fraction, device, engine, threads, token, token_file, tls_cert, tls_key,
+            tls_client_ca, insecure, max_message_mb, progress);
     }
 
     /// Reads `--config` (if any) and applies precedence: flags > env > TOML > defaults.
     pub fn with_file(mut self) -> Result<Self, CoordError> {
         if let Some(path) = self.config.clone() {
-            let text = std::fs::read_to_string(&path).map_err(|e| CoordError::Config {
-                field: "config".into(),
-                msg: format!("{}: {e}", path.display()),
-            })?;
-            let file: TrainArgs = toml::from_str(&text).map_err(|e| CoordError::Config {
-                field: "config".into(),
-                msg: format!("{}: {}", path.display(), e.to_string().trim()),
-            })?;
+            let file: TrainArgs = runtime::config::load_toml(&path)?;
             self.fill_from(file);
         }
         Ok(self)
@@ -205,7 +243,8 @@ pub enum DataSource {
 }
 
 /// How progress is shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Progress {
     /// A bar on a terminal, log lines otherwise.
     Auto,
@@ -228,6 +267,24 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
+/// Where the run directory comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutDir {
+    /// Given with `--out`.
+    Given(PathBuf),
+    /// A new directory of its own under `runs/`, linked as `runs/latest`.
+    Fresh(PathBuf),
+}
+
+impl OutDir {
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            Self::Given(p) | Self::Fresh(p) => p,
+        }
+    }
+}
+
 /// The resolved configuration of a training job.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -241,34 +298,38 @@ pub struct TrainConfig {
     pub timesteps: usize,
     /// Input features (flat data).
     pub features: usize,
+    /// Ceiling on the memory the data may need, in bytes (`None`: what is available).
+    pub max_data_bytes: Option<u64>,
     /// Model and optimization settings (input/output widths are filled from the data).
     pub spec: TrainSpec,
     /// Whether to learn the initial-state projection from `cond`.
     pub init_from_cond: bool,
+    /// States the first step starts from.
+    pub initial_state: Option<PathBuf>,
     /// gRPC address.
     pub listen: SocketAddr,
     /// Plaintext health-only address.
     pub health_listen: Option<SocketAddr>,
     /// Prometheus address.
     pub metrics_listen: Option<SocketAddr>,
-    /// Workers to wait for before the first step.
-    pub workers: usize,
+    /// The rules of the job: leases, limits, deadlines, evictions, verification.
+    pub job: JobConfig,
     /// Local workers to launch; `Some(0)` trains in-process.
     pub spawn_workers: Option<usize>,
     /// Extra arguments for spawned workers.
     pub worker_args: Vec<String>,
     /// Run directory.
-    pub out: PathBuf,
+    pub out: OutDir,
     /// Checkpoint to resume from.
     pub resume: Option<PathBuf>,
     /// Resume from `out` when it holds a checkpoint.
     pub auto_resume: bool,
+    /// Replace a run that `out` holds.
+    pub overwrite: bool,
     /// Keep serving after the job ends.
     pub linger: bool,
     /// Checkpoint cadence in steps.
     pub checkpoint_every: u64,
-    /// Worker lease.
-    pub lease: Duration,
     /// Device for in-process compute.
     pub device: DeviceChoice,
     /// Engine for in-process compute.
@@ -287,18 +348,36 @@ pub struct TrainConfig {
     pub progress: Progress,
 }
 
-fn parse<T: std::str::FromStr<Err = String>>(
-    field: &str,
-    v: Option<String>,
-    default: T,
-) -> Result<T, CoordError> {
-    match v {
-        None => Ok(default),
-        Some(s) => s.parse().map_err(|msg| CoordError::Config {
-            field: field.into(),
-            msg,
-        }),
+/// A name for a fresh run directory: `runs/<YYYYmmdd-HHMMSS>` (UTC), with a suffix when taken.
+fn fresh_run_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // civil date from days since 1970-01-01 (Howard Hinnant's algorithm)
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let stamp = format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+    let base = PathBuf::from("runs");
+    let mut p = base.join(&stamp);
+    let mut n = 1;
+    while p.exists() {
+        n += 1;
+        p = base.join(format!("{stamp}-{n}"));
     }
+    p
 }
 
 impl TrainArgs {
@@ -318,30 +397,13 @@ impl TrainArgs {
             }
             Some(p) => DataSource::Npz(PathBuf::from(p)),
         };
-        let head: Head = parse("head", self.head, Head::Linear)?;
-        let reset: ResetPolicy = parse("reset_states", self.reset_states, ResetPolicy::Epoch)?;
-        let val_state: ValState = parse("val_state", self.val_state, ValState::Carry)?;
-        let device: DeviceChoice = parse("device", self.device, DeviceChoice::Auto)?;
-        let engine: EngineKind = parse("engine", self.engine, EngineKind::Fused)?;
-        let progress = match self.progress.as_deref().unwrap_or("auto") {
-            "auto" => Progress::Auto,
-            "bar" => Progress::Bar,
-            "log" => Progress::Log,
-            "off" => Progress::Off,
-            other => {
-                return Err(bad(
-                    "progress",
-                    format!("expected auto, bar, log or off, got `{other}`"),
-                ));
-            }
-        };
         let spec = TrainSpec {
             model: ModelConfig {
                 input: self.features.unwrap_or(2),
                 hidden: self.hidden.unwrap_or(8),
                 layers: self.layers.unwrap_or(2),
                 output: self.features.unwrap_or(2),
-                head,
+                head: self.head.unwrap_or(Head::Linear),
                 dropout: self.dropout.unwrap_or(0.2),
                 cond: None,
             },
@@ -355,8 +417,9 @@ impl TrainArgs {
             epochs: self.epochs.unwrap_or(10),
             max_steps: self.steps,
             seed: self.seed.unwrap_or(42),
-            reset,
-            val_state,
+            reset: self.reset_states.unwrap_or(ResetPolicy::Epoch),
+            val_state: self.val_state.unwrap_or(ValState::Carry),
+            clip_norm: self.clip_norm,
         };
         let pair = proto::security::cert_and_key(self.tls_cert, self.tls_key)
             .map_err(|(field, msg)| bad(field, msg))?;
@@ -379,41 +442,71 @@ impl TrainArgs {
         let token = proto::security::load_token(self.token.as_deref(), self.token_file.as_deref())
             .map_err(|msg| bad("token", msg))?;
         let spawn_workers = self.spawn_workers;
+        let auto_resume = self.auto_resume.unwrap_or(false);
+        let out = match self.out {
+            Some(p) => OutDir::Given(p),
+            None if auto_resume => {
+                return Err(bad(
+                    "auto_resume",
+                    "--auto-resume resumes the run in --out, so --out DIR is expected too".into(),
+                ));
+            }
+            None => OutDir::Fresh(fresh_run_dir()),
+        };
+        let deadline = match self.shard_deadline_ms {
+            Some(ms) => DeadlinePolicy::Fixed(Duration::from_millis(ms)),
+            None => DeadlinePolicy::Adaptive {
+                floor: Duration::from_millis(self.deadline_floor_ms.unwrap_or(30_000)),
+            },
+        };
+        let lease = Duration::from_millis(self.lease_ms.unwrap_or(3000));
         let cfg = TrainConfig {
             data,
             sequences: self.sequences.unwrap_or(2000),
             val_sequences: self.val_sequences.unwrap_or(400),
             timesteps: self.timesteps.unwrap_or(96),
             features: self.features.unwrap_or(2),
+            max_data_bytes: self.max_data_mb.map(|mb| mb.saturating_mul(1 << 20)),
             spec,
             init_from_cond: self.init_from_cond.unwrap_or(false),
+            initial_state: self.initial_state,
             listen: self
                 .listen
                 .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address")),
             health_listen: self.health_listen,
             metrics_listen: self.metrics_listen,
-            workers: self
-                .workers
-                .unwrap_or(spawn_workers.filter(|&k| k > 0).unwrap_or(1)),
+            job: JobConfig {
+                lease,
+                min_workers: self
+                    .workers
+                    .unwrap_or(spawn_workers.filter(|&k| k > 0).unwrap_or(1)),
+                max_workers: self.max_workers.unwrap_or(256),
+                max_refusals: self.max_refusals.unwrap_or(3),
+                max_deadline_misses: self.max_deadline_misses.unwrap_or(3),
+                evict_backoff: Duration::from_millis(self.evict_backoff_ms.unwrap_or(5000)),
+                deadline,
+                verify_fraction: self.verify_fraction.unwrap_or(0.0),
+                ..JobConfig::default()
+            },
             spawn_workers,
             worker_args: self
                 .worker_args
                 .map(|s| s.split_whitespace().map(String::from).collect())
                 .unwrap_or_default(),
-            out: self.out.unwrap_or_else(|| PathBuf::from("runs/latest")),
+            out,
             resume: self.resume,
-            auto_resume: self.auto_resume.unwrap_or(false),
+            auto_resume,
+            overwrite: self.overwrite.unwrap_or(false),
             linger: self.linger.unwrap_or(false),
             checkpoint_every: self.checkpoint_every.unwrap_or(50),
-            lease: Duration::from_millis(self.lease_ms.unwrap_or(3000)),
-            device,
-            engine,
+            device: self.device.unwrap_or_default(),
+            engine: self.engine.unwrap_or_default(),
             threads: self.threads.unwrap_or(0),
             token,
             tls,
             insecure: self.insecure.unwrap_or(false),
             max_message_bytes: self.max_message_mb.unwrap_or(64).saturating_mul(1 << 20),
-            progress,
+            progress: self.progress.unwrap_or(Progress::Auto),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -451,10 +544,20 @@ impl TrainConfig {
                 ),
             );
         }
-        if self.workers == 0 {
+        let j = &self.job;
+        if j.min_workers == 0 {
             return bad(
                 "workers",
                 "expected at least 1 worker to wait for, got 0".into(),
+            );
+        }
+        if j.max_workers < j.min_workers {
+            return bad(
+                "max_workers",
+                format!(
+                    "expected at least --workers = {}, got {}",
+                    j.min_workers, j.max_workers
+                ),
             );
         }
         if self.checkpoint_every == 0 {
@@ -463,14 +566,39 @@ impl TrainConfig {
                 "expected at least 1 step between checkpoints, got 0".into(),
             );
         }
-        if self.lease < Duration::from_millis(100) || self.lease > Duration::from_secs(3600) {
+        if j.lease < Duration::from_millis(100) || j.lease > Duration::from_secs(3600) {
             return bad(
                 "lease_ms",
-                format!("expected 100..=3600000 ms, got {}", self.lease.as_millis()),
+                format!("expected 100..=3600000 ms, got {}", j.lease.as_millis()),
+            );
+        }
+        let deadline = match j.deadline {
+            DeadlinePolicy::Fixed(d) => ("shard_deadline_ms", d),
+            DeadlinePolicy::Adaptive { floor } => ("deadline_floor_ms", floor),
+        };
+        if deadline.1 < Duration::from_millis(10) {
+            return bad(
+                deadline.0,
+                format!("expected at least 10 ms, got {}", deadline.1.as_millis()),
+            );
+        }
+        if j.max_refusals == 0 {
+            return bad("max_refusals", "expected at least 1, got 0".into());
+        }
+        if j.max_deadline_misses == 0 {
+            return bad("max_deadline_misses", "expected at least 1, got 0".into());
+        }
+        if !(0.0..=1.0).contains(&j.verify_fraction) {
+            return bad(
+                "verify_fraction",
+                format!("expected a fraction in [0, 1], got {}", j.verify_fraction),
             );
         }
         if self.max_message_bytes < 1 << 20 {
             return bad("max_message_mb", "expected at least 1 MiB".into());
+        }
+        if self.max_data_bytes == Some(0) {
+            return bad("max_data_mb", "expected at least 1 MiB".into());
         }
         if self.resume.is_some() && self.auto_resume {
             return bad(
@@ -478,20 +606,34 @@ impl TrainConfig {
                 "give either --resume DIR or --auto-resume, not both".into(),
             );
         }
+        if let Some(t) = &self.token {
+            t.check_strength().map_err(|msg| CoordError::Config {
+                field: "token".into(),
+                msg,
+            })?;
+        }
         let local = self.spawn_workers == Some(0);
-        if !local
-            && !self.listen.ip().is_loopback()
-            && self.token.is_none()
-            && self.tls.is_none()
-            && !self.insecure
-        {
-            return bad(
-                "listen",
-                format!(
-                    "refusing to serve on non-loopback address {} without a token (--token) or TLS (--tls-cert/--tls-key); pass --insecure to allow it",
-                    self.listen
-                ),
-            );
+        let mutual_tls = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if !local && !self.listen.ip().is_loopback() && self.token.is_none() && !mutual_tls {
+            if self.insecure {
+                tracing::warn!(
+                    listen = %self.listen,
+                    "--insecure: serving on a non-loopback address without a token or mutual TLS; anyone who can reach it can join, submit results or read the job's data"
+                );
+            } else {
+                let tls_note = if self.tls.is_some() {
+                    " (TLS without client certificates encrypts the connection but authenticates no worker)"
+                } else {
+                    ""
+                };
+                return bad(
+                    "listen",
+                    format!(
+                        "refusing to serve on non-loopback address {} without a token (--token) or mutual TLS (--tls-client-ca){tls_note}; pass --insecure to allow it",
+                        self.listen
+                    ),
+                );
+            }
         }
         Ok(())
     }
@@ -514,6 +656,14 @@ mod tests {
             .args
     }
 
+    /// The error of `list`, from the command line parser or from resolving it.
+    fn error(list: &[&str]) -> String {
+        match Wrap::try_parse_from(std::iter::once("train").chain(list.iter().copied())) {
+            Err(e) => e.to_string(),
+            Ok(w) => w.args.resolve().unwrap_err().to_string(),
+        }
+    }
+
     #[test]
     fn flags_beat_file_beat_defaults() {
         let mut a = args(&["--hidden", "16"]);
@@ -533,18 +683,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hiden"), "{e}");
-        let e = args(&["--head", "relu"]).resolve().unwrap_err().to_string();
+        let e = error(&["--head", "relu"]);
         assert!(e.contains("head") && e.contains("relu"), "{e}");
+        let e = toml::from_str::<TrainArgs>("head = \"relu\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("relu") && e.contains("linear"), "{e}");
         let e = args(&["--batch-size", "0"])
             .resolve()
             .unwrap_err()
             .to_string();
         assert!(e.contains("batch_size"), "{e}");
-        let e = args(&["--reset-states", "every:x"])
-            .resolve()
-            .unwrap_err()
-            .to_string();
+        let e = error(&["--reset-states", "every:x"]);
         assert!(e.contains("reset_states") && e.contains("every:K"), "{e}");
+        let e = error(&["--device", "tpu"]);
+        assert!(e.contains("device") && e.contains("tpu"), "{e}");
+        let e = error(&["--verify-fraction", "2"]);
+        assert!(e.contains("verify_fraction") && e.contains("[0, 1]"), "{e}");
+        let e = error(&["--auto-resume"]);
+        assert!(e.contains("auto_resume") && e.contains("--out"), "{e}");
         let e = args(&["--tls-cert", "a.pem"])
             .resolve()
             .unwrap_err()
@@ -564,10 +721,41 @@ mod tests {
                 .resolve()
                 .is_ok()
         );
+        let strong = "0123456789abcdef0123";
         assert!(
-            args(&["--listen", "0.0.0.0:0", "--token", "s3cret"])
+            args(&["--listen", "0.0.0.0:0", "--token", strong])
                 .resolve()
                 .is_ok()
+        );
+        // a weak token is refused wherever it is used, with advice
+        let e = error(&["--token", "s3cret"]);
+        assert!(e.contains("token") && e.contains("openssl rand"), "{e}");
+        let e = error(&["--listen", "0.0.0.0:0", "--token", "change-me"]);
+        assert!(e.contains("placeholder"), "{e}");
+        // server-only TLS authenticates nobody
+        let e = error(&[
+            "--listen",
+            "0.0.0.0:0",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ]);
+        assert!(e.contains("refusing") && e.contains("authenticates no worker"), "{e}");
+        assert!(
+            args(&[
+                "--listen",
+                "0.0.0.0:0",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem",
+                "--tls-client-ca",
+                "ca.pem"
+            ])
+            .resolve()
+            .is_ok(),
+            "mutual TLS authenticates the workers"
         );
         assert!(
             args(&["--listen", "0.0.0.0:0", "--spawn-workers", "0"])

@@ -50,11 +50,42 @@ impl CoordError {
     }
 }
 
+impl From<runtime::config::ConfigError> for CoordError {
+    fn from(e: runtime::config::ConfigError) -> Self {
+        Self::Config {
+            field: e.field,
+            msg: e.msg,
+        }
+    }
+}
+
+impl runtime::process::ExitStatus for CoordError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config { .. } => runtime::process::EXIT_CONFIG,
+            _ => runtime::process::EXIT_FAILURE,
+        }
+    }
+}
+
+/// Trailer of an `UNAVAILABLE` registration refusal: milliseconds to wait before registering
+/// again.
+pub const RETRY_AFTER: &str = "retry-after-ms";
+
 /// The gRPC status for a refusal.
-pub fn refusal_status(r: &Refusal) -> Status {
+pub(crate) fn refusal_status(r: &Refusal) -> Status {
     let msg = r.to_string();
     match r {
-        Refusal::UnknownWorker(_) => Status::not_found(msg),
+        Refusal::UnknownWorker | Refusal::Evicted(_) => Status::not_found(msg),
+        Refusal::Backoff { retry_after, .. } => {
+            let mut s = Status::unavailable(msg);
+            if let Ok(v) = retry_after.as_millis().to_string().parse() {
+                s.metadata_mut().insert(RETRY_AFTER, v);
+            }
+            s
+        }
+        Refusal::Full(_) => Status::resource_exhausted(msg),
+        Refusal::WrongIdentity => Status::permission_denied(msg),
         Refusal::Stale(_) | Refusal::NotAssigned(_) => Status::failed_precondition(msg),
         Refusal::Invalid(_) => Status::invalid_argument(msg),
     }

@@ -3,22 +3,25 @@
 //!
 //! # Layout
 //! - [`cli`], [`config`]: the command line; flags > `CARRY_*` env > TOML > defaults.
-//! - [`job`]: the scheduling state machine (membership, leases, shards, commit, refusals), no I/O.
-//! - [`service`]: the gRPC adapter over the job; [`error`] maps refusals to statuses.
-//! - [`server`]: loads data, resumes, serves (TLS, token, health), waits for the end.
-//! - [`local`]: the in-process reference trainer (`--spawn-workers 0`).
-//! - [`spawn`]: local worker processes (`--spawn-workers K`).
-//! - [`report`], [`plot`]: metrics.csv, checkpoints, validation, progress, Prometheus, the plot.
+//! - [`job`]: the scheduling state machine (membership, leases, shards, deadlines, screening,
+//!   evictions, commit), no I/O.
+//! - `service`: the gRPC adapter over the job; [`error`] maps refusals to statuses.
+//! - [`server`]: takes the run directory (`rundir`), loads data, resumes, serves (TLS, token,
+//!   health), waits for the end.
+//! - `local`: the in-process reference trainer (`--spawn-workers 0`).
+//! - `spawn`: local worker processes (`--spawn-workers K`).
+//! - [`report`]: the one writer of the run's files (metrics.csv, checkpoints), validation,
+//!   progress, Prometheus, the plot.
 //! - [`predict`]: `predict` and `export`.
 
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod job;
-pub mod local;
-pub mod plot;
+mod local;
 pub mod predict;
 pub mod report;
+mod rundir;
 pub mod server;
-pub mod service;
-pub mod spawn;
+mod service;
+mod spawn;

@@ -1,5 +1,6 @@
 //! `--spawn-workers 0`: the in-process reference trainer. The whole batch is one shard computed
-//! here; commits go through the same reporter as a distributed run.
+//! here; commits go through the same reporter, by the same checkpoint and validation rule, as a
+//! distributed run.
 
 use std::time::Instant;
 
@@ -12,21 +13,22 @@ use tracing::info;
 use crate::config::TrainConfig;
 use crate::error::CoordError;
 use crate::job::CommitReport;
-use crate::report::Event;
+use crate::report::{Event, commit_event};
 
-/// Trains every remaining step in this thread; returns the trainer at the end (or at shutdown).
-pub fn run(
+/// Trains every remaining step in this thread; returns the trainer at the end, or where it stood
+/// when `stop` fired (a signal, or a file the reporter could not write).
+pub(crate) fn run(
     cfg: &TrainConfig,
     mut trainer: Trainer,
-    events: &mpsc::UnboundedSender<Event>,
-    shutdown: &CancellationToken,
+    events: &mpsc::Sender<Event>,
+    stop: &CancellationToken,
 ) -> Result<Trainer, CoordError> {
     let compute = resolve(cfg.device)?;
     let mut engine = make_engine(cfg.engine, &compute, &trainer.spec().model, cfg.threads)?;
     info!(engine = %engine.describe(), "training in this process");
     let b = trainer.spec().batch_size;
     loop {
-        if shutdown.is_cancelled() {
+        if stop.is_cancelled() {
             info!(step = trainer.cursor().global, "stopping early");
             break;
         }
@@ -35,9 +37,6 @@ pub fn run(
             break;
         };
         let wall = t0.elapsed();
-        let checkpoint = ((c.cursor.global + 1) % cfg.checkpoint_every == 0 || c.done)
-            .then(|| Box::new(trainer.checkpoint()));
-        let validate = (c.epoch_end || c.done).then(|| Box::new(trainer.clone()));
         let report = CommitReport {
             committed: c,
             shards: vec![(0..b, "in-process".to_string())],
@@ -45,11 +44,13 @@ pub fn run(
             wall,
             compute_ms: wall.as_secs_f64() * 1e3,
         };
-        let _ = events.send(Event::Committed {
-            report,
-            checkpoint,
-            validate,
-        });
+        if events
+            .blocking_send(commit_event(&trainer, report, cfg.checkpoint_every))
+            .is_err()
+        {
+            // the reporter stopped: it could not write a file, and says why
+            break;
+        }
     }
     Ok(trainer)
 }

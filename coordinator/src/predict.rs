@@ -37,18 +37,18 @@ pub struct PredictArgs {
     /// Output file (.npz with y, h, c).
     #[arg(long, env = "CARRY_PREDICT_OUT")]
     pub out: PathBuf,
-    /// Head activation for safetensors weights (a checkpoint knows its own): linear or softmax.
-    #[arg(long, env = "CARRY_HEAD")]
-    pub head: Option<String>,
+    /// Head activation for safetensors weights (a checkpoint knows its own).
+    #[arg(long, env = "CARRY_HEAD", value_enum)]
+    pub head: Option<Head>,
     /// Time steps for flat inputs.
     #[arg(long, default_value_t = 96)]
     pub timesteps: usize,
-    /// Device: auto, wgpu, vulkan, metal, dx12, cpu.
-    #[arg(long, env = "CARRY_DEVICE", default_value = "cpu")]
-    pub device: String,
-    /// Engine: fused or burn.
-    #[arg(long, env = "CARRY_ENGINE", default_value = "fused")]
-    pub engine: String,
+    /// Device.
+    #[arg(long, env = "CARRY_DEVICE", value_enum, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
+    /// Engine.
+    #[arg(long, env = "CARRY_ENGINE", value_enum, default_value_t = EngineKind::Fused)]
+    pub engine: EngineKind,
 }
 
 /// Options of `coordinator export`.
@@ -60,9 +60,9 @@ pub struct ExportArgs {
     /// Destination .safetensors file (PyTorch layout).
     #[arg(long, env = "CARRY_EXPORT_OUT")]
     pub out: PathBuf,
-    /// Head activation to record for safetensors input: linear or softmax.
-    #[arg(long)]
-    pub head: Option<String>,
+    /// Head activation to record for safetensors input.
+    #[arg(long, value_enum)]
+    pub head: Option<Head>,
 }
 
 fn config_err(field: &str, msg: String) -> CoordError {
@@ -72,10 +72,6 @@ fn config_err(field: &str, msg: String) -> CoordError {
     }
 }
 
-fn parse_head(h: Option<&str>) -> Result<Option<Head>, CoordError> {
-    h.map(|s| s.parse::<Head>().map_err(|m| config_err("head", m)))
-        .transpose()
-}
 
 /// What `predict` wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +84,7 @@ pub struct PredictSummary {
 
 /// Runs `predict`.
 pub fn predict(a: &PredictArgs) -> Result<PredictSummary, CoordError> {
-    let m = load_model(&a.model, parse_head(a.head.as_deref())?)?;
+    let m = load_model(&a.model, a.head)?;
     let cfg = &m.config;
     let inputs_name = a.inputs.display().to_string();
     let x = to_sequences(read_npy(&a.inputs)?, &inputs_name, a.timesteps, cfg.input)?;
@@ -149,9 +145,7 @@ pub fn predict(a: &PredictArgs) -> Result<PredictSummary, CoordError> {
             Some(arr.data)
         }
     };
-    let device: DeviceChoice = a.device.parse().map_err(|m| config_err("device", m))?;
-    let kind: EngineKind = a.engine.parse().map_err(|m| config_err("engine", m))?;
-    let mut engine = make_engine(kind, &resolve(device)?, cfg, 0)?;
+    let mut engine = make_engine(a.engine, &resolve(a.device)?, cfg, 0)?;
     let start = match &init {
         Some(s) => Start::Carry(s),
         None => Start::Reset {
@@ -173,7 +167,7 @@ pub fn predict(a: &PredictArgs) -> Result<PredictSummary, CoordError> {
 
 /// Runs `export`.
 pub fn export_model(a: &ExportArgs) -> Result<(), CoordError> {
-    let m = load_model(&a.model, parse_head(a.head.as_deref())?)?;
+    let m = load_model(&a.model, a.head)?;
     export(&a.out, &m.config, &m.params)?;
     Ok(())
 }

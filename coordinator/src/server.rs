@@ -1,37 +1,36 @@
-//! `coordinator train`: loads the data, starts or resumes the trainer, then either trains in
-//! this process or serves the job to workers over gRPC until it is complete.
+//! `coordinator train`: takes the run directory, loads the data, starts or resumes the trainer,
+//! then either trains in this process or serves the job to workers over gRPC until it is
+//! complete, fails, or is stopped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use model::checkpoint::{self, Checkpoint};
-use model::data::{Dataset, SyntheticSpec, load_npz, synthetic};
+use model::checkpoint::Checkpoint;
+use model::data::{Dataset, SyntheticSpec, load_npz_with, synthetic};
+use model::state::SlotStates;
 use model::trainer::Trainer;
 use proto::pb::coordinator_server::CoordinatorServer;
 use proto::security::CheckToken;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::config::{DataSource, TrainConfig};
 use crate::error::CoordError;
 use crate::job::Job;
-use crate::report::{self, ReportConfig, Summary};
-use crate::service::{CoordinatorService, Shared};
+use crate::report::{self, Event, ReportConfig, Summary};
+use crate::service::{CoordinatorService, ServiceConfig, Shared};
 
 /// How long workers get to hear that the job is over before the server stops.
 const FINISH_GRACE: Duration = Duration::from_secs(10);
-/// HTTP/2 flow-control window for streams and connections.
-pub const HTTP2_WINDOW: u32 = 8 << 20;
 /// How long open connections may delay the end of serving.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Loads the training data the config names.
-pub fn load_data(cfg: &TrainConfig) -> Result<Dataset, CoordError> {
+pub(crate) fn load_data(cfg: &TrainConfig) -> Result<Dataset, CoordError> {
     Ok(match &cfg.data {
         DataSource::Synthetic => synthetic(&SyntheticSpec {
             sequences: cfg.sequences,
@@ -41,12 +40,48 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Dataset, CoordError> {
             seed: cfg.spec.seed,
             noise: 0.05,
         }),
-        DataSource::Npz(p) => load_npz(p, cfg.timesteps, cfg.features)?,
+        DataSource::Npz(p) => load_npz_with(p, cfg.timesteps, cfg.features, cfg.max_data_bytes)?,
     })
 }
 
+/// Reads the `h` and `c` of `--initial-state` (each `[layers, B, H]`).
+fn initial_states(cfg: &TrainConfig, t: &Trainer) -> Result<Option<SlotStates>, CoordError> {
+    let Some(path) = &cfg.initial_state else {
+        return Ok(None);
+    };
+    let m = &t.spec().model;
+    let b = t.spec().batch_size;
+    let mut arrays = model::npy::read_npz_with(
+        path,
+        &model::npy::NpzOptions {
+            names: Some(&["h", "c", "y"]),
+            max_bytes: cfg.max_data_bytes,
+        },
+    )?;
+    let mut take = |k: &str| {
+        arrays.remove(k).ok_or_else(|| CoordError::Config {
+            field: "initial_state".into(),
+            msg: format!("{}: expected arrays `h` and `c`, missing `{k}`", path.display()),
+        })
+    };
+    let (h, c) = (take("h")?, take("c")?);
+    let want = [m.layers, b, m.hidden];
+    for (what, a) in [("h", &h), ("c", &c)] {
+        if a.shape != want {
+            return Err(CoordError::Model(model::ModelError::shape(
+                format!("{}: {what}", path.display()),
+                &want,
+                &a.shape,
+            )));
+        }
+    }
+    Ok(Some(SlotStates::from_flat(
+        m.layers, b, m.hidden, h.data, c.data,
+    )?))
+}
+
 /// The trainer for a new run, or the resumed one.
-pub fn trainer(cfg: &TrainConfig, data: Dataset) -> Result<Trainer, CoordError> {
+pub(crate) fn trainer(cfg: &TrainConfig, data: Dataset) -> Result<Trainer, CoordError> {
     let mut spec = cfg.spec.clone();
     spec.model.input = data.input_features();
     spec.model.output = data.output_features();
@@ -64,47 +99,33 @@ pub fn trainer(cfg: &TrainConfig, data: Dataset) -> Result<Trainer, CoordError> 
     let data = Arc::new(data);
     let resume_from = match (&cfg.resume, cfg.auto_resume) {
         (Some(p), _) => Some(p.clone()),
-        (None, true) if checkpoint::resolve(&cfg.out).is_file() => Some(cfg.out.clone()),
+        (None, true) if model::checkpoint::resolve(cfg.out.path()).is_file() => {
+            Some(cfg.out.path().to_path_buf())
+        }
         _ => None,
     };
     let Some(path) = resume_from else {
-        return Ok(Trainer::new(spec, data)?);
-    };
-    let mut ck = Checkpoint::load(&path)?;
-    let saved = &ck.spec;
-    let differs = |field: &str, a: String, b: String| -> Result<(), CoordError> {
-        if a != b {
-            return Err(CoordError::Config {
-                field: field.into(),
-                msg: format!(
-                    "resuming {}: the checkpoint has {b}, the configuration {a}",
-                    path.display()
-                ),
-            });
+        let mut t = Trainer::new(spec, data)?;
+        if let Some(s) = initial_states(cfg, &t)? {
+            t.set_states(s)?;
+            info!("the first step starts from the given initial state");
         }
-        Ok(())
+        return Ok(t);
     };
-    differs(
-        "model",
-        format!("{:?}", spec.model),
-        format!("{:?}", saved.model),
-    )?;
-    differs(
-        "adam",
-        format!("{:?}", spec.adam),
-        format!("{:?}", saved.adam),
-    )?;
-    differs(
-        "batch_size",
-        spec.batch_size.to_string(),
-        saved.batch_size.to_string(),
-    )?;
-    differs("seed", spec.seed.to_string(), saved.seed.to_string())?;
-    differs(
-        "reset_states",
-        spec.reset.to_string(),
-        saved.reset.to_string(),
-    )?;
+    if cfg.initial_state.is_some() {
+        return Err(CoordError::Config {
+            field: "initial_state".into(),
+            msg: "a resumed run continues from its checkpoint's states; --initial-state applies to a new run only".into(),
+        });
+    }
+    let mut ck = Checkpoint::load(&path)?;
+    spec.check_resume(&ck.spec).map_err(|e| match e {
+        model::ModelError::Config { field, msg } => CoordError::Config {
+            field,
+            msg: format!("resuming {}: {msg}", path.display()),
+        },
+        other => CoordError::Model(other),
+    })?;
     // epochs, steps and validation start may change: a resumed run can be extended
     ck.spec.epochs = spec.epochs;
     ck.spec.max_steps = spec.max_steps;
@@ -114,20 +135,6 @@ pub fn trainer(cfg: &TrainConfig, data: Dataset) -> Result<Trainer, CoordError> 
     Ok(t)
 }
 
-fn incarnation() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let h = model::rng::hash_words(&[nanos as u64, u64::from(std::process::id())]);
-    format!("{:08x}", h as u32)
-}
-
-/// Accepted connections with Nagle's algorithm off: a step is a small request and a small reply,
-/// which Nagle plus delayed acknowledgements would hold back for tens of milliseconds.
-fn incoming(l: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(l).with_nodelay(Some(true))
-}
-
 /// Binds the gRPC listener (port 0 allowed).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, CoordError> {
     TcpListener::bind(addr)
@@ -135,13 +142,14 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, CoordError> {
         .map_err(|e| CoordError::io(format!("binding {addr}"), e))
 }
 
-/// Runs the job described by `cfg` until it is complete or `shutdown` fires. `listener` is the
-/// bound gRPC socket (bound here from `cfg.listen` when `None`; unused in-process).
+/// Runs the job described by `cfg` until it is complete, fails or `shutdown` fires. `listener` is
+/// the bound gRPC socket (bound here from `cfg.listen` when `None`; unused in-process).
 pub async fn run(
     cfg: TrainConfig,
     listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<Summary, CoordError> {
+    let run_dir = crate::rundir::prepare(&cfg)?;
     let data = load_data(&cfg)?;
     let streams = model::stream::Streams::new(data.train.x.n, cfg.spec.batch_size, &data.name)?;
     if streams.dropped > 0 {
@@ -161,65 +169,78 @@ pub async fn run(
         steps_per_epoch = streams.steps_per_epoch,
         total_steps = trainer.total_steps(),
         params = trainer.layout().len(),
+        out = %run_dir.path().display(),
         "job"
     );
     if let Some(addr) = cfg.metrics_listen {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .map_err(|e| CoordError::Config {
-                field: "metrics_listen".into(),
-                msg: format!("{addr}: {e}"),
-            })?;
+        report::prom::install(addr)?;
         info!(%addr, "serving Prometheus metrics");
     }
-    let (events, reporter) = report::spawn(ReportConfig {
-        out: cfg.out.clone(),
-        progress: cfg.progress,
-        total_steps: trainer.total_steps(),
-        start_step: trainer.cursor().global,
-        batch_size: cfg.spec.batch_size,
-    })?;
-    let out = cfg.out.clone();
+    // cancelled by the reporter when a file cannot be written: the job stops at once
+    let fatal = CancellationToken::new();
+    let (events, reporter) = report::spawn(
+        ReportConfig {
+            out: run_dir.path().to_path_buf(),
+            progress: cfg.progress,
+            total_steps: trainer.total_steps(),
+            start_step: trainer.cursor().global,
+            batch_size: cfg.spec.batch_size,
+        },
+        fatal.clone(),
+    )?;
     if trainer.is_done() {
         info!("the run in the checkpoint is already complete; workers that join are told so");
     }
+    let stop = CancellationToken::new();
+    let watch = {
+        let (stop, shutdown, fatal) = (stop.clone(), shutdown.clone(), fatal.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = fatal.cancelled() => {}
+            }
+            stop.cancel();
+        })
+    };
     let result = if cfg.spawn_workers == Some(0) {
-        let (cfg2, token) = (cfg.clone(), shutdown.clone());
-        let t =
-            tokio::task::spawn_blocking(move || crate::local::run(&cfg2, trainer, &events, &token))
-                .await
-                .map_err(|e| CoordError::JobFailed(format!("training thread panicked: {e}")))??;
-        save_if_interrupted(&t, &out).await?;
-        Ok(())
+        let (cfg2, stop2, tx) = (cfg.clone(), stop.clone(), events.clone());
+        tokio::task::spawn_blocking(move || crate::local::run(&cfg2, trainer, &tx, &stop2))
+            .await
+            .map_err(|e| CoordError::JobFailed(format!("training thread panicked: {e}")))
+            .and_then(|r| r)
     } else {
         let listener = match listener {
             Some(l) => l,
             None => bind(cfg.listen).await?,
         };
-        serve(&cfg, trainer, events, listener, shutdown).await
+        serve(&cfg, trainer, events.clone(), listener, stop.clone()).await
     };
+    watch.abort();
+    // the one writer saves where an interrupted run stands, after every queued checkpoint
+    let outcome = match result {
+        Ok(t) => {
+            if !t.is_done() && !fatal.is_cancelled() {
+                let _ = events.send(Event::Interrupted(Box::new(t.checkpoint()))).await;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    drop(events);
     let summary = reporter
         .await
-        .map_err(|e| CoordError::JobFailed(format!("reporter panicked: {e}")))??;
-    result?;
+        .map_err(|e| CoordError::JobFailed(format!("reporter panicked: {e}")))?;
+    // a file that could not be written is the cause of whatever else went wrong
+    let summary = summary?;
+    outcome?;
+    drop(run_dir);
     Ok(summary)
 }
 
-async fn save_if_interrupted(t: &Trainer, out: &std::path::Path) -> Result<(), CoordError> {
-    if t.is_done() {
-        return Ok(());
-    }
-    let ck = t.checkpoint();
-    let path = out.join(checkpoint::CHECKPOINT_FILE);
-    tokio::task::spawn_blocking(move || ck.save(&path))
-        .await
-        .map_err(|e| CoordError::JobFailed(format!("checkpoint writer panicked: {e}")))??;
-    info!(step = t.cursor().global, "checkpoint written at shutdown");
-    Ok(())
-}
-
-fn tls_config(cfg: &TrainConfig) -> Result<Option<ServerTlsConfig>, CoordError> {
+fn tls_config(
+    cfg: &TrainConfig,
+    extra_client_ca: Option<&[u8]>,
+) -> Result<Option<ServerTlsConfig>, CoordError> {
     let Some(tls) = &cfg.tls else { return Ok(None) };
     let pem = |p: &std::path::Path, field: &str| {
         proto::security::read_pem(p, &format!("--{}", field.replace('_', "-"))).map_err(|msg| {
@@ -234,7 +255,12 @@ fn tls_config(cfg: &TrainConfig) -> Result<Option<ServerTlsConfig>, CoordError> 
         pem(&tls.key, "tls_key")?,
     ));
     if let Some(ca) = &tls.client_ca {
-        c = c.client_ca_root(Certificate::from_pem(pem(ca, "tls_client_ca")?));
+        let mut roots = pem(ca, "tls_client_ca")?;
+        if let Some(extra) = extra_client_ca {
+            roots.push(b'\n');
+            roots.extend_from_slice(extra);
+        }
+        c = c.client_ca_root(Certificate::from_pem(roots));
     }
     Ok(Some(c))
 }
@@ -251,7 +277,7 @@ async fn health_only(
     Ok(tokio::spawn(async move {
         if let Err(e) = Server::builder()
             .add_service(health)
-            .serve_with_incoming_shutdown(incoming(l), shutdown.cancelled_owned())
+            .serve_with_incoming_shutdown(runtime::net::incoming(l), shutdown.cancelled_owned())
             .await
         {
             warn!(cause = %e, "health server stopped");
@@ -259,24 +285,28 @@ async fn health_only(
     }))
 }
 
+/// Serves the job until it ends or `stop` fires; returns the trainer as it stands.
 async fn serve(
     cfg: &TrainConfig,
     trainer: Trainer,
-    events: tokio::sync::mpsc::UnboundedSender<report::Event>,
+    events: tokio::sync::mpsc::Sender<Event>,
     listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), CoordError> {
+    stop: CancellationToken,
+) -> Result<Trainer, CoordError> {
     let addr = listener
         .local_addr()
         .map_err(|e| CoordError::io("reading the bound address", e))?;
-    let inc = incarnation();
-    let job = Job::new(trainer, inc.clone(), cfg.lease, cfg.workers);
+    let job_id = proto::security::random_id();
+    let job = Job::new(trainer, cfg.job.clone());
     let shared = Arc::new(Shared::new(
         job,
         events,
-        inc,
-        cfg.lease,
-        cfg.checkpoint_every,
+        ServiceConfig {
+            job_id,
+            heartbeat: cfg.job.lease / 3,
+            checkpoint_every: cfg.checkpoint_every,
+            max_message_bytes: cfg.max_message_bytes,
+        },
     ));
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -287,44 +317,46 @@ async fn serve(
     if let Some(a) = cfg.health_listen {
         health_task = Some(health_only(a, health.clone(), server_stop.clone()).await?);
     }
+    // spawned workers get the server's trust anchors, and client certificates under mutual TLS
+    let spawn_tls = match (cfg.spawn_workers, &cfg.tls) {
+        (Some(k), Some(t)) if k > 0 => Some(crate::spawn::SpawnTls::new(t)?),
+        _ => None,
+    };
     let svc = CoordinatorServer::new(CoordinatorService::new(shared.clone()))
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
-    let svc = InterceptedService::new(
-        svc,
-        CheckToken::new(cfg.token.as_ref().map(proto::security::Token::expose)),
-    );
-    // Parameters and gradients are a few hundred KiB per step; HTTP/2's default 64 KiB windows
-    // would make each transfer wait for several window updates.
+    let svc = InterceptedService::new(svc, CheckToken::new(cfg.token.as_ref()));
     let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .initial_stream_window_size(Some(HTTP2_WINDOW))
-        .initial_connection_window_size(Some(HTTP2_WINDOW));
-    let scheme = if let Some(t) = tls_config(cfg)? {
+        .http2_keepalive_interval(Some(runtime::net::KEEPALIVE))
+        .initial_stream_window_size(Some(runtime::net::HTTP2_WINDOW))
+        .initial_connection_window_size(Some(runtime::net::HTTP2_WINDOW));
+    let scheme = if let Some(t) = tls_config(cfg, spawn_tls.as_ref().and_then(|t| t.client_ca()))? {
         builder = builder.tls_config(t)?;
         "https"
     } else {
         "http"
     };
-    let stop = server_stop.clone();
     let server = tokio::spawn(
         builder
             .add_service(health)
             .add_service(svc)
-            .serve_with_incoming_shutdown(incoming(listener), stop.cancelled_owned()),
+            .serve_with_incoming_shutdown(
+                runtime::net::incoming(listener),
+                server_stop.clone().cancelled_owned(),
+            ),
     );
-    info!(%addr, tls = cfg.tls.is_some(), token = cfg.token.is_some(), workers = cfg.workers, "serving the job");
+    info!(%addr, tls = cfg.tls.is_some(), token = cfg.token.is_some(), workers = cfg.job.min_workers, "serving the job");
 
-    // leases
+    // leases, deadlines and second opinions
     let ticker = {
         let (shared, stop) = (shared.clone(), server_stop.clone());
-        let period = (cfg.lease / 4).max(Duration::from_millis(25));
+        let period = (cfg.job.lease / 4).clamp(Duration::from_millis(25), Duration::from_millis(250));
         tokio::spawn(async move {
             let mut iv = tokio::time::interval(period);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = iv.tick() => shared.expire(Instant::now()),
+                    _ = iv.tick() => shared.tick(Instant::now()).await,
                 }
             }
         })
@@ -335,6 +367,7 @@ async fn serve(
             cfg,
             k,
             &format!("{scheme}://127.0.0.1:{}", addr.port()),
+            spawn_tls.as_ref(),
         )?),
         _ => None,
     };
@@ -364,7 +397,7 @@ async fn serve(
             let at = *finished_at.get_or_insert_with(tokio::time::Instant::now);
             if cfg.linger {
                 info!("job over; lingering until SIGTERM");
-                shutdown.cancelled().await;
+                stop.cancelled().await;
                 break;
             }
             if live == 0 || at.elapsed() >= FINISH_GRACE {
@@ -372,8 +405,8 @@ async fn serve(
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => {
-                info!("shutting down before the job is complete");
+            _ = stop.cancelled() => {
+                info!("stopping before the job is complete");
                 break;
             }
             _ = &mut notified => {}
@@ -408,12 +441,12 @@ async fn serve(
     };
     shared.close_events();
     drop(shared);
-    save_if_interrupted(&trainer, &cfg.out).await?;
+    drop(spawn_tls);
     if let Some(f) = spawn_failure {
         return Err(CoordError::Spawn(f.into()));
     }
     match failure {
         Some(f) => Err(CoordError::JobFailed(f)),
-        None => Ok(()),
+        None => Ok(trainer),
     }
 }

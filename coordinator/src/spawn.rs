@@ -1,24 +1,123 @@
-//! `--spawn-workers K`: launches K local worker processes (like `torchrun --nproc-per-node`),
-//! splitting the cores between them, and reaps them when the job ends. On Linux each child is
-//! told to die with the coordinator, so a killed coordinator leaves no orphans behind. Their
-//! output comes through the coordinator's log, each line prefixed with the worker's name, so it
-//! never tears the progress bar.
+//! `--spawn-workers K`: launches K local worker processes (the `worker` program installed beside
+//! this one, like `torchrun --nproc-per-node`), splitting the cores between them, and reaps them
+//! when the job ends. On Linux each child is told to die with the coordinator, so a killed
+//! coordinator leaves no orphans behind. Their output comes through the coordinator's log, each
+//! line prefixed with the worker's name, so it never tears the progress bar. Under mutual TLS
+//! they get client certificates of a CA made for this process only ([`SpawnTls`]).
 
 use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::config::TrainConfig;
+use crate::config::{TlsFiles, TrainConfig};
 use crate::error::CoordError;
+
+/// What spawned workers need for TLS, in a private temporary directory removed on drop: the
+/// trust anchors for the server (its certificate chain, and the client CA, which usually signed
+/// it) and, under mutual TLS, a client certificate signed by a CA made for this process only (its
+/// key never leaves memory), which the server trusts beside `--tls-client-ca`.
+#[derive(Debug)]
+pub(crate) struct SpawnTls {
+    dir: std::path::PathBuf,
+    client_ca: Option<Vec<u8>>,
+}
+
+impl SpawnTls {
+    /// Writes the files for a server with `tls`.
+    pub(crate) fn new(tls: &TlsFiles) -> Result<Self, CoordError> {
+        let dir = std::env::temp_dir().join(format!(
+            "carry-spawn-{}-{}",
+            std::process::id(),
+            proto::security::random_id()
+        ));
+        let io = |e| CoordError::io(format!("writing {}", dir.display()), e);
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| CoordError::io(format!("reading {}", p.display()), e))
+        };
+        let mut bundle = read(&tls.cert)?;
+        let mut client_ca = None;
+        if let Some(ca) = &tls.client_ca {
+            bundle.push(b'\n');
+            bundle.extend(read(ca)?);
+            let err =
+                |e: rcgen::Error| CoordError::Spawn(format!("making client certificates: {e}"));
+            let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+            ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            ca_params
+                .distinguished_name
+                .push(DnType::CommonName, "carry spawned workers (one coordinator only)");
+            let issuer = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(err)?)
+                .map_err(err)?;
+            let key = KeyPair::generate().map_err(err)?;
+            let mut p =
+                CertificateParams::new(vec!["carry-spawned-worker".to_string()]).map_err(err)?;
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let cert = p.signed_by(&key, &issuer).map_err(err)?;
+            std::fs::write(dir.join("client.pem"), cert.pem()).map_err(io)?;
+            std::fs::write(dir.join("client.key"), key.serialize_pem()).map_err(io)?;
+            client_ca = Some(issuer.pem().into_bytes());
+        }
+        std::fs::write(dir.join("ca-bundle.pem"), bundle).map_err(io)?;
+        Ok(Self { dir, client_ca })
+    }
+
+    /// The CA of the spawned workers' client certificates, to trust beside `--tls-client-ca`.
+    pub(crate) fn client_ca(&self) -> Option<&[u8]> {
+        self.client_ca.as_deref()
+    }
+
+    fn args(&self, cmd: &mut Command) {
+        cmd.arg("--tls-ca")
+            .arg(self.dir.join("ca-bundle.pem"))
+            .arg("--tls-domain")
+            .arg("localhost");
+        if self.client_ca.is_some() {
+            cmd.arg("--tls-cert")
+                .arg(self.dir.join("client.pem"))
+                .arg("--tls-key")
+                .arg(self.dir.join("client.key"));
+        }
+    }
+}
+
+impl Drop for SpawnTls {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `worker` program beside this executable.
+fn worker_program() -> Result<std::path::PathBuf, CoordError> {
+    let me = std::env::current_exe()
+        .map_err(|e| CoordError::Spawn(format!("locating this executable: {e}")))?;
+    let p = me.with_file_name(format!("worker{}", std::env::consts::EXE_SUFFIX));
+    if !p.is_file() {
+        return Err(CoordError::Spawn(format!(
+            "expected the worker program at {}, beside the coordinator; build both programs (cargo build --release --workspace --bins)",
+            p.display()
+        )));
+    }
+    Ok(p)
+}
 
 /// Running local workers.
 #[derive(Debug)]
-pub struct Workers {
+pub(crate) struct Workers {
     /// Name, process, and exit status once seen.
     children: Vec<(String, Child, Option<std::process::ExitStatus>)>,
     /// Tasks copying the workers' output into this process's log.
@@ -54,11 +153,13 @@ fn has_flag(args: &[String], flag: &str) -> bool {
 }
 
 /// Starts `count` workers connecting to `url`.
-pub fn spawn(cfg: &TrainConfig, count: usize, url: &str) -> Result<Workers, CoordError> {
-    // This executable runs the worker too (`coordinator worker ...`, the same code as the
-    // `worker` program), so spawning needs nothing beyond what was built.
-    let bin = std::env::current_exe()
-        .map_err(|e| CoordError::Spawn(format!("locating this executable: {e}")))?;
+pub(crate) fn spawn(
+    cfg: &TrainConfig,
+    count: usize,
+    url: &str,
+    tls: Option<&SpawnTls>,
+) -> Result<Workers, CoordError> {
+    let bin = worker_program()?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (cores / count.max(1)).max(1);
     let mut children = Vec::with_capacity(count);
@@ -66,8 +167,7 @@ pub fn spawn(cfg: &TrainConfig, count: usize, url: &str) -> Result<Workers, Coor
     for i in 0..count {
         let name = format!("local-{i}");
         let mut cmd = Command::new(&bin);
-        cmd.arg("worker")
-            .arg("--coordinator")
+        cmd.arg("--coordinator")
             .arg(url)
             .arg("--name")
             .arg(&name)
@@ -86,11 +186,8 @@ pub fn spawn(cfg: &TrainConfig, count: usize, url: &str) -> Result<Workers, Coor
         if let Some(t) = &cfg.token {
             cmd.env("CARRY_TOKEN", t.expose());
         }
-        if let Some(tls) = &cfg.tls {
-            cmd.arg("--tls-ca")
-                .arg(&tls.cert)
-                .arg("--tls-domain")
-                .arg("localhost");
+        if let Some(t) = tls {
+            t.args(&mut cmd);
         }
         #[cfg(target_os = "linux")]
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
@@ -119,7 +216,7 @@ pub fn spawn(cfg: &TrainConfig, count: usize, url: &str) -> Result<Workers, Coor
 
 impl Workers {
     /// Whether every worker has exited; logs each one's exit status the first time it is seen.
-    pub fn all_exited(&mut self) -> bool {
+    pub(crate) fn all_exited(&mut self) -> bool {
         let mut all = true;
         for (name, child, seen) in &mut self.children {
             if seen.is_some() {
@@ -139,7 +236,7 @@ impl Workers {
     }
 
     /// Waits up to `grace` for every worker to exit, then kills the rest.
-    pub async fn reap(mut self, grace: Duration) {
+    pub(crate) async fn reap(mut self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         for (name, child, seen) in &mut self.children {
             if seen.is_some() {

@@ -39,6 +39,8 @@ pub struct Checkpoint {
     pub data_name: String,
     /// Total steps of the run.
     pub total_steps: u64,
+    /// The states were set explicitly and the next step starts from them.
+    pub explicit_states: bool,
 }
 
 /// The checkpoint file for `path`: the path itself if it is a file, else `path/checkpoint.safetensors`.
@@ -51,11 +53,6 @@ pub fn resolve(path: &Path) -> PathBuf {
 }
 
 impl Checkpoint {
-    /// Whether the run it saves has finished.
-    pub fn is_complete(&self) -> bool {
-        self.cursor.global >= self.total_steps
-    }
-
     /// Writes the checkpoint to `path` atomically.
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
         let m = &self.spec.model;
@@ -75,6 +72,9 @@ impl Checkpoint {
         meta.insert("fingerprint".into(), self.fingerprint.clone());
         meta.insert("data".into(), self.data_name.clone());
         meta.insert("total_steps".into(), self.total_steps.to_string());
+        if self.explicit_states {
+            meta.insert("explicit_states".into(), "true".into());
+        }
         crate::st::write(
             path,
             &[
@@ -156,6 +156,7 @@ impl Checkpoint {
             fingerprint: get("fingerprint")?.clone(),
             data_name: get("data")?.clone(),
             total_steps,
+            explicit_states: meta.get("explicit_states").is_some_and(|v| v == "true"),
         })
     }
 }

@@ -7,7 +7,9 @@ use std::str::FromStr;
 use crate::error::ModelError;
 
 /// Activation of the per-time-step dense head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Head {
     /// Identity: regression outputs.
@@ -100,7 +102,9 @@ impl<'de> Deserialize<'de> for ResetPolicy {
 }
 
 /// Where validation streams start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ValState {
     /// From the final training state of the same slots (Keras `evaluate` on a stateful model).
@@ -291,6 +295,10 @@ pub struct TrainSpec {
     pub reset: ResetPolicy,
     /// Where validation streams start.
     pub val_state: ValState,
+    /// Clip the whole batch's gradient to this global L2 norm before the update
+    /// (`torch.nn.utils.clip_grad_norm_`, Keras `global_clipnorm`); `None` leaves it as it is.
+    #[serde(default)]
+    pub clip_norm: Option<f64>,
 }
 
 impl TrainSpec {
@@ -316,7 +324,58 @@ impl TrainSpec {
         if self.max_steps == Some(0) {
             return bad("steps", "expected at least 1 step, got 0".into());
         }
+        if let Some(c) = self.clip_norm
+            && !(c.is_finite() && c > 0.0)
+        {
+            return bad(
+                "clip_norm",
+                format!("expected a positive finite norm, got {c}"),
+            );
+        }
         Ok(())
+    }
+
+    /// Checks that a run saved with `saved` can continue under these settings: everything that
+    /// determines the numbers must match. Epochs, the step cap and where validation starts may
+    /// change (a resumed run can be extended).
+    pub fn check_resume(&self, saved: &TrainSpec) -> Result<(), ModelError> {
+        let differs = |field: &str, given: String, saved: String| {
+            if given == saved {
+                Ok(())
+            } else {
+                Err(ModelError::Config {
+                    field: field.into(),
+                    msg: format!("the checkpoint has {saved}, the configuration {given}"),
+                })
+            }
+        };
+        let m = (&self.model, &saved.model);
+        differs("input", m.0.input.to_string(), m.1.input.to_string())?;
+        differs("output", m.0.output.to_string(), m.1.output.to_string())?;
+        differs("hidden", m.0.hidden.to_string(), m.1.hidden.to_string())?;
+        differs("layers", m.0.layers.to_string(), m.1.layers.to_string())?;
+        differs("head", m.0.head.to_string(), m.1.head.to_string())?;
+        differs("dropout", m.0.dropout.to_string(), m.1.dropout.to_string())?;
+        let cond = |c: Option<usize>| c.map_or("none".into(), |w| format!("width {w}"));
+        differs("init_from_cond", cond(m.0.cond), cond(m.1.cond))?;
+        let a = (&self.adam, &saved.adam);
+        differs("lr", a.0.lr.to_string(), a.1.lr.to_string())?;
+        differs("beta1", a.0.beta1.to_string(), a.1.beta1.to_string())?;
+        differs("beta2", a.0.beta2.to_string(), a.1.beta2.to_string())?;
+        differs("epsilon", a.0.epsilon.to_string(), a.1.epsilon.to_string())?;
+        differs(
+            "batch_size",
+            self.batch_size.to_string(),
+            saved.batch_size.to_string(),
+        )?;
+        differs("seed", self.seed.to_string(), saved.seed.to_string())?;
+        differs(
+            "reset_states",
+            self.reset.to_string(),
+            saved.reset.to_string(),
+        )?;
+        let clip = |c: Option<f64>| c.map_or("none".into(), |c| c.to_string());
+        differs("clip_norm", clip(self.clip_norm), clip(saved.clip_norm))
     }
 }
 
@@ -340,6 +399,56 @@ mod tests {
         assert!(ResetPolicy::Epoch.resets_at(0) && !ResetPolicy::Epoch.resets_at(1));
         assert!(!ResetPolicy::Never.resets_at(0));
         assert_eq!(every3.to_string(), "every:3");
+    }
+
+    fn spec() -> TrainSpec {
+        TrainSpec {
+            model: ModelConfig::seed(),
+            adam: AdamConfig::default(),
+            batch_size: 10,
+            epochs: 3,
+            max_steps: None,
+            seed: 1,
+            reset: ResetPolicy::Epoch,
+            val_state: ValState::Carry,
+            clip_norm: None,
+        }
+    }
+
+    #[test]
+    fn resume_needs_the_settings_that_determine_the_numbers() {
+        let saved = spec();
+        let longer = TrainSpec {
+            epochs: 9,
+            max_steps: Some(100),
+            val_state: ValState::Zero,
+            ..spec()
+        };
+        longer.check_resume(&saved).expect("extending a run is allowed");
+        let mut other = spec();
+        other.model.hidden = 16;
+        let e = other.check_resume(&saved).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "invalid `hidden`: the checkpoint has 8, the configuration 16"
+        );
+        let mut other = spec();
+        other.adam.lr = 0.01;
+        let e = other.check_resume(&saved).unwrap_err().to_string();
+        assert!(e.contains("`lr`") && e.contains("0.001"), "{e}");
+        let other = TrainSpec {
+            clip_norm: Some(1.0),
+            ..spec()
+        };
+        let e = other.check_resume(&saved).unwrap_err().to_string();
+        assert!(e.contains("clip_norm") && e.contains("none"), "{e}");
+        let other = TrainSpec {
+            reset: ResetPolicy::Every(3),
+            ..spec()
+        };
+        assert!(other.check_resume(&saved).is_err());
+        let other = TrainSpec { seed: 2, ..spec() };
+        assert!(other.check_resume(&saved).is_err());
     }
 
     #[test]

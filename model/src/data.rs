@@ -273,22 +273,37 @@ pub fn to_sequences(arr: Array, what: &str, t: usize, f: usize) -> Result<Sequen
     Ok(seqs)
 }
 
+/// The arrays a training `.npz` may hold.
+pub const NPZ_ARRAYS: [&str; 6] = ["x", "y", "x_val", "y_val", "cond", "cond_val"];
+
 /// Loads `x`, `y` and optionally `x_val`, `y_val`, `cond`, `cond_val` from an `.npz` file; flat
-/// arrays are reshaped as `(-1, t, f)`.
+/// arrays are reshaped as `(-1, t, f)`. At most the memory available is used (see
+/// [`load_npz_with`]).
 pub fn load_npz(path: &Path, t: usize, f: usize) -> Result<Dataset, ModelError> {
+    load_npz_with(path, t, f, None)
+}
+
+/// [`load_npz`] with a ceiling on the bytes the arrays may need in memory. Only the expected
+/// arrays are read, and each one's declared shape is checked against the ceiling (and the memory
+/// available) and against the entry's real size before it is decompressed.
+pub fn load_npz_with(
+    path: &Path,
+    t: usize,
+    f: usize,
+    max_bytes: Option<u64>,
+) -> Result<Dataset, ModelError> {
     let name = path.display().to_string();
-    let mut arrays = npy::read_npz(path)?;
+    let mut arrays = npy::read_npz_with(
+        path,
+        &npy::NpzOptions {
+            names: Some(&NPZ_ARRAYS),
+            max_bytes,
+        },
+    )?;
     let data_err = |msg: String| ModelError::Data {
         source_name: name.clone(),
         msg,
     };
-    let known = ["x", "y", "x_val", "y_val", "cond", "cond_val"];
-    if let Some(unknown) = arrays.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(data_err(format!(
-            "unexpected array `{unknown}` (expected arrays: {})",
-            known.join(", ")
-        )));
-    }
     let mut take = |key: &str| arrays.remove(key);
     let (x, y) = match (take("x"), take("y")) {
         (Some(x), Some(y)) => (x, y),

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 
 use burn::tensor::Device;
@@ -20,7 +19,19 @@ use crate::engine::{Engine, EngineKind};
 use crate::error::ModelError;
 
 /// The device a user asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// A hardware GPU through wgpu if there is one, else the CPU.
     #[default]
@@ -35,25 +46,6 @@ pub enum DeviceChoice {
     Dx12,
     /// The CPU.
     Cpu,
-}
-
-impl FromStr for DeviceChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "auto" => Self::Auto,
-            "wgpu" => Self::Wgpu,
-            "vulkan" => Self::Vulkan,
-            "metal" => Self::Metal,
-            "dx12" => Self::Dx12,
-            "cpu" => Self::Cpu,
-            other => {
-                return Err(format!(
-                    "expected one of auto, wgpu, vulkan, metal, dx12, cpu; got `{other}`"
-                ));
-            }
-        })
-    }
 }
 
 impl fmt::Display for DeviceChoice {
@@ -90,27 +82,6 @@ impl Compute {
             Self::Cpu => "cpu".into(),
             Self::Wgpu { adapter, .. } => format!("wgpu ({adapter})"),
         }
-    }
-}
-
-/// Mesa's Vulkan drivers print `XDG_RUNTIME_DIR is invalid or not set` on every probe when the
-/// variable is unset, as it usually is in containers and CI. This points it at a private
-/// directory so the logs stay clean. Call it first thing in `main`, before any thread exists.
-pub fn set_runtime_dir_if_missing() {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
-            return;
-        }
-        let dir = std::env::temp_dir().join("carry-runtime");
-        if std::fs::create_dir_all(&dir).is_err()
-            || std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_err()
-        {
-            return;
-        }
-        // SAFETY: called at the start of `main`, before any other thread reads the environment.
-        unsafe { std::env::set_var("XDG_RUNTIME_DIR", dir) };
     }
 }
 

@@ -1,8 +1,7 @@
 //! Reading and writing safetensors files of f32 tensors with string metadata, written
-//! atomically (temporary name, fsync, rename, fsync of the directory).
+//! atomically ([`runtime::fs::write_atomic`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
@@ -35,34 +34,7 @@ pub(crate) fn write(
         path: path.into(),
         msg: e.to_string(),
     })?;
-    write_atomic(path, &data)
-}
-
-/// Writes `data` to `path` via a temporary file in the same directory, fsynced, then renamed.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ModelError> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let io = |e| ModelError::io(path, e);
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(data).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(e)
-    })?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    runtime::fs::write_atomic(path, &data).map_err(|e| ModelError::io(path, e.source))
 }
 
 /// Tensors by name and the string metadata of a file.

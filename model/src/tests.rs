@@ -429,6 +429,7 @@ fn spec(batch: usize, reset: ResetPolicy) -> TrainSpec {
         seed: 42,
         reset,
         val_state: ValState::Carry,
+        clip_norm: None,
     }
 }
 
@@ -449,6 +450,9 @@ fn state_carries_slot_by_slot_and_resets_by_policy() {
         s.epochs = 2;
         let mut tr = Trainer::new(s, Arc::new(data)).unwrap();
         let mut e = CpuEngine::new(&tr.spec().model, 1);
+        let model = tr.spec().model.clone();
+        // the final states the engine computed for the previous step, assembled here from two
+        // shards: independent of what the trainer stores
         let mut prev_final: Option<SlotStates> = None;
         while let Some(plan) = tr.plan() {
             let shard = tr.shard(&plan, 0..b);
@@ -465,7 +469,7 @@ fn state_carries_slot_by_slot_and_resets_by_policy() {
                     "reset to zero"
                 );
             } else if let Some(f) = &prev_final {
-                assert_eq!(&shard.init, f, "carried from the previous batch");
+                assert_eq!(&shard.init, f, "carried from the previous batch, slot by slot");
             }
             // slot s holds sequence step*B + s
             let want: Vec<f32> = (0..b)
@@ -478,8 +482,29 @@ fn state_carries_slot_by_slot_and_resets_by_policy() {
                 })
                 .collect();
             assert_eq!(shard.x, want);
-            tr.step_local(&mut e).unwrap();
-            prev_final = Some(tr.states().clone());
+            let half = b / 2;
+            let parts: Vec<_> = [0..half, half..b]
+                .into_iter()
+                .filter(|r| !r.is_empty())
+                .map(|r| {
+                    let out = tr
+                        .shard(&plan, r.clone())
+                        .compute(&mut e, &model, tr.params())
+                        .unwrap();
+                    (r, out)
+                })
+                .collect();
+            let mut grad = vec![0.0f32; tr.layout().len()];
+            let mut loss = 0.0;
+            let mut fin = SlotStates::zeros(model.layers, b, model.hidden);
+            for (r, out) in &parts {
+                grad.iter_mut().zip(&out.grad).for_each(|(g, v)| *g += v);
+                loss += out.loss_sum;
+                fin.scatter(&r.clone().collect::<Vec<_>>(), &out.final_state);
+            }
+            let finals: Vec<_> = parts.iter().map(|(r, o)| (r.clone(), &o.final_state)).collect();
+            tr.commit(&plan, &grad, loss, &finals).unwrap();
+            prev_final = Some(fin);
         }
         assert_eq!(tr.cursor().global, 2 * (n / b) as u64);
     }

@@ -80,6 +80,23 @@ impl ShardData {
     }
 }
 
+/// A computed shard, as handed in for a step.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// Global step id.
+    pub step: u64,
+    /// Shard index within the step.
+    pub shard: u32,
+    /// Sum of squared errors over the shard's outputs.
+    pub loss_sum: f64,
+    /// Gradient of `loss_sum` in the flat parameter layout.
+    pub grad: Vec<f32>,
+    /// Final `(h, c)` of the shard's slots.
+    pub finals: SlotStates,
+    /// Time the worker spent computing.
+    pub compute_ms: f64,
+}
+
 /// The result of committing a step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Committed {
@@ -108,6 +125,9 @@ pub struct Trainer {
     /// The data's fingerprint, computed once (hashing the data at every checkpoint would stall
     /// the step that takes it).
     fingerprint: String,
+    /// The states were set explicitly ([`Trainer::set_states`]) and no step has run since: the
+    /// next step starts from them even where the reset policy would reset.
+    explicit_states: bool,
 }
 
 impl Trainer {
@@ -139,6 +159,7 @@ impl Trainer {
             cursor: Cursor::default(),
             states,
             total,
+            explicit_states: false,
         })
     }
 
@@ -169,6 +190,7 @@ impl Trainer {
         t.adam = ck.adam;
         t.cursor = ck.cursor;
         t.states = ck.states;
+        t.explicit_states = ck.explicit_states;
         Ok(t)
     }
 
@@ -207,7 +229,9 @@ impl Trainer {
         &self.states
     }
 
-    /// Replaces the `(h, c)` of all slots (explicit state, shape-checked by [`SlotStates`]).
+    /// Replaces the `(h, c)` of all slots (explicit state, the Keras `set_value` of the seed);
+    /// the next step starts from them even where the reset policy would reset. A wrong shape is
+    /// an error naming the expected and the given shape.
     pub fn set_states(&mut self, states: SlotStates) -> Result<(), ModelError> {
         let want = [
             self.spec.model.layers,
@@ -219,6 +243,7 @@ impl Trainer {
             return Err(ModelError::shape("states", &want, &got));
         }
         self.states = states;
+        self.explicit_states = true;
         Ok(())
     }
 
@@ -250,7 +275,7 @@ impl Trainer {
         });
         Some(StepPlan {
             cursor: c,
-            reset: self.spec.reset.resets_at(c.step),
+            reset: self.spec.reset.resets_at(c.step) && !self.explicit_states,
             dropout,
         })
     }
@@ -308,8 +333,22 @@ impl Trainer {
             ));
         }
         let count = self.outputs_per_step() as f32;
-        let grad: Vec<f32> = grad_sum.iter().map(|g| g / count).collect();
-        self.adam.step(&self.spec.adam, &mut self.params, &grad);
+        let mut grad: Vec<f32> = grad_sum.iter().map(|g| g / count).collect();
+        if let Some(max) = self.spec.clip_norm {
+            clip_to_norm(&mut grad, max);
+        }
+        // The update is computed aside and committed only when every value is finite: a step
+        // that would poison the model is refused whole, and nothing non-finite is ever stored.
+        let mut params = self.params.clone();
+        let mut adam = self.adam.clone();
+        adam.step(&self.spec.adam, &mut params, &grad);
+        let step = self.cursor.global;
+        check_finite(&format!("parameters after the update of step {step}"), &params)?;
+        check_finite(&format!("Adam first moments after step {step}"), &adam.m)?;
+        check_finite(&format!("Adam second moments after step {step}"), &adam.v)?;
+        self.params = params;
+        self.adam = adam;
+        self.explicit_states = false;
         for (range, st) in finals {
             let slots: Vec<usize> = range.clone().collect();
             self.states.scatter(&slots, st);
@@ -390,8 +429,27 @@ impl Trainer {
             fingerprint: self.fingerprint.clone(),
             data_name: self.data.name.clone(),
             total_steps: self.total,
+            explicit_states: self.explicit_states,
         }
     }
+}
+
+/// Scales `grad` so that its global L2 norm is at most `max`, as
+/// `torch.nn.utils.clip_grad_norm_` does (factor `max / (norm + 1e-6)` when below 1).
+pub fn clip_to_norm(grad: &mut [f32], max: f64) {
+    let norm = l2_norm(grad);
+    let factor = max / (norm + 1e-6);
+    if factor < 1.0 {
+        let f = factor as f32;
+        for g in grad {
+            *g *= f;
+        }
+    }
+}
+
+/// The L2 norm of `v`, accumulated in f64.
+pub fn l2_norm(v: &[f32]) -> f64 {
+    v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()
 }
 
 fn gather_cond(c: &crate::data::Cond, seqs: &[usize]) -> Vec<f32> {

@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`pb`]: code generated from `proto/carry/v1/coordinator.proto`.
 //! - [`convert`]: tensors (little-endian f32 bytes with a shape, checked for shape and
-//!   finiteness on the way in) and the model spec.
+//!   finiteness on the way in), the model spec, assignments and shard results.
+//! - [`blob`]: tensors larger than one message, moved out of it and sent in chunks.
+//! - [`security`]: the shared token (checked in constant time), secret ids, PEM files.
 
 /// Generated protobuf and gRPC code.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
@@ -12,8 +14,9 @@ pub mod pb {
     tonic::include_proto!("carry.v1");
 }
 
+pub mod blob;
 pub mod convert;
 pub mod security;
 
 /// Protocol version spoken by this build; registration with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

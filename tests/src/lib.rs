@@ -6,23 +6,67 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// Path of a workspace program built next to the test binary (`target/<profile>/<name>`).
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Builds the programs from the current sources (a no-op when they are up to date), once per
+/// test process, in the profile and target directory of this test binary: a process test never
+/// runs a stale binary.
+fn build_programs(dir: &Path) -> Result<(), String> {
+    let profile = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("target/<profile> has no name")?;
+    let target = dir.parent().ok_or("target directory")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace())
+        .args(["build", "--bins", "-p", "coordinator", "-p", "worker"])
+        .arg("--target-dir")
+        .arg(target);
+    match profile {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("running cargo to build the programs: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the programs failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// Path of a workspace program built next to the test binary (`target/<profile>/<name>`), from
+/// the current sources.
 pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>/deps");
-    let p = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        p.is_file(),
-        "{} is missing: build the programs with `cargo build --release` (the test command in the README does)",
-        p.display()
-    );
-    p
+    if let Err(e) = BUILT.get_or_init(|| build_programs(dir)) {
+        panic!("{e}");
+    }
+    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// A scratch directory removed on drop (kept when the test panics, for inspection).
@@ -249,18 +293,52 @@ pub struct Row {
     pub shards: String,
 }
 
-/// Reads `dir/metrics.csv`.
+/// The records of a CSV text (RFC 4180: quoted fields may hold commas, quotes and line breaks).
+pub fn csv_records(text: &str) -> Vec<Vec<String>> {
+    let mut records = Vec::new();
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            (true, '"') => quoted = false,
+            (true, c) => cur.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => fields.push(std::mem::take(&mut cur)),
+            (false, '\r') => {}
+            (false, '\n') => {
+                fields.push(std::mem::take(&mut cur));
+                records.push(std::mem::take(&mut fields));
+            }
+            (false, c) => cur.push(c),
+        }
+    }
+    assert!(!quoted, "a quoted CSV field does not close");
+    if !cur.is_empty() || !fields.is_empty() {
+        fields.push(cur);
+        records.push(fields);
+    }
+    records
+}
+
+/// Reads `dir/metrics.csv`, checking that every record has the header's columns.
 pub fn metrics(dir: &Path) -> Vec<Row> {
     let text = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
-    let mut lines = text.lines();
+    let mut records = csv_records(&text).into_iter();
+    let header = records.next().expect("a header").join(",");
     assert_eq!(
-        lines.next(),
-        Some("step,epoch,step_in_epoch,loss,val_loss,seq_per_s,workers,step_ms,compute_ms,shards"),
+        header,
+        "step,epoch,step_in_epoch,loss,val_loss,seq_per_s,workers,step_ms,compute_ms,shards",
         "metrics.csv header"
     );
-    lines
-        .map(|l| {
-            let c: Vec<&str> = l.split(',').collect();
+    records
+        .map(|c| {
+            assert_eq!(c.len(), 10, "a row with the header's 10 columns: {c:?}");
             Row {
                 step: c[0].parse().expect("step"),
                 epoch: c[1].parse().expect("epoch"),

@@ -1,8 +1,9 @@
-//! Connecting to the coordinator: TLS, the token on every call, message limits, and retries with
-//! exponential backoff until it answers.
+//! Connecting to the coordinator: TLS, the token on every call, message limits, retries with
+//! exponential backoff until it answers, and tensors too large for one message (blobs).
 
 use std::time::{Duration, Instant};
 
+use proto::pb;
 use proto::pb::coordinator_client::CoordinatorClient;
 use proto::security::{AddToken, read_pem};
 use tokio_util::sync::CancellationToken;
@@ -25,11 +26,10 @@ fn endpoint(cfg: &WorkerConfig) -> Result<Endpoint, WorkerError> {
         .map_err(|e| bad("coordinator", format!("`{}`: {e}", cfg.coordinator)))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        // parameters and gradients are a few hundred KiB per step: open the HTTP/2 windows wide
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(8 << 20));
+        .http2_keep_alive_interval(runtime::net::KEEPALIVE)
+        .keep_alive_timeout(runtime::net::KEEPALIVE)
+        .initial_stream_window_size(Some(runtime::net::HTTP2_WINDOW))
+        .initial_connection_window_size(Some(runtime::net::HTTP2_WINDOW));
     if let Some(tls) = &cfg.tls {
         let mut t = ClientTlsConfig::new();
         if let Some(ca) = &tls.ca {
@@ -56,7 +56,7 @@ pub async fn connect(cfg: &WorkerConfig) -> Result<Client, WorkerError> {
     match ep.connect().await {
         Ok(ch) => Ok(CoordinatorClient::with_interceptor(
             ch,
-            AddToken::new(cfg.token.as_ref().map(proto::security::Token::expose)),
+            AddToken::new(cfg.token.as_ref()),
         )
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes)),
@@ -133,4 +133,75 @@ pub fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Fetches every tensor of `a` that the coordinator sent as a blob.
+pub async fn fetch_blobs(client: &mut Client, id: &str, a: &mut pb::Assignment) -> Result<(), String> {
+    for t in proto::blob::assignment_tensors(a) {
+        if t.blob.is_empty() {
+            continue;
+        }
+        let expected = t
+            .shape
+            .iter()
+            .try_fold(4u64, |acc, &d| acc.checked_mul(d))
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| format!("blob `{}`: shape {:?} is too large", t.blob, t.shape))?;
+        let mut stream = client
+            .read_blob(pb::ReadBlobRequest {
+                worker_id: id.to_string(),
+                blob: t.blob.clone(),
+            })
+            .await
+            .map_err(|s| format!("reading blob `{}`: {}", t.blob, s.message()))?
+            .into_inner();
+        let mut asm = proto::blob::Assembler::new(expected);
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .map_err(|s| format!("reading blob `{}`: {}", t.blob, s.message()))?
+        {
+            asm.push(&chunk.data)
+                .map_err(|e| format!("blob `{}`: {e}", t.blob))?;
+        }
+        t.data = asm.finish();
+        t.blob.clear();
+    }
+    Ok(())
+}
+
+/// Uploads the largest tensors of `r` until it fits in `limit` bytes; they then travel as blobs.
+pub async fn send_blobs(
+    client: &mut Client,
+    id: &str,
+    r: &mut pb::ShardResult,
+    limit: usize,
+) -> Result<(), tonic::Status> {
+    let mut out = Vec::new();
+    proto::blob::offload(r, limit, proto::blob::result_tensors, |data| {
+        out.push(data);
+        format!("pending-{}", out.len() - 1)
+    });
+    if out.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(out.len());
+    for data in out {
+        let chunks: Vec<pb::BlobChunk> = proto::blob::chunks(&data, proto::blob::CHUNK_BYTES)
+            .into_iter()
+            .enumerate()
+            .map(|(i, data)| pb::BlobChunk {
+                worker_id: if i == 0 { id.to_string() } else { String::new() },
+                data,
+            })
+            .collect();
+        let reply = client.write_blob(tokio_stream::iter(chunks)).await?;
+        ids.push(reply.into_inner().blob);
+    }
+    for t in proto::blob::result_tensors(r) {
+        if let Some(k) = t.blob.strip_prefix("pending-").and_then(|k| k.parse::<usize>().ok()) {
+            t.blob = ids[k].clone();
+        }
+    }
+    Ok(())
 }

@@ -7,23 +7,14 @@ use std::time::Instant;
 use model::config::ModelConfig;
 use model::device::{Compute, DeviceChoice, make_engine, resolve};
 use model::engine::{Engine, EngineKind, TrainOut};
-use model::trainer::ShardData;
+use proto::convert::Work;
 use tokio::sync::oneshot;
 
 use crate::error::WorkerError;
 
-/// A decoded assignment.
-#[derive(Debug)]
-pub struct Work {
-    /// Parameters to compute with.
-    pub params: Vec<f32>,
-    /// The shard.
-    pub shard: ShardData,
-}
-
 /// A computed shard.
 #[derive(Debug)]
-pub struct Done {
+pub(crate) struct Done {
     /// Engine output.
     pub out: TrainOut,
     /// Milliseconds spent.
@@ -37,7 +28,7 @@ enum Msg {
 
 /// Handle to the compute thread.
 #[derive(Debug)]
-pub struct Computer {
+pub(crate) struct Computer {
     tx: std_mpsc::Sender<Msg>,
     device: String,
 }
@@ -54,28 +45,29 @@ impl std::fmt::Debug for Msg {
 impl Computer {
     /// Resolves the device (a missing device is an error here, before joining any job) and starts
     /// the thread.
-    pub fn start(
+    pub(crate) fn start(
         device: DeviceChoice,
         engine: EngineKind,
         threads: usize,
+        hang_from: Option<u64>,
     ) -> Result<Self, WorkerError> {
         let compute = resolve(device)?;
         let desc = format!("{} {engine}", compute.describe());
         let (tx, rx) = std_mpsc::channel::<Msg>();
         std::thread::Builder::new()
             .name("compute".into())
-            .spawn(move || serve(rx, compute, engine, threads))
+            .spawn(move || serve(rx, compute, engine, threads, hang_from))
             .map_err(|e| WorkerError::Compute(e.to_string()))?;
         Ok(Self { tx, device: desc })
     }
 
     /// Device and engine, for registration.
-    pub fn device(&self) -> &str {
+    pub(crate) fn device(&self) -> &str {
         &self.device
     }
 
     /// Builds the engine for `cfg` (kept until a different model arrives).
-    pub async fn set_model(&self, cfg: ModelConfig) -> Result<String, WorkerError> {
+    pub(crate) async fn set_model(&self, cfg: ModelConfig) -> Result<String, WorkerError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Msg::Model(cfg, tx))
@@ -86,7 +78,7 @@ impl Computer {
     }
 
     /// Computes one shard.
-    pub async fn run(&self, work: Work) -> Result<Done, WorkerError> {
+    pub(crate) async fn run(&self, work: Work) -> Result<Done, WorkerError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Msg::Step(Box::new(work), tx))
@@ -97,7 +89,13 @@ impl Computer {
     }
 }
 
-fn serve(rx: std_mpsc::Receiver<Msg>, compute: Compute, kind: EngineKind, threads: usize) {
+fn serve(
+    rx: std_mpsc::Receiver<Msg>,
+    compute: Compute,
+    kind: EngineKind,
+    threads: usize,
+    hang_from: Option<u64>,
+) {
     let mut current: Option<(ModelConfig, Box<dyn Engine>)> = None;
     while let Ok(msg) = rx.recv() {
         match msg {
@@ -121,9 +119,15 @@ fn serve(rx: std_mpsc::Receiver<Msg>, compute: Compute, kind: EngineKind, thread
                     let _ = reply.send(Err("no model set".into()));
                     continue;
                 };
+                if hang_from.is_some_and(|s| work.step >= s) {
+                    // an injected wedged device: never answers (see `--fault hang:STEP`)
+                    loop {
+                        std::thread::park();
+                    }
+                }
                 let t0 = Instant::now();
                 let r = work
-                    .shard
+                    .data
                     .compute(engine.as_mut(), cfg, &work.params)
                     .map(|out| Done {
                         out,

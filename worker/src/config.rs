@@ -1,5 +1,6 @@
 //! Configuration of the `worker` program: flags > `CARRY_*` environment > TOML (`--config`) >
-//! defaults, resolved into a plain [`WorkerConfig`] whose errors name the field.
+//! defaults (layered by [`runtime::config`]), resolved into a plain [`WorkerConfig`] whose errors
+//! name the field.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,11 +30,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "CARRY_COORDINATOR")]
     pub coordinator: Option<String>,
     /// Device: auto (GPU through wgpu if present, else CPU), wgpu, vulkan, metal, dx12, cpu [default: auto].
-    #[arg(long, env = "CARRY_DEVICE")]
-    pub device: Option<String>,
-    /// Engine: fused or burn [default: fused].
-    #[arg(long, env = "CARRY_ENGINE")]
-    pub engine: Option<String>,
+    #[arg(long, env = "CARRY_DEVICE", value_enum)]
+    pub device: Option<DeviceChoice>,
+    /// Engine [default: fused].
+    #[arg(long, env = "CARRY_ENGINE", value_enum)]
+    pub engine: Option<EngineKind>,
     /// Name shown in the coordinator's logs and step log [default: host name and pid].
     #[arg(long, env = "CARRY_WORKER_NAME")]
     pub name: Option<String>,
@@ -49,7 +50,7 @@ pub struct WorkerArgs {
     /// File holding the shared token.
     #[arg(long, env = "CARRY_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// CA (PEM) to verify the coordinator's certificate with.
+    /// CA (PEM, one or more certificates) to verify the coordinator's certificate with.
     #[arg(long, env = "CARRY_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS.
@@ -70,6 +71,56 @@ pub struct WorkerArgs {
     /// Wait this long before computing each shard: simulates a slower device (tests, demos).
     #[arg(long, env = "CARRY_THROTTLE_MS", hide = true)]
     pub throttle_ms: Option<u64>,
+    /// Misbehave from a step on, to exercise the coordinator's fault handling (tests, drills):
+    /// `hang:STEP` (compute never returns, heartbeats go on), `corrupt:STEP` (finite but huge
+    /// gradients), `bad-shape:STEP` (a gradient one value short), `fail:STEP` (the engine fails).
+    #[arg(long, env = "CARRY_FAULT", hide = true, value_parser = runtime::config::parse_named::<Fault>("fault"))]
+    pub fault: Option<Fault>,
+}
+
+/// A misbehaviour injected from a step on (see `--fault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum Fault {
+    /// Compute never returns; heartbeats go on (a wedged GPU).
+    Hang(u64),
+    /// Results with finite but huge gradients (silent data corruption).
+    Corrupt(u64),
+    /// Results with a gradient one value short (a broken client).
+    BadShape(u64),
+    /// The engine fails on every shard (reported to the coordinator).
+    Fail(u64),
+}
+
+impl Fault {
+    /// Whether the fault applies to `step`.
+    pub fn at(&self, step: u64) -> bool {
+        let (Self::Hang(s) | Self::Corrupt(s) | Self::BadShape(s) | Self::Fail(s)) = *self;
+        step >= s
+    }
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = || format!("expected hang:STEP, corrupt:STEP, bad-shape:STEP or fail:STEP, got `{s}`");
+        let (kind, step) = s.split_once(':').ok_or_else(err)?;
+        let step: u64 = step.parse().map_err(|_| err())?;
+        Ok(match kind {
+            "hang" => Self::Hang(step),
+            "corrupt" => Self::Corrupt(step),
+            "bad-shape" => Self::BadShape(step),
+            "fail" => Self::Fail(step),
+            _ => return Err(err()),
+        })
+    }
+}
+
+impl TryFrom<String> for Fault {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
 }
 
 /// TLS settings of the worker.
@@ -108,6 +159,8 @@ pub struct WorkerConfig {
     pub max_message_bytes: usize,
     /// Delay before computing each shard.
     pub throttle: Duration,
+    /// Injected misbehaviour.
+    pub fault: Option<Fault>,
 }
 
 impl WorkerArgs {
@@ -116,34 +169,10 @@ impl WorkerArgs {
         let Some(path) = self.config.clone() else {
             return Ok(self);
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| WorkerError::Config {
-            field: "config".into(),
-            msg: format!("{}: {e}", path.display()),
-        })?;
-        let mut f: WorkerArgs = toml::from_str(&text).map_err(|e| WorkerError::Config {
-            field: "config".into(),
-            msg: format!("{}: {}", path.display(), e.to_string().trim()),
-        })?;
-        macro_rules! fill {
-            ($($x:ident),*) => { $( if self.$x.is_none() { self.$x = f.$x.take(); } )* };
-        }
-        fill!(
-            coordinator,
-            device,
-            engine,
-            name,
-            threads,
-            health_listen,
-            token,
-            token_file,
-            tls_ca,
-            tls_cert,
-            tls_key,
-            tls_domain,
-            give_up_secs,
-            max_message_mb,
-            throttle_ms
-        );
+        let mut f: WorkerArgs = runtime::config::load_toml(&path)?;
+        runtime::fill_from!(self, f; coordinator, device, engine, name, threads, health_listen,
+            token, token_file, tls_ca, tls_cert, tls_key, tls_domain, give_up_secs,
+            max_message_mb, throttle_ms, fault);
         Ok(self)
     }
 
@@ -167,18 +196,8 @@ impl WorkerArgs {
                 format!("expected a URL starting with http:// or https://, got `{coordinator}`"),
             ));
         }
-        let device: DeviceChoice = self
-            .device
-            .as_deref()
-            .unwrap_or("auto")
-            .parse()
-            .map_err(|m| bad("device", m))?;
-        let engine: EngineKind = self
-            .engine
-            .as_deref()
-            .unwrap_or("fused")
-            .parse()
-            .map_err(|m| bad("engine", m))?;
+        let device = self.device.unwrap_or_default();
+        let engine = self.engine.unwrap_or_default();
         let identity = proto::security::cert_and_key(self.tls_cert, self.tls_key)
             .map_err(|(field, msg)| bad(field, msg))?;
         let tls = if https {
@@ -225,6 +244,7 @@ impl WorkerArgs {
                 .map(Duration::from_secs),
             max_message_bytes,
             throttle: Duration::from_millis(self.throttle_ms.unwrap_or(0)),
+            fault: self.fault,
         })
     }
 }
@@ -239,6 +259,14 @@ mod tests {
             .resolve()
     }
 
+    /// The error of `a`, from the command line parser or from resolving it.
+    fn error(a: &[&str]) -> String {
+        match WorkerArgs::try_parse_from(std::iter::once("worker").chain(a.iter().copied())) {
+            Err(e) => e.to_string(),
+            Ok(w) => w.resolve().unwrap_err().to_string(),
+        }
+    }
+
     #[test]
     fn resolves_and_names_bad_fields() {
         let c = parse(&["--coordinator", "http://h:1", "--device", "cpu"]).unwrap();
@@ -246,10 +274,13 @@ mod tests {
         assert!(c.tls.is_none());
         let e = parse(&["--coordinator", "h:1"]).unwrap_err().to_string();
         assert!(e.contains("coordinator") && e.contains("http://"), "{e}");
-        let e = parse(&["--coordinator", "http://h:1", "--device", "tpu"])
-            .unwrap_err()
-            .to_string();
+        let e = error(&["--coordinator", "http://h:1", "--device", "tpu"]);
         assert!(e.contains("device") && e.contains("tpu"), "{e}");
+        let e = error(&["--coordinator", "http://h:1", "--fault", "explode:3"]);
+        assert!(e.contains("fault") && e.contains("hang:STEP"), "{e}");
+        let f = parse(&["--coordinator", "http://h:1", "--fault", "corrupt:5"]).unwrap();
+        assert_eq!(f.fault, Some(Fault::Corrupt(5)));
+        assert!(!Fault::Corrupt(5).at(4) && Fault::Corrupt(5).at(5));
         let e = parse(&["--coordinator", "http://h:1", "--tls-ca", "ca.pem"])
             .unwrap_err()
             .to_string();

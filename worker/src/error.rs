@@ -34,3 +34,21 @@ pub enum WorkerError {
     #[error("compute thread: {0}")]
     Compute(String),
 }
+
+impl From<runtime::config::ConfigError> for WorkerError {
+    fn from(e: runtime::config::ConfigError) -> Self {
+        Self::Config {
+            field: e.field,
+            msg: e.msg,
+        }
+    }
+}
+
+impl runtime::process::ExitStatus for WorkerError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config { .. } => runtime::process::EXIT_CONFIG,
+            _ => runtime::process::EXIT_FAILURE,
+        }
+    }
+}

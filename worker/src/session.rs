@@ -1,22 +1,23 @@
-//! The worker's life: connect, register, then loop on `Step` (hand in the last result, get the
-//! next assignment) while a heartbeat task keeps the lease. A lost coordinator means reconnect and
-//! register again (a restarted coordinator knows no old ids); SIGTERM means leave and exit.
+//! The worker's life: connect, register, then loop on `Step` (hand in the last result or the
+//! reason it could not be computed, get the next assignment) while a heartbeat task keeps the
+//! lease. A lost coordinator means reconnect and register again (a restarted coordinator knows no
+//! old ids); an eviction means wait out the back-off the coordinator names, then register again;
+//! SIGTERM means leave and exit. Failures back off before the next shard, so a worker never spins,
+//! and repeated warnings are rate-limited.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use model::config::ModelConfig;
-use model::dropout::DropoutKey;
-use model::state::SlotStates;
-use model::trainer::ShardData;
-use proto::convert::{self, WireError};
+use proto::convert;
 use proto::pb;
+use runtime::logs::Limiter;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
-use crate::client::{Client, Retry, connect};
-use crate::compute::{Computer, Work};
-use crate::config::WorkerConfig;
+use crate::client::{Client, Retry, connect, fetch_blobs, send_blobs};
+use crate::compute::Computer;
+use crate::config::{Fault, WorkerConfig};
 use crate::error::WorkerError;
 
 /// How a worker's run ended.
@@ -26,6 +27,29 @@ pub enum Outcome {
     Finished(String),
     /// Stopped by a signal.
     Stopped,
+}
+
+/// The worker's health service: `NOT_SERVING` while its compute is stuck past a shard's deadline,
+/// so that an orchestrator restarts it.
+#[derive(Debug, Clone)]
+pub struct Health(Option<tonic_health::server::HealthReporter>);
+
+impl Health {
+    /// Health reported through `reporter` (or nowhere).
+    pub fn new(reporter: Option<tonic_health::server::HealthReporter>) -> Self {
+        Self(reporter)
+    }
+
+    async fn set(&self, serving: bool) {
+        if let Some(r) = &self.0 {
+            let status = if serving {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            r.set_service_status("", status).await;
+        }
+    }
 }
 
 /// What to do after an RPC error.
@@ -40,10 +64,10 @@ enum Next {
 
 fn classify(s: &Status) -> Result<Next, WorkerError> {
     Ok(match s.code() {
-        Code::Unauthenticated | Code::PermissionDenied => {
+        Code::Unauthenticated => {
             return Err(WorkerError::Refused(s.message().to_string()));
         }
-        Code::NotFound => Next::Register,
+        Code::NotFound | Code::PermissionDenied => Next::Register,
         Code::FailedPrecondition
         | Code::InvalidArgument
         | Code::OutOfRange
@@ -52,57 +76,27 @@ fn classify(s: &Status) -> Result<Next, WorkerError> {
     })
 }
 
-/// Decodes an assignment into work for the compute thread; every tensor is checked.
-fn decode(a: &pb::Assignment, cfg: &ModelConfig, n_params: usize) -> Result<Work, WireError> {
-    let n = a.slots as usize;
-    let t =
-        a.x.as_ref()
-            .and_then(|x| x.shape.get(1))
-            .copied()
-            .unwrap_or(0) as usize;
-    if n == 0 || t == 0 {
-        return Err(WireError::Shape {
-            what: "assignment".into(),
-            expected: "at least 1 slot and 1 step".into(),
-            got: format!("{n} slots, {t} steps"),
-        });
+/// How long an `UNAVAILABLE` registration refusal asks to wait (an eviction back-off).
+fn retry_after(s: &Status) -> Option<Duration> {
+    let v = s.metadata().get("retry-after-ms")?.to_str().ok()?;
+    v.parse().ok().map(Duration::from_millis)
+}
+
+/// Consecutive failures of this worker (its engine, or assignments it cannot use): the delay
+/// before it takes the next shard doubles from 100 ms to 10 s, and resets on a success.
+#[derive(Debug, Default)]
+struct FailureBackoff {
+    delay: Duration,
+}
+
+impl FailureBackoff {
+    fn failed(&mut self) {
+        self.delay = (self.delay * 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
     }
-    let params = convert::decode(a.params.as_ref(), "params", &[n_params])?;
-    let x = convert::decode(a.x.as_ref(), "x", &[n, t, cfg.input])?;
-    let y = convert::decode(a.y.as_ref(), "y", &[n, t, cfg.output])?;
-    let st = [cfg.layers, n, cfg.hidden];
-    let h = convert::decode(a.h.as_ref(), "h", &st)?;
-    let c = convert::decode(a.c.as_ref(), "c", &st)?;
-    let init = SlotStates::from_flat(cfg.layers, n, cfg.hidden, h, c)
-        .map_err(|e| WireError::Model(e.to_string()))?;
-    let cond = match (a.reset, cfg.cond, a.cond.as_ref()) {
-        (true, Some(w), Some(_)) => Some(convert::decode(a.cond.as_ref(), "cond", &[n, w])?),
-        (true, Some(_), None) => {
-            return Err(WireError::Missing {
-                what: "cond".into(),
-            });
-        }
-        _ => None,
-    };
-    let slots = (a.first_slot..a.first_slot + n as u64).collect();
-    let dropout = a.dropout.as_ref().map(|d| DropoutKey {
-        seed: d.seed,
-        epoch: d.epoch,
-        step: d.step,
-    });
-    Ok(Work {
-        params,
-        shard: ShardData {
-            slots,
-            t,
-            x,
-            y,
-            cond,
-            init,
-            reset: a.reset,
-            dropout,
-        },
-    })
+
+    fn succeeded(&mut self) {
+        self.delay = Duration::ZERO;
+    }
 }
 
 fn heartbeats(
@@ -127,11 +121,63 @@ fn heartbeats(
     })
 }
 
+/// What the next `Step` call hands in.
+enum Handed {
+    Nothing,
+    Result(pb::ShardResult),
+    Failure(pb::ShardFailure),
+}
+
+/// Applies an injected fault to a computed result (see `--fault`).
+fn inject(fault: Option<Fault>, r: &mut pb::ShardResult) {
+    match fault {
+        Some(f @ Fault::Corrupt(_)) if f.at(r.step) => {
+            if let Some(g) = &mut r.grad {
+                let values: Vec<f32> = g
+                    .data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * 1e25)
+                    .collect();
+                *g = convert::tensor(&[values.len()], &values);
+            }
+        }
+        Some(f @ Fault::BadShape(_)) if f.at(r.step) => {
+            if let Some(g) = &mut r.grad {
+                let n = g.data.len().saturating_sub(4);
+                g.data = g.data.slice(..n);
+                g.shape = vec![(n / 4) as u64];
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Leaves the job (best effort, bounded) after a signal.
+async fn leave(client: &mut Client, id: &str) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.leave(pb::LeaveRequest {
+            worker_id: id.to_string(),
+        }),
+    )
+    .await;
+}
+
 /// Runs the worker until the job is over or `shutdown` fires.
-pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<Outcome, WorkerError> {
-    let computer = Computer::start(cfg.device, cfg.engine, cfg.threads)?;
+pub async fn run(
+    cfg: WorkerConfig,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<Outcome, WorkerError> {
+    let hang_from = match cfg.fault {
+        Some(Fault::Hang(s)) => Some(s),
+        _ => None,
+    };
+    let computer = Computer::start(cfg.device, cfg.engine, cfg.threads, hang_from)?;
     info!(name = %cfg.name, device = computer.device(), url = %cfg.coordinator, "worker starting");
+    let limiter = Limiter::new(Duration::from_secs(10));
     let mut retry = Retry::new(cfg.give_up);
+    let mut backoff = FailureBackoff::default();
     'connect: loop {
         let mut client = match connect(&cfg).await {
             Ok(c) => c,
@@ -154,6 +200,24 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<Outco
             };
             let reg = match reg {
                 Ok(r) => r.into_inner(),
+                Err(s) if s.code() == Code::Unavailable && retry_after(&s).is_some() => {
+                    let wait = retry_after(&s).unwrap_or_default();
+                    warn!(reason = s.message(), wait_ms = wait.as_millis() as u64, "evicted by the coordinator; registering again after the back-off");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    continue 'register;
+                }
+                Err(s) if s.code() == Code::ResourceExhausted => {
+                    if !retry.failed(&cfg.coordinator, s.message(), &shutdown).await? {
+                        return Ok(Outcome::Stopped);
+                    }
+                    continue 'register;
+                }
+                Err(s) if s.code() == Code::FailedPrecondition => {
+                    return Err(WorkerError::Refused(s.message().to_string()));
+                }
                 Err(s) => match classify(&s)? {
                     Next::Reconnect => {
                         let cause = format!(
@@ -166,9 +230,6 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<Outco
                         }
                         continue 'connect;
                     }
-                    _ if s.code() == Code::FailedPrecondition => {
-                        return Err(WorkerError::Refused(s.message().to_string()));
-                    }
                     _ => {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue 'register;
@@ -178,9 +239,12 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<Outco
             retry.success();
             let model = convert::model_config(reg.model.as_ref())
                 .map_err(|e| WorkerError::Refused(e.to_string()))?;
-            let n_params = model::params::ParamLayout::new(&model).len();
             let engine = computer.set_model(model.clone()).await?;
-            info!(id = %reg.worker_id, job = %reg.job_id, %engine, "registered");
+            info!(job = %reg.job_id, %engine, "registered");
+            let limit = match usize::try_from(reg.max_message_bytes) {
+                Ok(n) if n > 0 => n.min(cfg.max_message_bytes),
+                _ => cfg.max_message_bytes,
+            };
             let id = reg.worker_id;
             let hb_stop = CancellationToken::new();
             let hb = heartbeats(
@@ -190,15 +254,27 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<Outco
                 hb_stop.clone(),
             );
             let _stop_heartbeats = hb_stop.clone().drop_guard();
-            let mut pending: Option<pb::ShardResult> = None;
+            let mut handed = Handed::Nothing;
             loop {
-                let req = pb::StepRequest {
+                let mut req = pb::StepRequest {
                     worker_id: id.clone(),
-                    result: pending.take(),
+                    result: None,
+                    failure: None,
                 };
+                match std::mem::replace(&mut handed, Handed::Nothing) {
+                    Handed::Nothing => {}
+                    Handed::Failure(f) => req.failure = Some(f),
+                    Handed::Result(mut r) => {
+                        if let Err(s) = send_blobs(&mut client, &id, &mut r, limit).await {
+                            warn!(code = ?s.code(), msg = s.message(), "uploading a large result failed; it is dropped");
+                        } else {
+                            req.result = Some(r);
+                        }
+                    }
+                }
                 let reply = tokio::select! {
                     _ = shutdown.cancelled() => {
-                        let _ = tokio::time::timeout(Duration::from_secs(2), client.leave(pb::LeaveRequest { worker_id: id.clone() })).await;
+                        leave(&mut client, &id).await;
                         info!("left the job");
                         return Ok(Outcome::Stopped);
                     }
@@ -208,7 +284,12 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<Outco
                     Ok(r) => r.into_inner().kind,
                     Err(s) => match classify(&s)? {
                         Next::Continue => {
-                            warn!(code = ?s.code(), msg = s.message(), "result refused");
+                            if let Some(n) = limiter.check("refused", Instant::now()) {
+                                warn!(code = ?s.code(), msg = s.message(), repeats_not_logged = n, "result refused");
+                            }
+                            if s.code() == Code::InvalidArgument {
+                                backoff.failed();
+                            }
                             continue;
                         }
                         Next::Register => {
@@ -228,60 +309,121 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<Outco
                         }
                     },
                 };
-                match kind {
-                    Some(pb::step_reply::Kind::Assignment(a)) => {
-                        let (step, shard) = (a.step, a.shard);
-                        let work = match decode(&a, &model, n_params) {
-                            Ok(w) => w,
-                            Err(e) => {
-                                warn!(step, shard, cause = %e, "malformed assignment; skipping it");
-                                continue;
-                            }
-                        };
-                        if !cfg.throttle.is_zero() {
-                            tokio::time::sleep(cfg.throttle).await;
-                        }
-                        let done = tokio::select! {
-                            _ = shutdown.cancelled() => {
-                                let _ = tokio::time::timeout(Duration::from_secs(2), client.leave(pb::LeaveRequest { worker_id: id.clone() })).await;
-                                info!("left the job mid-step; the shard goes to another worker");
-                                return Ok(Outcome::Stopped);
-                            }
-                            d = computer.run(work) => d,
-                        };
-                        let done = match done {
-                            Ok(d) => d,
-                            Err(e) => {
-                                warn!(step, shard, cause = %e, "computing the shard failed");
-                                continue;
-                            }
-                        };
-                        let st = [model.layers, a.slots as usize, model.hidden];
-                        debug!(
-                            step,
-                            shard,
-                            loss_sum = done.out.loss_sum,
-                            ms = done.ms,
-                            "computed"
-                        );
-                        pending = Some(pb::ShardResult {
-                            step,
-                            shard,
-                            loss_sum: done.out.loss_sum,
-                            grad: Some(convert::tensor(&[n_params], &done.out.grad)),
-                            h: Some(convert::tensor(&st, done.out.final_state.h())),
-                            c: Some(convert::tensor(&st, done.out.final_state.c())),
-                            compute_ms: done.ms,
-                        });
+                let mut a = match kind {
+                    Some(pb::step_reply::Kind::Assignment(a)) => a,
+                    Some(pb::step_reply::Kind::Wait(w)) => {
+                        debug!(reason = %w.reason, "waiting");
+                        continue;
                     }
-                    Some(pb::step_reply::Kind::Wait(w)) => debug!(reason = %w.reason, "waiting"),
                     Some(pb::step_reply::Kind::Finished(f)) => {
                         info!(message = %f.message, "job finished");
                         return Ok(Outcome::Finished(f.message));
                     }
-                    None => warn!("empty reply from the coordinator"),
+                    None => {
+                        warn!("empty reply from the coordinator");
+                        continue;
+                    }
+                };
+                let (step, shard) = (a.step, a.shard);
+                if !backoff.delay.is_zero() {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {
+                            leave(&mut client, &id).await;
+                            return Ok(Outcome::Stopped);
+                        }
+                        _ = tokio::time::sleep(backoff.delay) => {}
+                    }
                 }
+                handed = match compute(
+                    &cfg, &computer, &health, &mut client, &id, &model, &mut a, &shutdown,
+                )
+                .await
+                {
+                    Computed::Stopped => {
+                        leave(&mut client, &id).await;
+                        info!("left the job mid-step; the shard goes to another worker");
+                        return Ok(Outcome::Stopped);
+                    }
+                    Computed::Failed(reason) => {
+                        if let Some(n) = limiter.check("failed", Instant::now()) {
+                            warn!(step, shard, cause = %reason, repeats_not_logged = n, "could not compute the shard; telling the coordinator");
+                        }
+                        backoff.failed();
+                        Handed::Failure(convert::shard_failure(step, shard, &reason))
+                    }
+                    Computed::Done(mut r) => {
+                        backoff.succeeded();
+                        inject(cfg.fault, &mut r);
+                        Handed::Result(r)
+                    }
+                };
             }
         }
+    }
+}
+
+enum Computed {
+    Done(pb::ShardResult),
+    Failed(String),
+    Stopped,
+}
+
+/// Fetches, decodes and computes one assignment, watching its deadline.
+#[allow(clippy::too_many_arguments)]
+async fn compute(
+    cfg: &WorkerConfig,
+    computer: &Computer,
+    health: &Health,
+    client: &mut Client,
+    id: &str,
+    model: &ModelConfig,
+    a: &mut pb::Assignment,
+    shutdown: &CancellationToken,
+) -> Computed {
+    if let Err(e) = fetch_blobs(client, id, a).await {
+        return Computed::Failed(format!("fetching the assignment: {e}"));
+    }
+    let work = match convert::work(a, model) {
+        Ok(w) => w,
+        Err(e) => return Computed::Failed(format!("a malformed assignment: {e}")),
+    };
+    if matches!(cfg.fault, Some(f @ Fault::Fail(_)) if f.at(work.step)) {
+        return Computed::Failed("engine: injected failure (--fault)".into());
+    }
+    if !cfg.throttle.is_zero() {
+        tokio::time::sleep(cfg.throttle).await;
+    }
+    let (step, shard, deadline) = (work.step, work.shard, work.deadline);
+    let started = tokio::time::Instant::now();
+    let run = computer.run(work);
+    tokio::pin!(run);
+    let mut stuck = false;
+    let done = loop {
+        let due = deadline.map(|d| started + d);
+        tokio::select! {
+            _ = shutdown.cancelled() => return Computed::Stopped,
+            d = &mut run => break d,
+            _ = async { tokio::time::sleep_until(due.expect("guarded")).await }, if due.is_some() && !stuck => {
+                stuck = true;
+                health.set(false).await;
+                warn!(step, shard, deadline_ms = deadline.map_or(0, |d| d.as_millis() as u64), "the computation has run past the shard's deadline; health reports NOT_SERVING");
+            }
+        }
+    };
+    if stuck {
+        health.set(true).await;
+    }
+    match done {
+        Ok(d) => {
+            debug!(
+                step,
+                shard,
+                loss_sum = d.out.loss_sum,
+                ms = d.ms,
+                "computed"
+            );
+            Computed::Done(convert::shard_result(step, shard, &d.out, d.ms))
+        }
+        Err(e) => Computed::Failed(e.to_string()),
     }
 }

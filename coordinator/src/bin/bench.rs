@@ -36,8 +36,8 @@ struct Args {
     #[arg(long, default_value_t = 4.0)]
     seconds: f64,
     /// Device for the wgpu engines: wgpu, vulkan, metal, dx12.
-    #[arg(long, default_value = "wgpu")]
-    wgpu_device: String,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
+    wgpu_device: DeviceChoice,
     /// CPU threads of the in-process fused engine (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -81,6 +81,7 @@ fn spec(c: &Config) -> TrainSpec {
         seed: 1,
         reset: ResetPolicy::Epoch,
         val_state: ValState::Carry,
+        clip_norm: None,
     }
 }
 
@@ -198,13 +199,7 @@ fn distributed(c: &Config, workers: usize, seconds: f64) -> Measured {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let wgpu_choice: DeviceChoice = match args.wgpu_device.parse() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("--wgpu-device: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
+    let wgpu_choice = args.wgpu_device;
     let wanted = |k: &str| args.only.iter().any(|o| o == k);
     let gpu = if wanted("fused-wgpu") || wanted("burn-wgpu") {
         resolve(wgpu_choice).ok()

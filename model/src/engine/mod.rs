@@ -77,24 +77,16 @@ pub trait Engine: Send {
 }
 
 /// Which engine implementation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum EngineKind {
     /// Fused whole-sequence kernels (CPU or CubeCL on wgpu).
     #[default]
     Fused,
     /// Burn's stock `Lstm` with Burn's autodiff.
     Burn,
-}
-
-impl std::str::FromStr for EngineKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "fused" => Ok(Self::Fused),
-            "burn" => Ok(Self::Burn),
-            other => Err(format!("expected `fused` or `burn`, got `{other}`")),
-        }
-    }
 }
 
 impl std::fmt::Display for EngineKind {

@@ -6,11 +6,8 @@
 use std::time::Duration;
 
 use carry_it::{JOB, Proc, TempDir, max_diff, params, reference};
-use model::dropout::DropoutKey;
 use model::engine::cpu::CpuEngine;
-use model::state::SlotStates;
-use model::trainer::ShardData;
-use proto::convert::{decode, model_config, tensor};
+use proto::convert::{decode, model_config, shard_result, tensor, work};
 use proto::pb::{self, coordinator_client::CoordinatorClient};
 use tonic::Code;
 
@@ -22,6 +19,7 @@ async fn next_assignment(c: &mut Client, id: &str) -> pb::Assignment {
             .step(pb::StepRequest {
                 worker_id: id.into(),
                 result: None,
+                failure: None,
             })
             .await
             .expect("step")
@@ -37,44 +35,12 @@ async fn next_assignment(c: &mut Client, id: &str) -> pb::Assignment {
 
 /// Computes an assignment the way a worker does.
 fn compute(a: &pb::Assignment, cfg: &model::config::ModelConfig) -> pb::ShardResult {
-    let n = a.slots as usize;
-    let t = a.x.as_ref().unwrap().shape[1] as usize;
-    let np = model::params::ParamLayout::new(cfg).len();
-    let params = decode(a.params.as_ref(), "params", &[np]).unwrap();
-    let st = [cfg.layers, n, cfg.hidden];
-    let shard = ShardData {
-        slots: (a.first_slot..a.first_slot + n as u64).collect(),
-        t,
-        x: decode(a.x.as_ref(), "x", &[n, t, cfg.input]).unwrap(),
-        y: decode(a.y.as_ref(), "y", &[n, t, cfg.output]).unwrap(),
-        cond: None,
-        init: SlotStates::from_flat(
-            cfg.layers,
-            n,
-            cfg.hidden,
-            decode(a.h.as_ref(), "h", &st).unwrap(),
-            decode(a.c.as_ref(), "c", &st).unwrap(),
-        )
-        .unwrap(),
-        reset: a.reset,
-        dropout: a.dropout.as_ref().map(|d| DropoutKey {
-            seed: d.seed,
-            epoch: d.epoch,
-            step: d.step,
-        }),
-    };
-    let out = shard
-        .compute(&mut CpuEngine::new(cfg, 1), cfg, &params)
+    let w = work(a, cfg).unwrap();
+    let out = w
+        .data
+        .compute(&mut CpuEngine::new(cfg, 1), cfg, &w.params)
         .unwrap();
-    pb::ShardResult {
-        step: a.step,
-        shard: a.shard,
-        loss_sum: out.loss_sum,
-        grad: Some(tensor(&[np], &out.grad)),
-        h: Some(tensor(&st, out.final_state.h())),
-        c: Some(tensor(&st, out.final_state.c())),
-        compute_ms: 1.0,
-    }
+    shard_result(w.step, w.shard, &out, 1.0)
 }
 
 async fn submit(
@@ -85,6 +51,7 @@ async fn submit(
     c.step(pb::StepRequest {
         worker_id: id.into(),
         result: Some(r),
+        failure: None,
     })
     .await
     .map(|r| r.into_inner())

@@ -1,0 +1,188 @@
+//! What a result must satisfy before it can be committed, and when two results of one shard
+//! agree. Pure functions of the results and the run's statistics; no I/O.
+//!
+//! - Bounds no LSTM can break: `|h| <= 1` (`h = o * tanh(c)`), and `|c|` grows by at most 1 per
+//!   time step (`c_t = f * c_{t-1} + i * g` with `f, i` in `(0, 1)` and `g` in `(-1, 1)`). A
+//!   result outside them is corrupt: refused at once.
+//! - The gradient norm per slot against the median of recently accepted results: far above it
+//!   is suspicious (a flipped exponent bit, a flaky GPU) but may be a real spike, so the result
+//!   waits for a second opinion from another worker instead of being refused.
+
+use std::collections::VecDeque;
+
+use model::state::SlotStates;
+use model::trainer::{Submission, l2_norm};
+
+/// Slack on `|h| <= 1` for rounding.
+const H_SLACK: f32 = 1e-4;
+/// Results kept for the running statistics.
+const WINDOW: usize = 64;
+/// A gradient norm per slot this many times the median is suspicious.
+pub(crate) const SPIKE_RATIO: f64 = 20.0;
+
+/// Checks the bounds every LSTM result satisfies; `init` are the states the shard started from
+/// and `t` its time steps.
+pub(crate) fn check_bounds(sub: &Submission, init: &SlotStates, t: usize) -> Result<(), String> {
+    if let Some((i, v)) = sub
+        .finals
+        .h()
+        .iter()
+        .enumerate()
+        .find(|(_, v)| v.abs() > 1.0 + H_SLACK)
+    {
+        return Err(format!(
+            "final h: expected |h| <= 1 (h = o * tanh(c)), got {v} at index {i}"
+        ));
+    }
+    let steps = t as f32;
+    for (i, (c, c0)) in sub.finals.c().iter().zip(init.c()).enumerate() {
+        let bound = c0.abs() + steps;
+        if c.abs() > bound * (1.0 + 1e-5) + 1e-4 {
+            return Err(format!(
+                "final c: expected |c| <= |c0| + T = {bound} after {t} steps, got {c} at index {i}"
+            ));
+        }
+    }
+    if !sub.loss_sum.is_finite() || sub.loss_sum < 0.0 {
+        return Err(format!(
+            "loss_sum: expected a finite non-negative value, got {}",
+            sub.loss_sum
+        ));
+    }
+    Ok(())
+}
+
+/// Gradient norm per slot of a result.
+pub(crate) fn norm_per_slot(sub: &Submission) -> f64 {
+    l2_norm(&sub.grad) / sub.finals.slots().max(1) as f64
+}
+
+fn median(v: &VecDeque<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s: Vec<f64> = v.iter().copied().collect();
+    s.sort_by(f64::total_cmp);
+    Some(s[s.len() / 2])
+}
+
+/// Running statistics of accepted results: gradient norms per slot and shard times per slot.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    norms: VecDeque<f64>,
+    ms_per_slot: VecDeque<f64>,
+}
+
+impl Stats {
+    /// Records an accepted result.
+    pub(crate) fn record(&mut self, norm_per_slot: f64, ms_per_slot: Option<f64>) {
+        push(&mut self.norms, norm_per_slot);
+        if let Some(ms) = ms_per_slot {
+            push(&mut self.ms_per_slot, ms);
+        }
+    }
+
+    /// Why a result with this gradient norm per slot needs a second opinion, if it does.
+    pub(crate) fn suspicion(&self, norm: f64) -> Option<String> {
+        let m = median(&self.norms)?;
+        (norm > SPIKE_RATIO * m).then(|| {
+            format!(
+                "its gradient norm per slot {norm:.3e} is {:.0}x the median {m:.3e} of recent results",
+                norm / m.max(f64::MIN_POSITIVE)
+            )
+        })
+    }
+
+    /// Median milliseconds per slot of accepted shards, once there is one.
+    pub(crate) fn ms_per_slot(&self) -> Option<f64> {
+        median(&self.ms_per_slot)
+    }
+}
+
+fn push(v: &mut VecDeque<f64>, x: f64) {
+    if v.len() == WINDOW {
+        v.pop_front();
+    }
+    v.push_back(x);
+}
+
+/// Whether two results of the same shard agree within what different engines and devices
+/// produce (about 1e-5 relative); the error says where they differ.
+pub(crate) fn agree(a: &Submission, b: &Submission) -> Result<(), String> {
+    let loss_tol = 1e-4 * a.loss_sum.abs().max(b.loss_sum.abs()) + 1e-9;
+    if (a.loss_sum - b.loss_sum).abs() > loss_tol {
+        return Err(format!("loss_sum {} vs {}", a.loss_sum, b.loss_sum));
+    }
+    let diff: Vec<f32> = a.grad.iter().zip(&b.grad).map(|(x, y)| x - y).collect();
+    let (na, nb, nd) = (l2_norm(&a.grad), l2_norm(&b.grad), l2_norm(&diff));
+    if nd > 1e-3 * na.max(nb) + 1e-12 {
+        return Err(format!(
+            "gradient norms {na:.6e} vs {nb:.6e}, difference {nd:.3e}"
+        ));
+    }
+    for (what, x, y) in [
+        ("h", a.finals.h(), b.finals.h()),
+        ("c", a.finals.c(), b.finals.c()),
+    ] {
+        if let Some((i, (p, q))) = x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find(|(_, (p, q))| (*p - *q).abs() > 1e-3 * (1.0 + p.abs().max(q.abs())))
+        {
+            return Err(format!("final {what}[{i}] {p} vs {q}"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(grad: Vec<f32>, h: f32, c: f32) -> Submission {
+        Submission {
+            step: 0,
+            shard: 0,
+            loss_sum: 1.0,
+            grad,
+            finals: SlotStates::from_flat(1, 2, 2, vec![h; 4], vec![c; 4]).unwrap(),
+            compute_ms: 1.0,
+        }
+    }
+
+    #[test]
+    fn bounds_no_lstm_can_break_are_refused() {
+        let init = SlotStates::zeros(1, 2, 2);
+        check_bounds(&sub(vec![1.0], 0.99, 3.0), &init, 4).unwrap();
+        let e = check_bounds(&sub(vec![1.0], 1.5, 0.0), &init, 4).unwrap_err();
+        assert!(e.contains("|h| <= 1") && e.contains("1.5"), "{e}");
+        let e = check_bounds(&sub(vec![1.0], 0.0, 4.5), &init, 4).unwrap_err();
+        assert!(e.contains("|c0| + T = 4") && e.contains("4.5"), "{e}");
+        let mut bad = sub(vec![1.0], 0.0, 0.0);
+        bad.loss_sum = -1.0;
+        assert!(check_bounds(&bad, &init, 4).is_err());
+    }
+
+    #[test]
+    fn spikes_are_suspicious_and_agreement_has_a_tolerance() {
+        let mut s = Stats::default();
+        assert_eq!(s.suspicion(1e30), None, "no statistic yet");
+        for v in [1.0, 1.2, 0.8, 1.1] {
+            s.record(v, Some(2.0));
+        }
+        assert_eq!(s.suspicion(5.0), None);
+        let why = s.suspicion(1e30).unwrap();
+        assert!(why.contains("median"), "{why}");
+        assert_eq!(s.ms_per_slot(), Some(2.0));
+        let a = sub(vec![1.0, 2.0], 0.5, 0.5);
+        let mut b = a.clone();
+        b.grad[1] += 1e-6;
+        agree(&a, &b).unwrap();
+        b.grad[1] = 1e30;
+        assert!(agree(&a, &b).unwrap_err().contains("gradient"));
+        let mut c = a.clone();
+        c.finals = SlotStates::from_flat(1, 2, 2, vec![0.5; 4], vec![0.9; 4]).unwrap();
+        assert!(agree(&a, &c).unwrap_err().contains("final c"));
+    }
+}

@@ -1,0 +1,382 @@
+//! What the user sees of a run, and the one writer of its files: `metrics.csv` (the step log),
+//! checkpoints written in order, validation at epoch ends, progress, Prometheus gauges, and the
+//! loss plot at the end.
+//!
+//! Everything arrives as [`Event`]s on one bounded channel and is handled in order by one task,
+//! so rows, checkpoints and validation results never interleave, and the final checkpoint of an
+//! interrupted run is written after every queued one. A write that still fails after brief retries
+//! (a full disk) cancels the `fatal` token: the job stops at once with the error, the last good
+//! checkpoint intact.
+//!
+//! # Layout
+//! - [`csv`]: the step log.
+//! - [`progress`]: the progress bar and the log writer that lifts it.
+//! - [`prom`]: Prometheus metrics.
+//! - [`plot`]: the loss plot.
+
+pub(crate) mod csv;
+pub(crate) mod plot;
+pub(crate) mod progress;
+pub(crate) mod prom;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use model::checkpoint::{CHECKPOINT_FILE, Checkpoint};
+use model::engine::cpu::CpuEngine;
+use model::trainer::Trainer;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use self::csv::{Point, StepLog, field};
+use crate::config::Progress;
+use crate::error::CoordError;
+use crate::job::CommitReport;
+
+pub use self::csv::METRICS_FILE;
+pub use self::progress::LogWriter;
+
+/// The loss plot.
+pub const PLOT_FILE: &str = "loss.svg";
+/// Events that may wait for the reporter before senders are slowed down.
+const QUEUE: usize = 256;
+/// Checkpoint writes attempted before the job stops.
+const CHECKPOINT_ATTEMPTS: u32 = 3;
+
+/// Something that happened to the job.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A step committed.
+    Committed {
+        /// The commit.
+        report: CommitReport,
+        /// A checkpoint to write, when one is due.
+        checkpoint: Option<Box<Checkpoint>>,
+        /// A snapshot to validate, at epoch ends.
+        validate: Option<Box<Trainer>>,
+    },
+    /// A worker registered.
+    Joined {
+        /// Its name.
+        name: String,
+        /// Its device.
+        device: String,
+    },
+    /// A worker left, was declared dead, or was evicted.
+    Left {
+        /// Its name.
+        name: String,
+        /// Why.
+        reason: String,
+        /// Whether it was evicted for a fault.
+        evicted: bool,
+    },
+    /// The run stops before its end: the checkpoint of where it stands, written last.
+    Interrupted(Box<Checkpoint>),
+}
+
+/// The commit event of `report`, with a checkpoint (every `every` steps and at the end) and a
+/// snapshot to validate (at epoch ends) when due: the one rule both trainers follow.
+pub(crate) fn commit_event(trainer: &Trainer, report: CommitReport, every: u64) -> Event {
+    let c = report.committed;
+    let checkpoint =
+        ((c.cursor.global + 1).is_multiple_of(every) || c.done).then(|| Box::new(trainer.checkpoint()));
+    let validate = (c.epoch_end || c.done).then(|| Box::new(trainer.clone()));
+    Event::Committed {
+        report,
+        checkpoint,
+        validate,
+    }
+}
+
+/// Settings of the reporter.
+#[derive(Debug, Clone)]
+pub(crate) struct ReportConfig {
+    /// Run directory.
+    pub(crate) out: PathBuf,
+    /// Progress display.
+    pub(crate) progress: Progress,
+    /// Steps of the whole run.
+    pub(crate) total_steps: u64,
+    /// First step of this process (non-zero after a resume).
+    pub(crate) start_step: u64,
+    /// Sequences per step.
+    pub(crate) batch_size: usize,
+}
+
+/// The end of a run as the reporter saw it.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Steps committed by this process.
+    pub steps: u64,
+    /// Loss of the last step.
+    pub last_loss: Option<f64>,
+    /// Last validation loss.
+    pub last_val_loss: Option<f64>,
+    /// Mean sequences per second over this process's steps.
+    pub seq_per_s: f64,
+}
+
+/// The reporter task's handle.
+pub(crate) type ReporterTask = tokio::task::JoinHandle<Result<Summary, CoordError>>;
+
+/// Starts the reporter task; it ends when every sender is dropped, or at the first write that
+/// fails for good (then `fatal` is cancelled).
+pub(crate) fn spawn(
+    cfg: ReportConfig,
+    fatal: CancellationToken,
+) -> Result<(mpsc::Sender<Event>, ReporterTask), CoordError> {
+    std::fs::create_dir_all(&cfg.out)
+        .map_err(|e| CoordError::io(format!("creating {}", cfg.out.display()), e))?;
+    let (log, history) = StepLog::open(&cfg.out.join(METRICS_FILE), cfg.start_step)?;
+    let (tx, rx) = mpsc::channel(QUEUE);
+    Ok((
+        tx,
+        tokio::spawn(async move {
+            let r = Reporter::new(cfg, log, history).run(rx).await;
+            if r.is_err() {
+                fatal.cancel();
+            }
+            r
+        }),
+    ))
+}
+
+struct Reporter {
+    cfg: ReportConfig,
+    log: StepLog,
+    history: Vec<Point>,
+    summary: Summary,
+    validator: Option<CpuEngine>,
+    started: Instant,
+    last_commit: Option<Instant>,
+    last_log: Instant,
+    rate: f64,
+    /// Step of the last checkpoint written, for the error message of a failed one.
+    last_checkpoint: Option<u64>,
+}
+
+impl Reporter {
+    fn new(cfg: ReportConfig, log: StepLog, history: Vec<Point>) -> Self {
+        Self {
+            cfg,
+            log,
+            history,
+            summary: Summary::default(),
+            validator: None,
+            started: Instant::now(),
+            last_commit: None,
+            last_log: Instant::now(),
+            rate: 0.0,
+            last_checkpoint: None,
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Event>) -> Result<Summary, CoordError> {
+        let bar = progress::bar(self.cfg.progress, self.cfg.total_steps, self.cfg.start_step);
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Joined { name, device } => {
+                    info!(worker = %name, %device, "joined");
+                    prom::joined();
+                }
+                Event::Left {
+                    name,
+                    reason,
+                    evicted,
+                } => {
+                    info!(worker = %name, %reason, "left");
+                    prom::left(evicted);
+                }
+                Event::Committed {
+                    report,
+                    checkpoint,
+                    validate,
+                } => {
+                    self.committed(report, checkpoint, validate, bar.as_ref())
+                        .await?;
+                }
+                Event::Interrupted(ck) => {
+                    let step = ck.cursor.global;
+                    self.save(*ck).await?;
+                    info!(step, "checkpoint written at shutdown");
+                }
+            }
+        }
+        if let Some(b) = &bar {
+            b.finish();
+        }
+        self.summary.seq_per_s = self.summary.steps as f64 * self.cfg.batch_size as f64
+            / self.started.elapsed().as_secs_f64().max(1e-9);
+        self.plot();
+        Ok(self.summary)
+    }
+
+    async fn validate(&mut self, trainer: Box<Trainer>) -> Result<Option<f64>, CoordError> {
+        let mut engine = self
+            .validator
+            .take()
+            .unwrap_or_else(|| CpuEngine::new(&trainer.spec().model, 1));
+        let (engine, result) = tokio::task::spawn_blocking(move || {
+            let r = trainer.validate(&mut engine);
+            (engine, r)
+        })
+        .await
+        .map_err(|e| CoordError::JobFailed(format!("validation panicked: {e}")))?;
+        self.validator = Some(engine);
+        Ok(match result {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(cause = %e, "validation failed");
+                None
+            }
+        })
+    }
+
+    /// Writes a checkpoint, retrying briefly; a write that keeps failing stops the job.
+    async fn save(&mut self, ck: Checkpoint) -> Result<(), CoordError> {
+        let path = self.cfg.out.join(CHECKPOINT_FILE);
+        let step = ck.cursor.global;
+        let p = path.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            runtime::fs::retry(CHECKPOINT_ATTEMPTS, Duration::from_millis(200), || {
+                ck.save(&p)
+            })
+        })
+        .await
+        .map_err(|e| CoordError::JobFailed(format!("checkpoint writer panicked: {e}")))?;
+        if let Err(e) = written {
+            let last = self.last_checkpoint.map_or_else(
+                || "the checkpoint there from before this process, if any".to_string(),
+                |s| format!("the one at step {s}"),
+            );
+            return Err(CoordError::JobFailed(format!(
+                "writing the checkpoint at step {step} failed {CHECKPOINT_ATTEMPTS} times ({e}); the job stops; {} keeps {last}",
+                path.display()
+            )));
+        }
+        self.last_checkpoint = Some(step);
+        prom::checkpointed(step);
+        tracing::debug!(path = %path.display(), step, "checkpoint written");
+        Ok(())
+    }
+
+    async fn committed(
+        &mut self,
+        report: CommitReport,
+        checkpoint: Option<Box<Checkpoint>>,
+        validate: Option<Box<Trainer>>,
+        bar: Option<&progress::Shown>,
+    ) -> Result<(), CoordError> {
+        let now = Instant::now();
+        let c = report.committed;
+        let dt = self
+            .last_commit
+            .map_or(report.wall, |t| now.saturating_duration_since(t));
+        self.last_commit = Some(now);
+        let inst = self.cfg.batch_size as f64 / dt.as_secs_f64().max(1e-9);
+        self.rate = if self.summary.steps == 0 {
+            inst
+        } else {
+            0.9 * self.rate + 0.1 * inst
+        };
+        self.summary.steps += 1;
+        self.summary.last_loss = Some(c.loss);
+        let val = match validate {
+            Some(t) => self.validate(t).await?,
+            None => None,
+        };
+        if let Some(v) = val {
+            self.summary.last_val_loss = Some(v);
+            prom::validated(v);
+            info!(
+                epoch = c.cursor.epoch,
+                step = c.cursor.global,
+                loss = c.loss,
+                val_loss = v,
+                "epoch done"
+            );
+        }
+        let shards: Vec<String> = report
+            .shards
+            .iter()
+            .map(|(r, w)| format!("{}-{}:{w}", r.start, r.end - 1))
+            .collect();
+        self.log
+            .append(&[
+                c.cursor.global.to_string(),
+                c.cursor.epoch.to_string(),
+                c.cursor.step.to_string(),
+                format!("{:.9}", c.loss),
+                val.map_or(String::new(), |v| format!("{v:.9}")),
+                format!("{inst:.1}"),
+                report.workers.to_string(),
+                format!("{:.3}", dt.as_secs_f64() * 1e3),
+                format!("{:.3}", report.compute_ms),
+                field(&shards.join(";")),
+            ])
+            .map_err(|e| {
+                CoordError::JobFailed(format!(
+                    "the step log could not be written ({e}); the job stops"
+                ))
+            })?;
+        self.history.push(Point {
+            step: c.cursor.global,
+            loss: c.loss,
+            val,
+        });
+        prom::committed(&report, self.rate);
+        if let Some(ck) = checkpoint {
+            self.save(*ck).await?;
+        }
+        let workers = report.workers;
+        match bar {
+            Some(b) => b.set(
+                c.cursor.global + 1,
+                format!(
+                    "epoch {} loss {:.5} {:.0} seq/s {} workers",
+                    c.cursor.epoch, c.loss, self.rate, workers
+                ),
+            ),
+            None if self.cfg.progress != Progress::Off
+                && (self.last_log.elapsed() >= Duration::from_secs(5) || c.done) =>
+            {
+                self.last_log = Instant::now();
+                info!(
+                    epoch = c.cursor.epoch,
+                    step = c.cursor.global + 1,
+                    total = self.cfg.total_steps,
+                    loss = c.loss,
+                    seq_per_s = format!("{:.0}", self.rate),
+                    workers,
+                    "progress"
+                );
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn plot(&self) {
+        let loss: Vec<(u64, f64)> = self
+            .history
+            .iter()
+            .filter(|r| r.loss.is_finite())
+            .map(|r| (r.step, r.loss))
+            .collect();
+        let val: Vec<(u64, f64)> = self
+            .history
+            .iter()
+            .filter_map(|r| r.val.map(|v| (r.step, v)))
+            .collect();
+        if loss.is_empty() {
+            return;
+        }
+        let path = self.cfg.out.join(PLOT_FILE);
+        match plot::write_loss_plot(&path, &loss, &val) {
+            Ok(()) => info!(path = %path.display(), "loss plot written"),
+            Err(e) => warn!(cause = %e, "could not write the loss plot"),
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Tensors too large for one gRPC message. Before a message is sent, [`offload`] moves the data of
+//! its largest tensors out (leaving the shape and a blob id) until the message fits; the bytes
+//! then travel in [`chunks`] through `ReadBlob` (coordinator to worker) or `WriteBlob` (worker to
+//! coordinator), and [`Assembler`] puts them back together with a bound on their size.
+
+use prost::Message;
+use prost::bytes::{Bytes, BytesMut};
+
+use crate::pb;
+
+/// Room left in a message for everything but tensor data (ids, shapes, numbers, framing).
+pub const MESSAGE_MARGIN: usize = 64 << 10;
+
+/// Bytes per blob chunk: well under any message limit (the smallest accepted is 1 MiB).
+pub const CHUNK_BYTES: usize = 256 << 10;
+
+/// Moves the data of the largest tensors among `tensors` into blobs, handing each one's bytes to
+/// `store` (which returns its id), until `message` (whose tensors they are) encodes within
+/// `limit` bytes. Returns how many tensors were moved.
+pub fn offload<M: Message>(
+    message: &mut M,
+    limit: usize,
+    tensors: impl Fn(&mut M) -> Vec<&mut pb::Tensor>,
+    mut store: impl FnMut(Bytes) -> String,
+) -> usize {
+    let budget = limit.saturating_sub(MESSAGE_MARGIN);
+    let mut moved = 0;
+    while message.encoded_len() > budget {
+        let mut ts = tensors(message);
+        let Some(largest) = ts
+            .iter_mut()
+            .filter(|t| t.blob.is_empty() && !t.data.is_empty())
+            .max_by_key(|t| t.data.len())
+        else {
+            break;
+        };
+        let data = std::mem::take(&mut largest.data);
+        largest.blob = store(data);
+        moved += 1;
+    }
+    moved
+}
+
+/// The tensors of an assignment, for [`offload`].
+pub fn assignment_tensors(a: &mut pb::Assignment) -> Vec<&mut pb::Tensor> {
+    [
+        a.params.as_mut(),
+        a.x.as_mut(),
+        a.y.as_mut(),
+        a.cond.as_mut(),
+        a.h.as_mut(),
+        a.c.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The tensors of a shard result, for [`offload`].
+pub fn result_tensors(r: &mut pb::ShardResult) -> Vec<&mut pb::Tensor> {
+    [r.grad.as_mut(), r.h.as_mut(), r.c.as_mut()]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// `data` cut into chunks of at most `size` bytes (no copies).
+pub fn chunks(data: &Bytes, size: usize) -> Vec<Bytes> {
+    let size = size.max(1);
+    (0..data.len())
+        .step_by(size)
+        .map(|i| data.slice(i..(i + size).min(data.len())))
+        .collect()
+}
+
+/// Collects the chunks of one blob, refusing to grow past a bound.
+#[derive(Debug)]
+pub struct Assembler {
+    buf: BytesMut,
+    max: usize,
+}
+
+impl Assembler {
+    /// An empty blob of at most `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            max,
+        }
+    }
+
+    /// Appends a chunk; an error when the blob would exceed its bound.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), String> {
+        if self.buf.len() + chunk.len() > self.max {
+            return Err(format!(
+                "expected at most {} bytes, got more than {}",
+                self.max,
+                self.buf.len() + chunk.len() - 1
+            ));
+        }
+        self.buf.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing has arrived.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The whole blob.
+    pub fn finish(self) -> Bytes {
+        self.buf.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::tensor;
+
+    #[test]
+    fn the_largest_tensors_move_out_until_the_message_fits() {
+        let mut r = pb::ShardResult {
+            grad: Some(tensor(&[300_000], &vec![1.0; 300_000])),
+            h: Some(tensor(&[2, 10, 8], &[0.5; 160])),
+            c: Some(tensor(&[2, 10, 8], &[0.5; 160])),
+            ..Default::default()
+        };
+        let mut stored = Vec::new();
+        let moved = offload(&mut r, 1 << 20, result_tensors, |b| {
+            stored.push(b);
+            format!("blob-{}", stored.len())
+        });
+        assert_eq!(moved, 1);
+        assert!(r.encoded_len() <= 1 << 20);
+        let g = r.grad.as_ref().unwrap();
+        assert_eq!((g.blob.as_str(), g.data.len()), ("blob-1", 0));
+        assert_eq!(stored[0].len(), 1_200_000);
+        assert!(r.h.as_ref().unwrap().blob.is_empty(), "small tensors stay inline");
+        // chunks put back together give the same bytes
+        let mut a = Assembler::new(1_200_000);
+        for c in chunks(&stored[0], CHUNK_BYTES) {
+            assert!(c.len() <= CHUNK_BYTES);
+            a.push(&c).unwrap();
+        }
+        assert_eq!(a.finish(), stored[0]);
+        let mut small = Assembler::new(3);
+        assert!(small.push(b"abcd").unwrap_err().contains("at most 3"));
+    }
+}

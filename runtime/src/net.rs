@@ -1,0 +1,20 @@
+//! Transport settings both ends of the gRPC connection share.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+/// HTTP/2 flow-control window for streams and connections. Parameters and gradients are a few
+/// hundred KiB per step; HTTP/2's default 64 KiB windows would make each transfer wait for
+/// several window updates.
+pub const HTTP2_WINDOW: u32 = 8 << 20;
+
+/// HTTP/2 keep-alive ping interval, on both ends.
+pub const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// Accepted connections with Nagle's algorithm off: a step is a small request and a small reply,
+/// which Nagle plus delayed acknowledgements would hold back for tens of milliseconds.
+pub fn incoming(l: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(l).with_nodelay(Some(true))
+}
