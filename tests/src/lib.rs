@@ -2,6 +2,8 @@
 //! their `READY <addr>` lines, waits with timeouts, kills on drop, and keeps each process's output
 //! in a log file that a failing test prints.
 
+pub mod chaos;
+
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -116,7 +118,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `program` with `args` and extra `env`, logging into `dir/<name>.log`.
+    /// Starts `program` with `args` and extra `env` in `dir` (also its working directory),
+    /// logging into `dir/<name>.log`.
     pub fn start(
         name: &str,
         program: &Path,
@@ -128,6 +131,7 @@ impl Proc {
         let f = File::create(&log).expect("log file");
         let mut cmd = Command::new(program);
         cmd.args(args)
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(f.try_clone().expect("dup log")))
             .stderr(Stdio::from(f))
@@ -397,6 +401,41 @@ pub fn reference(dir: &TempDir, name: &str, extra: &[&str]) -> Vec<f32> {
     let mut p = Proc::coordinator(name, &args, &[], dir.path());
     p.success(Duration::from_secs(120));
     params(&out)
+}
+
+/// A worker computing on one CPU thread, named `name`, with `extra` arguments.
+pub fn worker(name: &str, url: &str, extra: &[&str], dir: &TempDir) -> Proc {
+    let mut args = vec![
+        "--coordinator",
+        url,
+        "--device",
+        "cpu",
+        "--name",
+        name,
+        "--threads",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    Proc::worker(name, &args, &[], dir.path())
+}
+
+/// A coordinator serving [`JOB`] plus `extra` on a free loopback port into `dir/out`.
+pub fn serve_job(name: &str, dir: &TempDir, out: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["train", "--listen", "127.0.0.1:0", "--out", out];
+    args.extend_from_slice(JOB);
+    args.extend_from_slice(extra);
+    Proc::coordinator(name, &args, &[], dir.path())
+}
+
+/// Asserts that the run in `out` ended with parameters within 1e-4 of `want` and a step log
+/// listing steps `0..steps` exactly once.
+pub fn assert_equals_reference(out: &Path, want: &[f32], steps: u64, p: &Proc) {
+    let d = max_diff(&params(out), want);
+    p.check(
+        d <= 1e-4,
+        &format!("max parameter difference {d} from the reference"),
+    );
+    assert_step_log(&metrics(out), steps);
 }
 
 /// Waits until `dir/metrics.csv` holds at least `rows` steps.

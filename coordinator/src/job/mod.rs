@@ -17,8 +17,9 @@
 //!   The job fails only when one shard is refused by several different workers.
 //! - A result that is suspicious (a gradient far above the run's recent ones), one of the first
 //!   results of a run, or one sampled by `verify_fraction` is held until another worker (or, when
-//!   there is none, the coordinator itself) computes the same shard; it is committed only if both
-//!   agree.
+//!   there is none, the coordinator itself) computes the same shard. The shard is done when two
+//!   results agree (a third decides between two that differ; the coordinator's own is trusted),
+//!   and every worker whose result disagrees with the agreed one is evicted.
 //! - A step commits when every shard has an accepted result: gradients are summed in shard order,
 //!   the update is computed and checked finite before anything is stored, and the final `(h, c)`
 //!   of all slots are stored together, exactly once.
@@ -324,8 +325,20 @@ struct Held {
 #[derive(Debug)]
 enum Phase {
     Open,
-    Checking { first: Box<Held> },
+    /// Results from different workers that do not agree yet; the shard is done when a new one
+    /// agrees with one of them (or the coordinator computes it itself).
+    Checking { opinions: Vec<Held> },
     Done(Box<Held>),
+}
+
+impl Phase {
+    /// Whether `key` has handed in a result the phase holds.
+    fn has_opinion_of(&self, key: u64) -> bool {
+        match self {
+            Phase::Checking { opinions } => opinions.iter().any(|o| o.by == key),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -677,8 +690,8 @@ impl Job {
             });
         match &s.phase {
             Phase::Done(_) => None,
-            Phase::Checking { first } => {
-                (first.by != key && (s.holders.is_empty() || all_overdue)).then_some(1)
+            Phase::Checking { .. } => {
+                (!s.phase.has_opinion_of(key) && (s.holders.is_empty() || all_overdue)).then_some(1)
             }
             Phase::Open => {
                 if s.planned_for == Some(key) {
@@ -807,7 +820,7 @@ impl Job {
                     "shard {shard} of step {step} was already submitted"
                 )));
             }
-            Phase::Checking { first } if first.by == key => {
+            Phase::Checking { .. } if s.phase.has_opinion_of(key) => {
                 return Err(Refusal::Stale(format!(
                     "shard {shard} of step {step} was already submitted; it awaits a second opinion"
                 )));
@@ -994,69 +1007,80 @@ impl Job {
         let s = &mut run.shards[shard];
         s.holders.retain(|&h| h != held.by);
         let phase = std::mem::replace(&mut s.phase, Phase::Open);
-        let candidate = match phase {
-            Phase::Checking { first } => {
-                let disagreement = screen::agree(&first.sub, &held.sub).err();
-                self.notices.push(Notice::Checked {
-                    step,
-                    shard: shard as u32,
-                    first: first.name.clone(),
-                    second: held.name.clone(),
-                    disagreement: disagreement.clone(),
-                });
-                match disagreement {
-                    None => {
-                        self.set_phase(shard, Phase::Done(first));
-                        return self.maybe_commit(now);
-                    }
-                    Some(detail) => {
-                        if first.by != LOCAL {
-                            self.evict(
-                                first.by,
-                                format!(
-                                    "its result for shard {shard} of step {step} disagreed with a second opinion ({detail})"
-                                ),
-                                now,
-                            );
-                        }
-                        held
-                    }
-                }
-            }
-            Phase::Open => held,
+        let mut opinions = match phase {
+            Phase::Checking { opinions } => opinions,
+            Phase::Open => Vec::new(),
             Phase::Done(done) => {
                 // admission refuses results for finished shards; keep the first one
                 self.set_phase(shard, Phase::Done(done));
                 return Submitted::Accepted;
             }
         };
-        // the coordinator's own computation needs no second opinion
-        let suspicion = if candidate.by == LOCAL {
-            None
-        } else {
-            self.suspicion(&candidate.sub)
-        };
-        match suspicion {
-            Some(why) => {
-                self.notices.push(Notice::Held {
-                    name: candidate.name.clone(),
-                    step,
-                    shard: shard as u32,
-                    why: why.clone(),
-                });
-                self.set_phase(
-                    shard,
-                    Phase::Checking {
-                        first: Box::new(candidate),
-                    },
-                );
-                Submitted::Held(why)
-            }
+        if opinions.is_empty() {
+            // the coordinator's own computation needs no second opinion
+            let suspicion = if held.by == LOCAL {
+                None
+            } else {
+                self.suspicion(&held.sub)
+            };
+            let Some(why) = suspicion else {
+                self.set_phase(shard, Phase::Done(Box::new(held)));
+                return self.maybe_commit(now);
+            };
+            self.notices.push(Notice::Held {
+                name: held.name.clone(),
+                step,
+                shard: shard as u32,
+                why: why.clone(),
+            });
+            self.set_phase(
+                shard,
+                Phase::Checking {
+                    opinions: vec![held],
+                },
+            );
+            return Submitted::Held(why);
+        }
+        // a further opinion: the shard is done when it agrees with one already in, and every
+        // result that disagrees with the agreed one is corrupt (the coordinator's own is trusted)
+        let differences: Vec<Option<String>> = opinions
+            .iter()
+            .map(|o| screen::agree(&o.sub, &held.sub).err())
+            .collect();
+        for (o, d) in opinions.iter().zip(&differences) {
+            self.notices.push(Notice::Checked {
+                step,
+                shard: shard as u32,
+                first: o.name.clone(),
+                second: held.name.clone(),
+                disagreement: d.clone(),
+            });
+        }
+        let agreed = differences.iter().position(Option::is_none);
+        let winner = match agreed {
+            Some(i) => opinions.swap_remove(i),
+            None if held.by == LOCAL => held,
             None => {
-                self.set_phase(shard, Phase::Done(Box::new(candidate)));
-                self.maybe_commit(now)
+                opinions.push(held);
+                self.set_phase(shard, Phase::Checking { opinions });
+                return Submitted::Held(
+                    "the results of two workers disagree; a third opinion decides".into(),
+                );
+            }
+        };
+        for o in &opinions {
+            if o.by != LOCAL && screen::agree(&o.sub, &winner.sub).is_err() {
+                self.evict(
+                    o.by,
+                    format!(
+                        "its result for shard {shard} of step {step} disagreed with a second opinion"
+                    ),
+                    now,
+                );
             }
         }
+        self.set_phase(shard, Phase::Done(Box::new(winner)));
+        self.maybe_commit(now)
     }
 
     fn set_phase(&mut self, shard: usize, phase: Phase) {
@@ -1073,16 +1097,12 @@ impl Job {
         };
         let mut due = Vec::new();
         for (i, s) in run.shards.iter().enumerate() {
-            let Phase::Checking { first } = &s.phase else {
-                continue;
-            };
-            if !s.holders.is_empty() {
+            if !matches!(s.phase, Phase::Checking { .. }) || !s.holders.is_empty() {
                 continue;
             }
-            let other = self
-                .members
-                .iter()
-                .any(|(&k, m)| k != first.by && m.polled && !Self::overdue(m, now));
+            let other = self.members.iter().any(|(&k, m)| {
+                !s.phase.has_opinion_of(k) && m.polled && !Self::overdue(m, now)
+            });
             if !other {
                 due.push(i);
             }

@@ -462,10 +462,13 @@ fn a_huge_gradient_waits_for_a_second_opinion_and_its_worker_is_evicted() {
     let check = assign(&mut job, &honest, now);
     assert_eq!(check.shard, a.shard);
     let good = compute(&job, &check);
+    // two results that differ: a third opinion decides, here the coordinator's own
     assert!(matches!(
         job.submit(&me(&honest), good, now).unwrap(),
-        Submitted::Committed(_)
+        Submitted::Held(_)
     ));
+    assert_eq!(run_local_checks(&mut job, now), 1);
+    assert!(job.trainer().cursor().global == 4, "the step committed");
     reference.step_local(&mut eng).unwrap();
     let notices = job.take_notices();
     assert!(
@@ -535,4 +538,57 @@ fn a_commit_that_would_make_parameters_non_finite_is_not_applied() {
     assert!(f.contains("not committed") && f.contains("finite"), "{f}");
     assert_eq!(job.trainer().params(), &before[..], "nothing was applied");
     assert_eq!(job.trainer().cursor().global, 0);
+}
+
+#[test]
+fn a_liar_giving_a_second_opinion_cannot_evict_an_honest_worker() {
+    let t0 = Instant::now();
+    let mut job = Job::new(
+        trainer(4),
+        JobConfig {
+            verify_first: 2,
+            ..cfg(2)
+        },
+    );
+    let mut reference = trainer(4);
+    let mut eng = CpuEngine::new(&reference.spec().model, 1);
+    let honest = register(&mut job, "honest", t0);
+    let liar = register(&mut job, "liar", t0);
+    assert!(matches!(job.poll(&me(&liar), t0).unwrap(), Poll::Wait(_)));
+    let a = assign(&mut job, &honest, t0);
+    let b = assign(&mut job, &liar, t0);
+    // both first results are held for a check by the other worker
+    let sa = compute(&job, &a);
+    let sb = compute(&job, &b);
+    assert!(matches!(job.submit(&me(&honest), sa, t0).unwrap(), Submitted::Held(_)));
+    assert!(matches!(job.submit(&me(&liar), sb, t0).unwrap(), Submitted::Held(_)));
+    // the liar checks the honest result and lies; the honest worker checks the liar's truly
+    let check = assign(&mut job, &liar, t0);
+    assert_eq!(check.shard, a.shard);
+    let mut lie = compute(&job, &check);
+    lie.grad.iter_mut().for_each(|g| *g *= 3.0);
+    assert!(matches!(job.submit(&me(&liar), lie, t0).unwrap(), Submitted::Held(_)));
+    let check2 = assign(&mut job, &honest, t0);
+    assert_eq!(check2.shard, b.shard);
+    let s2 = compute(&job, &check2);
+    job.submit(&me(&honest), s2, t0).unwrap();
+    // two results that differ on the honest shard: the coordinator decides
+    assert_eq!(run_local_checks(&mut job, t0), 1);
+    reference.step_local(&mut eng).unwrap();
+    assert_eq!(job.trainer().cursor().global, 1, "the step committed");
+    let notices = job.take_notices();
+    let evicted: Vec<&str> = notices
+        .iter()
+        .filter_map(|n| match n {
+            Notice::Left {
+                name,
+                evicted: true,
+                ..
+            } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(evicted, vec!["liar"], "{notices:?}");
+    let d = max_diff(job.trainer().params(), reference.params());
+    assert!(d <= 1e-6, "the lie was never committed: {d}");
 }

@@ -1,6 +1,7 @@
 mod deploy;
 mod distributed;
 mod failures;
+mod faults;
 mod product;
 mod refusals;
 mod security;

@@ -185,7 +185,7 @@ fn tls_and_mutual_tls_handshakes() {
 fn wrong_or_missing_tokens_are_refused_while_the_job_goes_on() {
     let dir = TempDir::new("token");
     let token_file = dir.join("token.txt");
-    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    std::fs::write(&token_file, "s3cret-token-0123456789\n").unwrap();
     let (mut c, addr) = train(
         "token",
         &dir,
@@ -207,7 +207,7 @@ fn wrong_or_missing_tokens_are_refused_while_the_job_goes_on() {
             "--throttle-ms",
             "20",
         ],
-        &[("CARRY_TOKEN", "s3cret-token")],
+        &[("CARRY_TOKEN", "s3cret-token-0123456789")],
         dir.path(),
     );
     carry_it::wait_rows(&dir.join("token"), 3, Duration::from_secs(60), &c);
