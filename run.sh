@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds carry and trains the seed model (2 x LSTM(8), dropout 0.2, dense head) on the built-in
-# synthetic trajectories with a coordinator and 2 local worker processes. Results go to
-# runs/quickstart: checkpoint, metrics.csv, loss.svg. Extra arguments go to `coordinator train`.
+# synthetic trajectories with a coordinator and 2 local worker processes. Each run gets its own
+# directory runs/<date>-<time> (checkpoint, metrics.csv, loss.svg); runs/latest links to the
+# newest. Extra arguments go to `coordinator train` (e.g. --out DIR, --epochs 3).
 set -euo pipefail
 cd "$(dirname "$0")"
 if ! command -v cargo >/dev/null 2>&1; then
@@ -9,4 +10,4 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 cargo build --release --workspace --bins
-exec target/release/coordinator train --spawn-workers 2 --listen 127.0.0.1:0 --out runs/quickstart "$@"
+exec target/release/coordinator train --spawn-workers 2 --listen 127.0.0.1:0 "$@"

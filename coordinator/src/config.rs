@@ -741,7 +741,10 @@ mod tests {
             "--tls-key",
             "k.pem",
         ]);
-        assert!(e.contains("refusing") && e.contains("authenticates no worker"), "{e}");
+        assert!(
+            e.contains("refusing") && e.contains("authenticates no worker"),
+            "{e}"
+        );
         assert!(
             args(&[
                 "--listen",

@@ -70,7 +70,7 @@ impl runtime::process::ExitStatus for CoordError {
 
 /// Trailer of an `UNAVAILABLE` registration refusal: milliseconds to wait before registering
 /// again.
-pub const RETRY_AFTER: &str = "retry-after-ms";
+pub(crate) const RETRY_AFTER: &str = "retry-after-ms";
 
 /// The gRPC status for a refusal.
 pub(crate) fn refusal_status(r: &Refusal) -> Status {

@@ -2,26 +2,28 @@
 //! them, commits each step once, and checkpoints; or trains in process as the reference.
 //!
 //! # Layout
-//! - [`cli`], [`config`]: the command line; flags > `CARRY_*` env > TOML > defaults.
-//! - [`job`]: the scheduling state machine (membership, leases, shards, deadlines, screening,
+//! The library serves its binary only: [`cli::main`] is its one public item.
+//!
+//! - `cli`, `config`: the command line; flags > `CARRY_*` env > TOML > defaults.
+//! - `job`: the scheduling state machine (membership, leases, shards, deadlines, screening,
 //!   evictions, commit), no I/O.
-//! - `service`: the gRPC adapter over the job; [`error`] maps refusals to statuses.
-//! - [`server`]: takes the run directory (`rundir`), loads data, resumes, serves (TLS, token,
+//! - `service`: the gRPC adapter over the job; `error` maps refusals to statuses.
+//! - `server`: takes the run directory (`rundir`), loads data, resumes, serves (TLS, token,
 //!   health), waits for the end.
 //! - `local`: the in-process reference trainer (`--spawn-workers 0`).
 //! - `spawn`: local worker processes (`--spawn-workers K`).
-//! - [`report`]: the one writer of the run's files (metrics.csv, checkpoints), validation,
+//! - `report`: the one writer of the run's files (metrics.csv, checkpoints), validation,
 //!   progress, Prometheus, the plot.
-//! - [`predict`]: `predict` and `export`.
+//! - `predict`: `predict` and `export`.
 
 pub mod cli;
-pub mod config;
-pub mod error;
-pub mod job;
+mod config;
+mod error;
+mod job;
 mod local;
-pub mod predict;
-pub mod report;
+mod predict;
+mod report;
 mod rundir;
-pub mod server;
+mod server;
 mod service;
 mod spawn;

@@ -72,10 +72,9 @@ fn config_err(field: &str, msg: String) -> CoordError {
     }
 }
 
-
 /// What `predict` wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PredictSummary {
+pub(crate) struct PredictSummary {
     /// Sequences.
     pub n: usize,
     /// Time steps.
@@ -83,7 +82,7 @@ pub struct PredictSummary {
 }
 
 /// Runs `predict`.
-pub fn predict(a: &PredictArgs) -> Result<PredictSummary, CoordError> {
+pub(crate) fn predict(a: &PredictArgs) -> Result<PredictSummary, CoordError> {
     let m = load_model(&a.model, a.head)?;
     let cfg = &m.config;
     let inputs_name = a.inputs.display().to_string();
@@ -166,7 +165,7 @@ pub fn predict(a: &PredictArgs) -> Result<PredictSummary, CoordError> {
 }
 
 /// Runs `export`.
-pub fn export_model(a: &ExportArgs) -> Result<(), CoordError> {
+pub(crate) fn export_model(a: &ExportArgs) -> Result<(), CoordError> {
     let m = load_model(&a.model, a.head)?;
     export(&a.out, &m.config, &m.params)?;
     Ok(())

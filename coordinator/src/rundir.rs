@@ -114,7 +114,8 @@ fn link_latest(run: &Path) {
         let link = parent.join(LATEST);
         let tmp = parent.join(format!(".{LATEST}.{}.tmp", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
-        let made = std::os::unix::fs::symlink(name, &tmp).and_then(|()| std::fs::rename(&tmp, &link));
+        let made =
+            std::os::unix::fs::symlink(name, &tmp).and_then(|()| std::fs::rename(&tmp, &link));
         if let Err(e) = made {
             let _ = std::fs::remove_file(&tmp);
             warn!(link = %link.display(), cause = %e, "could not link the newest run");

@@ -61,7 +61,10 @@ fn initial_states(cfg: &TrainConfig, t: &Trainer) -> Result<Option<SlotStates>, 
     let mut take = |k: &str| {
         arrays.remove(k).ok_or_else(|| CoordError::Config {
             field: "initial_state".into(),
-            msg: format!("{}: expected arrays `h` and `c`, missing `{k}`", path.display()),
+            msg: format!(
+                "{}: expected arrays `h` and `c`, missing `{k}`",
+                path.display()
+            ),
         })
     };
     let (h, c) = (take("h")?, take("c")?);
@@ -136,7 +139,7 @@ pub(crate) fn trainer(cfg: &TrainConfig, data: Dataset) -> Result<Trainer, Coord
 }
 
 /// Binds the gRPC listener (port 0 allowed).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, CoordError> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, CoordError> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| CoordError::io(format!("binding {addr}"), e))
@@ -144,7 +147,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, CoordError> {
 
 /// Runs the job described by `cfg` until it is complete, fails or `shutdown` fires. `listener` is
 /// the bound gRPC socket (bound here from `cfg.listen` when `None`; unused in-process).
-pub async fn run(
+pub(crate) async fn run(
     cfg: TrainConfig,
     listener: Option<TcpListener>,
     shutdown: CancellationToken,
@@ -220,7 +223,9 @@ pub async fn run(
     let outcome = match result {
         Ok(t) => {
             if !t.is_done() && !fatal.is_cancelled() {
-                let _ = events.send(Event::Interrupted(Box::new(t.checkpoint()))).await;
+                let _ = events
+                    .send(Event::Interrupted(Box::new(t.checkpoint())))
+                    .await;
             }
             Ok(())
         }
@@ -350,7 +355,8 @@ async fn serve(
     // leases, deadlines and second opinions
     let ticker = {
         let (shared, stop) = (shared.clone(), server_stop.clone());
-        let period = (cfg.job.lease / 4).clamp(Duration::from_millis(25), Duration::from_millis(250));
+        let period =
+            (cfg.job.lease / 4).clamp(Duration::from_millis(25), Duration::from_millis(250));
         tokio::spawn(async move {
             let mut iv = tokio::time::interval(period);
             loop {

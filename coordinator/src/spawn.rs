@@ -58,9 +58,10 @@ impl SpawnTls {
                 |e: rcgen::Error| CoordError::Spawn(format!("making client certificates: {e}"));
             let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
             ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            ca_params
-                .distinguished_name
-                .push(DnType::CommonName, "carry spawned workers (one coordinator only)");
+            ca_params.distinguished_name.push(
+                DnType::CommonName,
+                "carry spawned workers (one coordinator only)",
+            );
             let issuer = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(err)?)
                 .map_err(err)?;
             let key = KeyPair::generate().map_err(err)?;

@@ -7,9 +7,7 @@ use std::str::FromStr;
 use crate::error::ModelError;
 
 /// Activation of the per-time-step dense head.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Head {
     /// Identity: regression outputs.
@@ -102,9 +100,7 @@ impl<'de> Deserialize<'de> for ResetPolicy {
 }
 
 /// Where validation streams start.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ValState {
     /// From the final training state of the same slots (Keras `evaluate` on a stateful model).
@@ -424,7 +420,9 @@ mod tests {
             val_state: ValState::Zero,
             ..spec()
         };
-        longer.check_resume(&saved).expect("extending a run is allowed");
+        longer
+            .check_resume(&saved)
+            .expect("extending a run is allowed");
         let mut other = spec();
         other.model.hidden = 16;
         let e = other.check_resume(&saved).unwrap_err().to_string();

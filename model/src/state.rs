@@ -183,12 +183,6 @@ impl SlotStates {
             }
         }
     }
-
-    /// Sets every value to zero.
-    pub fn reset(&mut self) {
-        self.h.fill(0.0);
-        self.c.fill(0.0);
-    }
 }
 
 #[cfg(test)]

@@ -469,7 +469,10 @@ fn state_carries_slot_by_slot_and_resets_by_policy() {
                     "reset to zero"
                 );
             } else if let Some(f) = &prev_final {
-                assert_eq!(&shard.init, f, "carried from the previous batch, slot by slot");
+                assert_eq!(
+                    &shard.init, f,
+                    "carried from the previous batch, slot by slot"
+                );
             }
             // slot s holds sequence step*B + s
             let want: Vec<f32> = (0..b)
@@ -502,7 +505,10 @@ fn state_carries_slot_by_slot_and_resets_by_policy() {
                 loss += out.loss_sum;
                 fin.scatter(&r.clone().collect::<Vec<_>>(), &out.final_state);
             }
-            let finals: Vec<_> = parts.iter().map(|(r, o)| (r.clone(), &o.final_state)).collect();
+            let finals: Vec<_> = parts
+                .iter()
+                .map(|(r, o)| (r.clone(), &o.final_state))
+                .collect();
             tr.commit(&plan, &grad, loss, &finals).unwrap();
             prev_final = Some(fin);
         }

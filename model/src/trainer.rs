@@ -343,7 +343,10 @@ impl Trainer {
         let mut adam = self.adam.clone();
         adam.step(&self.spec.adam, &mut params, &grad);
         let step = self.cursor.global;
-        check_finite(&format!("parameters after the update of step {step}"), &params)?;
+        check_finite(
+            &format!("parameters after the update of step {step}"),
+            &params,
+        )?;
         check_finite(&format!("Adam first moments after step {step}"), &adam.m)?;
         check_finite(&format!("Adam second moments after step {step}"), &adam.v)?;
         self.params = params;
@@ -449,7 +452,10 @@ pub fn clip_to_norm(grad: &mut [f32], max: f64) {
 
 /// The L2 norm of `v`, accumulated in f64.
 pub fn l2_norm(v: &[f32]) -> f64 {
-    v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()
+    v.iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt()
 }
 
 fn gather_cond(c: &crate::data::Cond, seqs: &[usize]) -> Vec<f32> {

@@ -141,7 +141,10 @@ mod tests {
         let g = r.grad.as_ref().unwrap();
         assert_eq!((g.blob.as_str(), g.data.len()), ("blob-1", 0));
         assert_eq!(stored[0].len(), 1_200_000);
-        assert!(r.h.as_ref().unwrap().blob.is_empty(), "small tensors stay inline");
+        assert!(
+            r.h.as_ref().unwrap().blob.is_empty(),
+            "small tensors stay inline"
+        );
         // chunks put back together give the same bytes
         let mut a = Assembler::new(1_200_000);
         for c in chunks(&stored[0], CHUNK_BYTES) {

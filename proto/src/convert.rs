@@ -414,15 +414,24 @@ mod tests {
         };
         let wire = assignment(&out, tensor(&[np], &params));
         let w = work(&wire, &cfg).unwrap();
-        assert_eq!((w.step, w.shard, w.deadline), (9, 1, Some(Duration::from_secs(7))));
+        assert_eq!(
+            (w.step, w.shard, w.deadline),
+            (9, 1, Some(Duration::from_secs(7)))
+        );
         assert_eq!(w.params, params);
         assert_eq!(w.data.slots, data.slots);
-        assert_eq!((w.data.x.clone(), w.data.y.clone()), (data.x.clone(), data.y.clone()));
+        assert_eq!(
+            (w.data.x.clone(), w.data.y.clone()),
+            (data.x.clone(), data.y.clone())
+        );
         assert_eq!(w.data.cond, data.cond);
         assert_eq!(w.data.dropout, data.dropout);
         let mut missing = wire.clone();
         missing.cond = None;
-        assert_eq!(work(&missing, &cfg).unwrap_err().to_string(), "cond: missing");
+        assert_eq!(
+            work(&missing, &cfg).unwrap_err().to_string(),
+            "cond: missing"
+        );
         let trained = TrainOut {
             loss_sum: 1.5,
             grad: vec![0.25; np],
@@ -431,7 +440,10 @@ mod tests {
         };
         let r = shard_result(9, 1, &trained, 3.0);
         let s = submission(&r, np, [cfg.layers, n, cfg.hidden]).unwrap();
-        assert_eq!((s.step, s.shard, s.loss_sum, s.compute_ms), (9, 1, 1.5, 3.0));
+        assert_eq!(
+            (s.step, s.shard, s.loss_sum, s.compute_ms),
+            (9, 1, 1.5, 3.0)
+        );
         assert_eq!(s.grad, trained.grad);
         let e = submission(&r, np + 1, [cfg.layers, n, cfg.hidden])
             .unwrap_err()

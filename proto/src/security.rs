@@ -213,7 +213,10 @@ mod tests {
     #[test]
     fn weak_tokens_are_refused_with_advice() {
         let e = token("short").check_strength().unwrap_err();
-        assert!(e.contains("at least 16 bytes, got 5") && e.contains("openssl rand"), "{e}");
+        assert!(
+            e.contains("at least 16 bytes, got 5") && e.contains("openssl rand"),
+            "{e}"
+        );
         let e = token("change-me").check_strength().unwrap_err();
         assert!(e.contains("placeholder"), "{e}");
         token("0123456789abcdef").check_strength().unwrap();

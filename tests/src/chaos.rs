@@ -113,7 +113,13 @@ fn say(msg: &str) {
 pub fn run(dir: &TempDir, plan: &Plan) {
     let job = plan.job_args();
     let ref_out = dir.join("ref");
-    let mut args = vec!["train", "--spawn-workers", "0", "--out", ref_out.to_str().unwrap()];
+    let mut args = vec![
+        "train",
+        "--spawn-workers",
+        "0",
+        "--out",
+        ref_out.to_str().unwrap(),
+    ];
     args.extend_from_slice(&job);
     Proc::coordinator("ref", &args, &[], dir.path()).success(Duration::from_secs(300));
     let want = params(&ref_out);
@@ -161,7 +167,9 @@ pub fn run(dir: &TempDir, plan: &Plan) {
                 healthy[i].kill9();
                 spare += 1;
                 let name = format!("spare-{spare}");
-                say(&format!("step {step}: SIGKILL a worker, start {name} in its place"));
+                say(&format!(
+                    "step {step}: SIGKILL a worker, start {name} in its place"
+                ));
                 healthy[i] = worker(&name, &url, &throttle, dir);
             }
             Injection::FreezeWorker => {

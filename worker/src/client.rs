@@ -15,7 +15,7 @@ use crate::config::WorkerConfig;
 use crate::error::WorkerError;
 
 /// The client type used everywhere in the worker.
-pub type Client = CoordinatorClient<InterceptedService<Channel, AddToken>>;
+pub(crate) type Client = CoordinatorClient<InterceptedService<Channel, AddToken>>;
 
 fn endpoint(cfg: &WorkerConfig) -> Result<Endpoint, WorkerError> {
     let bad = |field: &str, msg: String| WorkerError::Config {
@@ -51,15 +51,14 @@ fn endpoint(cfg: &WorkerConfig) -> Result<Endpoint, WorkerError> {
 }
 
 /// Opens a connection (one attempt).
-pub async fn connect(cfg: &WorkerConfig) -> Result<Client, WorkerError> {
+pub(crate) async fn connect(cfg: &WorkerConfig) -> Result<Client, WorkerError> {
     let ep = endpoint(cfg)?;
     match ep.connect().await {
-        Ok(ch) => Ok(CoordinatorClient::with_interceptor(
-            ch,
-            AddToken::new(cfg.token.as_ref()),
-        )
-        .max_decoding_message_size(cfg.max_message_bytes)
-        .max_encoding_message_size(cfg.max_message_bytes)),
+        Ok(ch) => Ok(
+            CoordinatorClient::with_interceptor(ch, AddToken::new(cfg.token.as_ref()))
+                .max_decoding_message_size(cfg.max_message_bytes)
+                .max_encoding_message_size(cfg.max_message_bytes),
+        ),
         Err(e) => Err(WorkerError::Transport(source_chain(&e))),
     }
 }
@@ -67,7 +66,7 @@ pub async fn connect(cfg: &WorkerConfig) -> Result<Client, WorkerError> {
 /// Exponential backoff (100 ms doubling to 5 s) over consecutive failures to reach the
 /// coordinator, giving up after `give_up` without a success.
 #[derive(Debug)]
-pub struct Retry {
+pub(crate) struct Retry {
     give_up: Option<Duration>,
     since: Option<Instant>,
     delay: Duration,
@@ -76,7 +75,7 @@ pub struct Retry {
 
 impl Retry {
     /// A fresh backoff.
-    pub fn new(give_up: Option<Duration>) -> Self {
+    pub(crate) fn new(give_up: Option<Duration>) -> Self {
         Self {
             give_up,
             since: None,
@@ -86,7 +85,7 @@ impl Retry {
     }
 
     /// The coordinator answered.
-    pub fn success(&mut self) {
+    pub(crate) fn success(&mut self) {
         if self.failures > 0 {
             info!(failures = self.failures, "reached the coordinator");
         }
@@ -94,7 +93,7 @@ impl Retry {
     }
 
     /// Records a failure and sleeps before the next try. `Ok(false)` means shutdown was requested.
-    pub async fn failed(
+    pub(crate) async fn failed(
         &mut self,
         url: &str,
         cause: &str,
@@ -124,7 +123,7 @@ impl Retry {
 }
 
 /// An error with its causes, `a: b: c`.
-pub fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -136,7 +135,11 @@ pub fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Fetches every tensor of `a` that the coordinator sent as a blob.
-pub async fn fetch_blobs(client: &mut Client, id: &str, a: &mut pb::Assignment) -> Result<(), String> {
+pub(crate) async fn fetch_blobs(
+    client: &mut Client,
+    id: &str,
+    a: &mut pb::Assignment,
+) -> Result<(), String> {
     for t in proto::blob::assignment_tensors(a) {
         if t.blob.is_empty() {
             continue;
@@ -171,7 +174,7 @@ pub async fn fetch_blobs(client: &mut Client, id: &str, a: &mut pb::Assignment) 
 }
 
 /// Uploads the largest tensors of `r` until it fits in `limit` bytes; they then travel as blobs.
-pub async fn send_blobs(
+pub(crate) async fn send_blobs(
     client: &mut Client,
     id: &str,
     r: &mut pb::ShardResult,
@@ -191,7 +194,11 @@ pub async fn send_blobs(
             .into_iter()
             .enumerate()
             .map(|(i, data)| pb::BlobChunk {
-                worker_id: if i == 0 { id.to_string() } else { String::new() },
+                worker_id: if i == 0 {
+                    id.to_string()
+                } else {
+                    String::new()
+                },
                 data,
             })
             .collect();
@@ -199,7 +206,11 @@ pub async fn send_blobs(
         ids.push(reply.into_inner().blob);
     }
     for t in proto::blob::result_tensors(r) {
-        if let Some(k) = t.blob.strip_prefix("pending-").and_then(|k| k.parse::<usize>().ok()) {
+        if let Some(k) = t
+            .blob
+            .strip_prefix("pending-")
+            .and_then(|k| k.parse::<usize>().ok())
+        {
             t.blob = ids[k].clone();
         }
     }

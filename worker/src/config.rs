@@ -17,7 +17,7 @@ use crate::error::WorkerError;
 #[derive(Debug, Clone, Default, Parser, Deserialize)]
 #[command(name = "worker", version, about)]
 #[serde(deny_unknown_fields)]
-pub struct WorkerArgs {
+pub(crate) struct WorkerArgs {
     /// TOML file with any of these options (keys as flag names with `_`).
     #[arg(long, env = "CARRY_CONFIG")]
     #[serde(skip)]
@@ -81,7 +81,7 @@ pub struct WorkerArgs {
 /// A misbehaviour injected from a step on (see `--fault`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(try_from = "String")]
-pub enum Fault {
+pub(crate) enum Fault {
     /// Compute never returns; heartbeats go on (a wedged GPU).
     Hang(u64),
     /// Results with finite but huge gradients (silent data corruption).
@@ -94,7 +94,7 @@ pub enum Fault {
 
 impl Fault {
     /// Whether the fault applies to `step`.
-    pub fn at(&self, step: u64) -> bool {
+    pub(crate) fn at(&self, step: u64) -> bool {
         let (Self::Hang(s) | Self::Corrupt(s) | Self::BadShape(s) | Self::Fail(s)) = *self;
         step >= s
     }
@@ -103,7 +103,8 @@ impl Fault {
 impl std::str::FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let err = || format!("expected hang:STEP, corrupt:STEP, bad-shape:STEP or fail:STEP, got `{s}`");
+        let err =
+            || format!("expected hang:STEP, corrupt:STEP, bad-shape:STEP or fail:STEP, got `{s}`");
         let (kind, step) = s.split_once(':').ok_or_else(err)?;
         let step: u64 = step.parse().map_err(|_| err())?;
         Ok(match kind {
@@ -125,7 +126,7 @@ impl TryFrom<String> for Fault {
 
 /// TLS settings of the worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientTls {
+pub(crate) struct ClientTls {
     /// CA of the coordinator's certificate (system roots are not used).
     pub ca: Option<PathBuf>,
     /// Client certificate and key.
@@ -136,7 +137,7 @@ pub struct ClientTls {
 
 /// The resolved configuration of a worker.
 #[derive(Debug, Clone)]
-pub struct WorkerConfig {
+pub(crate) struct WorkerConfig {
     /// Coordinator URL.
     pub coordinator: String,
     /// Device.
@@ -165,7 +166,7 @@ pub struct WorkerConfig {
 
 impl WorkerArgs {
     /// Applies the TOML file under flags and environment.
-    pub fn with_file(mut self) -> Result<Self, WorkerError> {
+    pub(crate) fn with_file(mut self) -> Result<Self, WorkerError> {
         let Some(path) = self.config.clone() else {
             return Ok(self);
         };
@@ -177,7 +178,7 @@ impl WorkerArgs {
     }
 
     /// Resolves defaults and validates; errors name the field.
-    pub fn resolve(self) -> Result<WorkerConfig, WorkerError> {
+    pub(crate) fn resolve(self) -> Result<WorkerConfig, WorkerError> {
         let bad = |field: &str, msg: String| WorkerError::Config {
             field: field.into(),
             msg,

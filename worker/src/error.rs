@@ -2,7 +2,7 @@
 
 /// Errors of the worker.
 #[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
+pub(crate) enum WorkerError {
     /// A configuration value out of range; names the field.
     #[error("invalid `{field}`: {msg}")]
     Config {

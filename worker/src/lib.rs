@@ -2,14 +2,16 @@
 //! gradients and final `(h, c)` snapshots, or says why it could not.
 //!
 //! # Layout
-//! - [`cli`], [`config`]: the command line; flags > `CARRY_*` env > TOML > defaults.
-//! - [`client`]: connection, TLS, token, retry with backoff, blobs.
-//! - [`session`]: register, step loop, heartbeats, reconnects, evictions, SIGTERM, health.
+//! The library serves its binary only: [`cli::main`] is its one public item.
+//!
+//! - `cli`, `config`: the command line; flags > `CARRY_*` env > TOML > defaults.
+//! - `client`: connection, TLS, token, retry with backoff, blobs.
+//! - `session`: register, step loop, heartbeats, reconnects, evictions, SIGTERM, health.
 //! - `compute`: the compute thread that owns the engine.
 
 pub mod cli;
-pub mod client;
+mod client;
 mod compute;
-pub mod config;
-pub mod error;
-pub mod session;
+mod config;
+mod error;
+mod session;

@@ -22,7 +22,7 @@ use crate::error::WorkerError;
 
 /// How a worker's run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The job is over; the coordinator's message.
     Finished(String),
     /// Stopped by a signal.
@@ -32,11 +32,11 @@ pub enum Outcome {
 /// The worker's health service: `NOT_SERVING` while its compute is stuck past a shard's deadline,
 /// so that an orchestrator restarts it.
 #[derive(Debug, Clone)]
-pub struct Health(Option<tonic_health::server::HealthReporter>);
+pub(crate) struct Health(Option<tonic_health::server::HealthReporter>);
 
 impl Health {
     /// Health reported through `reporter` (or nowhere).
-    pub fn new(reporter: Option<tonic_health::server::HealthReporter>) -> Self {
+    pub(crate) fn new(reporter: Option<tonic_health::server::HealthReporter>) -> Self {
         Self(reporter)
     }
 
@@ -124,7 +124,7 @@ fn heartbeats(
 /// What the next `Step` call hands in.
 enum Handed {
     Nothing,
-    Result(pb::ShardResult),
+    Result(Box<pb::ShardResult>),
     Failure(pb::ShardFailure),
 }
 
@@ -164,7 +164,7 @@ async fn leave(client: &mut Client, id: &str) {
 }
 
 /// Runs the worker until the job is over or `shutdown` fires.
-pub async fn run(
+pub(crate) async fn run(
     cfg: WorkerConfig,
     health: Health,
     shutdown: CancellationToken,
@@ -202,7 +202,11 @@ pub async fn run(
                 Ok(r) => r.into_inner(),
                 Err(s) if s.code() == Code::Unavailable && retry_after(&s).is_some() => {
                     let wait = retry_after(&s).unwrap_or_default();
-                    warn!(reason = s.message(), wait_ms = wait.as_millis() as u64, "evicted by the coordinator; registering again after the back-off");
+                    warn!(
+                        reason = s.message(),
+                        wait_ms = wait.as_millis() as u64,
+                        "evicted by the coordinator; registering again after the back-off"
+                    );
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
                         _ = tokio::time::sleep(wait) => {}
@@ -210,7 +214,10 @@ pub async fn run(
                     continue 'register;
                 }
                 Err(s) if s.code() == Code::ResourceExhausted => {
-                    if !retry.failed(&cfg.coordinator, s.message(), &shutdown).await? {
+                    if !retry
+                        .failed(&cfg.coordinator, s.message(), &shutdown)
+                        .await?
+                    {
                         return Ok(Outcome::Stopped);
                     }
                     continue 'register;
@@ -268,7 +275,7 @@ pub async fn run(
                         if let Err(s) = send_blobs(&mut client, &id, &mut r, limit).await {
                             warn!(code = ?s.code(), msg = s.message(), "uploading a large result failed; it is dropped");
                         } else {
-                            req.result = Some(r);
+                            req.result = Some(*r);
                         }
                     }
                 }
@@ -335,7 +342,14 @@ pub async fn run(
                     }
                 }
                 handed = match compute(
-                    &cfg, &computer, &health, &mut client, &id, &model, &mut a, &shutdown,
+                    &cfg,
+                    &computer,
+                    &health,
+                    &mut client,
+                    &id,
+                    &model,
+                    &mut a,
+                    &shutdown,
                 )
                 .await
                 {
@@ -363,7 +377,7 @@ pub async fn run(
 }
 
 enum Computed {
-    Done(pb::ShardResult),
+    Done(Box<pb::ShardResult>),
     Failed(String),
     Stopped,
 }
@@ -422,7 +436,7 @@ async fn compute(
                 ms = d.ms,
                 "computed"
             );
-            Computed::Done(convert::shard_result(step, shard, &d.out, d.ms))
+            Computed::Done(Box::new(convert::shard_result(step, shard, &d.out, d.ms)))
         }
         Err(e) => Computed::Failed(e.to_string()),
     }

@@ -107,16 +107,17 @@ impl Default for JobConfig {
 /// Who is calling: the worker id it sent and, under mutual TLS, a digest of its client
 /// certificate (an id is bound to the certificate it registered with).
 #[derive(Debug, Clone, Copy)]
-pub struct Caller<'a> {
+pub(crate) struct Caller<'a> {
     /// The worker id.
     pub id: &'a str,
     /// Digest of the client certificate, when there is one.
     pub identity: Option<&'a [u8]>,
 }
 
+#[cfg(test)]
 impl<'a> Caller<'a> {
     /// A caller without a client certificate.
-    pub fn id(id: &'a str) -> Self {
+    pub(crate) fn id(id: &'a str) -> Self {
         Self { id, identity: None }
     }
 }
@@ -124,7 +125,7 @@ impl<'a> Caller<'a> {
 /// Why a request was refused. Each maps to a gRPC status in one place (`error.rs`). No message
 /// names another worker's id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The worker id is not (or no longer) a member.
     #[error("unknown worker id; register again")]
     UnknownWorker,
@@ -158,7 +159,7 @@ pub enum Refusal {
 
 /// What a polling worker gets.
 #[derive(Debug, Clone)]
-pub enum Poll {
+pub(crate) enum Poll {
     /// A shard to compute.
     Assign(Box<Assignment>),
     /// Nothing yet; poll again.
@@ -169,7 +170,7 @@ pub enum Poll {
 
 /// A shard of a step, handed to a worker.
 #[derive(Debug, Clone)]
-pub struct Assignment {
+pub(crate) struct Assignment {
     /// The step.
     pub plan: StepPlan,
     /// Shard index within the step.
@@ -184,7 +185,7 @@ pub struct Assignment {
 
 /// Sizes a submission for `(step, shard)` must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Admission {
+pub(crate) struct Admission {
     /// Gradient length.
     pub grad: usize,
     /// Shape of `h` and `c`: `[layers, slots, hidden]`.
@@ -193,7 +194,7 @@ pub struct Admission {
 
 /// A committed step, for the step log and metrics.
 #[derive(Debug, Clone)]
-pub struct CommitReport {
+pub(crate) struct CommitReport {
     /// The trainer's view of the commit.
     pub committed: Committed,
     /// Slot ranges and the names of the workers that computed them.
@@ -208,7 +209,7 @@ pub struct CommitReport {
 
 /// The outcome of an accepted submission.
 #[derive(Debug, Clone)]
-pub enum Submitted {
+pub(crate) enum Submitted {
     /// Stored; other shards of the step are still out.
     Accepted,
     /// Held until another worker computes the same shard; why.
@@ -219,7 +220,7 @@ pub enum Submitted {
 
 /// Something worth telling the operator, drained by the service with [`Job::take_notices`].
 #[derive(Debug, Clone, PartialEq)]
-pub enum Notice {
+pub(crate) enum Notice {
     /// A worker is no longer a member.
     Left {
         /// Its (former) id, to drop what is kept for it; never logged.
@@ -281,7 +282,7 @@ pub enum Notice {
 
 /// A second opinion the coordinator computes itself (no other worker can give it).
 #[derive(Debug, Clone)]
-pub struct LocalCheck {
+pub(crate) struct LocalCheck {
     /// The step.
     pub step: u64,
     /// The shard.
@@ -327,7 +328,9 @@ enum Phase {
     Open,
     /// Results from different workers that do not agree yet; the shard is done when a new one
     /// agrees with one of them (or the coordinator computes it itself).
-    Checking { opinions: Vec<Held> },
+    Checking {
+        opinions: Vec<Held>,
+    },
     Done(Box<Held>),
 }
 
@@ -366,7 +369,7 @@ struct Backoff {
 
 /// The job.
 #[derive(Debug)]
-pub struct Job {
+pub(crate) struct Job {
     trainer: Trainer,
     cfg: JobConfig,
     started: bool,
@@ -386,7 +389,7 @@ pub struct Job {
 
 impl Job {
     /// A job over `trainer` run by `cfg`.
-    pub fn new(trainer: Trainer, cfg: JobConfig) -> Self {
+    pub(crate) fn new(trainer: Trainer, cfg: JobConfig) -> Self {
         let warmup_left = cfg.verify_first;
         Self {
             trainer,
@@ -413,33 +416,33 @@ impl Job {
     }
 
     /// The trainer (parameters, cursor, states).
-    pub fn trainer(&self) -> &Trainer {
+    pub(crate) fn trainer(&self) -> &Trainer {
         &self.trainer
     }
 
     /// Live workers.
-    pub fn live_workers(&self) -> usize {
+    pub(crate) fn live_workers(&self) -> usize {
         self.members.len()
     }
 
     /// Why the job failed, if it did.
-    pub fn failure(&self) -> Option<&str> {
+    pub(crate) fn failure(&self) -> Option<&str> {
         self.failed.as_deref()
     }
 
     /// Whether no more work will be handed out.
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.failed.is_some() || self.trainer.is_done()
     }
 
     /// What happened since the last call.
-    pub fn take_notices(&mut self) -> Vec<Notice> {
+    pub(crate) fn take_notices(&mut self) -> Vec<Notice> {
         std::mem::take(&mut self.notices)
     }
 
     /// Adds a worker; returns its secret id. Refused while the name is in an eviction back-off
     /// or when the job has `max_workers` members.
-    pub fn register(
+    pub(crate) fn register(
         &mut self,
         name: &str,
         identity: Option<&[u8]>,
@@ -506,7 +509,7 @@ impl Job {
     }
 
     /// Renews a worker's lease.
-    pub fn heartbeat(&mut self, who: &Caller<'_>, now: Instant) -> Result<(), Refusal> {
+    pub(crate) fn heartbeat(&mut self, who: &Caller<'_>, now: Instant) -> Result<(), Refusal> {
         let key = self.auth(who)?;
         let lease = self.cfg.lease;
         if let Some(m) = self.members.get_mut(&key) {
@@ -516,13 +519,13 @@ impl Job {
     }
 
     /// Removes a worker at once; its unfinished shards go to others. Returns its name.
-    pub fn leave(&mut self, who: &Caller<'_>) -> Result<String, Refusal> {
+    pub(crate) fn leave(&mut self, who: &Caller<'_>) -> Result<String, Refusal> {
         let key = self.auth(who)?;
         Ok(self.remove(key).1)
     }
 
     /// Checks that the caller is a member.
-    pub fn check_member(&self, who: &Caller<'_>) -> Result<(), Refusal> {
+    pub(crate) fn check_member(&self, who: &Caller<'_>) -> Result<(), Refusal> {
         self.auth(who).map(|_| ())
     }
 
@@ -572,7 +575,7 @@ impl Job {
     /// Advances time: removes workers whose lease ran out, counts missed deadlines (evicting
     /// workers that missed too many), and plans the next step. Returns whether anything changed
     /// that waiting workers should hear about.
-    pub fn tick(&mut self, now: Instant) -> bool {
+    pub(crate) fn tick(&mut self, now: Instant) -> bool {
         let mut changed = false;
         let dead: Vec<u64> = self
             .members
@@ -596,7 +599,10 @@ impl Job {
             if now <= b.due {
                 continue;
             }
-            let period = b.due.saturating_duration_since(b.since).max(Duration::from_millis(1));
+            let period = b
+                .due
+                .saturating_duration_since(b.since)
+                .max(Duration::from_millis(1));
             let periods = 1 + (now.duration_since(b.due).as_nanos() / period.as_nanos()) as u32;
             if periods > b.missed {
                 if b.missed == 0 {
@@ -632,12 +638,9 @@ impl Job {
     fn deadline_for(&self, slots: usize) -> Duration {
         match self.cfg.deadline {
             DeadlinePolicy::Fixed(d) => d,
-            DeadlinePolicy::Adaptive { floor } => self
-                .stats
-                .ms_per_slot()
-                .map_or(floor, |ms| {
-                    floor.max(Duration::from_secs_f64(5.0 * ms * slots as f64 / 1e3))
-                }),
+            DeadlinePolicy::Adaptive { floor } => self.stats.ms_per_slot().map_or(floor, |ms| {
+                floor.max(Duration::from_secs_f64(5.0 * ms * slots as f64 / 1e3))
+            }),
         }
     }
 
@@ -684,9 +687,10 @@ impl Job {
         }
         let all_overdue = !s.holders.is_empty()
             && s.holders.iter().all(|h| {
-                self.members
-                    .get(h)
-                    .is_some_and(|m| m.busy.is_some_and(|b| b.step == run.plan.cursor.global && now > b.due))
+                self.members.get(h).is_some_and(|m| {
+                    m.busy
+                        .is_some_and(|b| b.step == run.plan.cursor.global && now > b.due)
+                })
             });
         match &s.phase {
             Phase::Done(_) => None,
@@ -697,7 +701,11 @@ impl Job {
                 if s.planned_for == Some(key) {
                     Some(0)
                 } else if s.holders.is_empty() && s.planned_for.is_none() {
-                    Some(if s.refused_by.contains(&self.members[&key].name) { 3 } else { 2 })
+                    Some(if s.refused_by.contains(&self.members[&key].name) {
+                        3
+                    } else {
+                        2
+                    })
                 } else if all_overdue {
                     Some(4)
                 } else {
@@ -708,7 +716,7 @@ impl Job {
     }
 
     /// The next assignment for a worker, or why there is none.
-    pub fn poll(&mut self, who: &Caller<'_>, now: Instant) -> Result<Poll, Refusal> {
+    pub(crate) fn poll(&mut self, who: &Caller<'_>, now: Instant) -> Result<Poll, Refusal> {
         let key = self.auth(who)?;
         let lease = self.cfg.lease;
         let m = self.members.get_mut(&key).expect("authenticated");
@@ -752,7 +760,9 @@ impl Job {
                 .map(|(_, i)| i)
         });
         let Some(i) = pick else {
-            return Ok(Poll::Wait(format!("step {step} is in progress on other workers")));
+            return Ok(Poll::Wait(format!(
+                "step {step} is in progress on other workers"
+            )));
         };
         let range = run.shards[i].range.clone();
         let plan = run.plan;
@@ -788,7 +798,12 @@ impl Job {
 
     /// Checks that the caller may hand in `(step, shard)` and returns the sizes the result must
     /// have.
-    pub fn admit(&self, who: &Caller<'_>, step: u64, shard: u32) -> Result<Admission, Refusal> {
+    pub(crate) fn admit(
+        &self,
+        who: &Caller<'_>,
+        step: u64,
+        shard: u32,
+    ) -> Result<Admission, Refusal> {
         let key = self.auth(who)?;
         self.admit_key(key, step, shard)
     }
@@ -843,7 +858,14 @@ impl Job {
     /// worker reported it could not compute it. Counts against the worker (evicted after
     /// `max_refusals`); the shard goes to another worker. The job fails when one shard has been
     /// refused by several different workers.
-    pub fn refuse(&mut self, who: &Caller<'_>, step: u64, shard: u32, why: &str, now: Instant) {
+    pub(crate) fn refuse(
+        &mut self,
+        who: &Caller<'_>,
+        step: u64,
+        shard: u32,
+        why: &str,
+        now: Instant,
+    ) {
         let Ok(key) = self.auth(who) else { return };
         self.refuse_key(key, step, shard, why, now);
     }
@@ -902,7 +924,11 @@ impl Job {
             && m.refusals >= self.cfg.max_refusals
         {
             let n = m.refusals;
-            self.evict(key, format!("{n} of its results were refused; the last: {why}"), now);
+            self.evict(
+                key,
+                format!("{n} of its results were refused; the last: {why}"),
+                now,
+            );
         }
     }
 
@@ -917,15 +943,14 @@ impl Job {
         } else {
             Start::Carry(&data.init)
         };
-        net::initial_states(m, self.trainer.params(), data.slots.len(), start)
-            .unwrap_or(data.init)
+        net::initial_states(m, self.trainer.params(), data.slots.len(), start).unwrap_or(data.init)
     }
 
     /// Hands in a decoded result. It is checked for sizes and for bounds no LSTM can break
     /// (refused and counted against the worker otherwise), then screened: a suspicious result is
     /// held for a second opinion; otherwise it is accepted, and the step commits when it was the
     /// last one out.
-    pub fn submit(
+    pub(crate) fn submit(
         &mut self,
         who: &Caller<'_>,
         sub: Submission,
@@ -1091,7 +1116,7 @@ impl Job {
 
     /// Second opinions that no worker can give (no live worker other than the one whose result
     /// is held): the coordinator computes them, and hands each in with [`Job::submit_local`].
-    pub fn local_checks(&mut self, now: Instant) -> Vec<LocalCheck> {
+    pub(crate) fn local_checks(&mut self, now: Instant) -> Vec<LocalCheck> {
         let Some(run) = &self.running else {
             return Vec::new();
         };
@@ -1100,9 +1125,10 @@ impl Job {
             if !matches!(s.phase, Phase::Checking { .. }) || !s.holders.is_empty() {
                 continue;
             }
-            let other = self.members.iter().any(|(&k, m)| {
-                !s.phase.has_opinion_of(k) && m.polled && !Self::overdue(m, now)
-            });
+            let other = self
+                .members
+                .iter()
+                .any(|(&k, m)| !s.phase.has_opinion_of(k) && m.polled && !Self::overdue(m, now));
             if !other {
                 due.push(i);
             }
@@ -1124,7 +1150,11 @@ impl Job {
     }
 
     /// Hands in a second opinion the coordinator computed (see [`Job::local_checks`]).
-    pub fn submit_local(&mut self, sub: Submission, now: Instant) -> Result<Submitted, Refusal> {
+    pub(crate) fn submit_local(
+        &mut self,
+        sub: Submission,
+        now: Instant,
+    ) -> Result<Submitted, Refusal> {
         self.admit_key(LOCAL, sub.step, sub.shard)?;
         let held = Held {
             by: LOCAL,
@@ -1136,7 +1166,7 @@ impl Job {
     }
 
     /// A second opinion the coordinator could not compute: the shard is offered to workers again.
-    pub fn local_check_failed(&mut self, step: u64, shard: u32) {
+    pub(crate) fn local_check_failed(&mut self, step: u64, shard: u32) {
         if let Some(run) = &mut self.running
             && run.plan.cursor.global == step
             && let Some(s) = run.shards.get_mut(shard as usize)

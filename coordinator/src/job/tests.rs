@@ -212,7 +212,10 @@ fn membership_is_bounded_and_silent_members_get_no_shards() {
     let a = register(&mut job, "a", t0);
     let _silent = register(&mut job, "silent", t0);
     let e = job.register("flood", None, t0).unwrap_err();
-    assert!(matches!(&e, Refusal::Full(m) if m.contains("--max-workers")), "{e}");
+    assert!(
+        matches!(&e, Refusal::Full(m) if m.contains("--max-workers")),
+        "{e}"
+    );
     // only `a` polls: the whole batch is its shard, none is planned for the silent member
     let sh = assign(&mut job, &a, t0);
     assert_eq!(sh.data.slots.len(), 4);
@@ -272,7 +275,10 @@ fn dead_worker_shard_moves_and_result_equals_reference() {
     assert!(job.is_finished());
     let diff = max_diff(job.trainer().params(), reference.params());
     assert!(diff <= 1e-5, "max diff {diff}");
-    assert!(matches!(job.poll(&me(&w1), now).unwrap(), Poll::Finished(_)));
+    assert!(matches!(
+        job.poll(&me(&w1), now).unwrap(),
+        Poll::Finished(_)
+    ));
 }
 
 #[test]
@@ -288,7 +294,10 @@ fn a_faulty_worker_is_evicted_and_backs_off_but_the_job_goes_on() {
         let mut s = compute(&job, &a);
         s.grad.pop();
         let e = job.submit(&me(&bad), s, now).unwrap_err();
-        assert!(matches!(&e, Refusal::Invalid(m) if m.contains("grad")), "{e}");
+        assert!(
+            matches!(&e, Refusal::Invalid(m) if m.contains("grad")),
+            "{e}"
+        );
         assert!(job.failure().is_none(), "one worker never fails the job");
         if round < 2 {
             // the good worker computes its own shard, then the refused one
@@ -305,7 +314,10 @@ fn a_faulty_worker_is_evicted_and_backs_off_but_the_job_goes_on() {
     );
     // evicted: its id now says so, and it may come back only after the back-off
     let e = job.poll(&me(&bad), now).unwrap_err();
-    assert!(matches!(&e, Refusal::Evicted(m) if m.contains("refused")), "{e}");
+    assert!(
+        matches!(&e, Refusal::Evicted(m) if m.contains("refused")),
+        "{e}"
+    );
     let e = job.register("bad", None, now).unwrap_err();
     let Refusal::Backoff { retry_after, .. } = e else {
         panic!("expected a back-off, got {e:?}")
@@ -319,7 +331,8 @@ fn a_faulty_worker_is_evicted_and_backs_off_but_the_job_goes_on() {
     }
     assert!(job.failure().is_none());
     now += Duration::from_secs(6);
-    job.register("bad", None, now).expect("registers after the back-off");
+    job.register("bad", None, now)
+        .expect("registers after the back-off");
 }
 
 #[test]
@@ -327,10 +340,7 @@ fn the_job_fails_only_when_one_shard_fails_on_several_workers() {
     let t0 = Instant::now();
     let mut job = Job::new(trainer(4), cfg(1));
     let names = ["a", "b", "c"];
-    let ids: Vec<String> = names
-        .iter()
-        .map(|n| register(&mut job, n, t0))
-        .collect();
+    let ids: Vec<String> = names.iter().map(|n| register(&mut job, n, t0)).collect();
     // each worker in turn reports that it cannot compute the same shard
     let first = assign(&mut job, &ids[0], t0);
     job.refuse(&me(&ids[0]), 0, first.shard, "engine: out of memory", t0);
@@ -403,7 +413,11 @@ fn a_hung_worker_misses_its_deadline_and_another_takes_the_shard() {
     ));
     // a worker stuck past its deadline gets no shard of the next step, which runs on the others
     let next = assign(&mut job, &fast, now);
-    assert_eq!(next.data.slots.len(), 4, "the next step is planned without it");
+    assert_eq!(
+        next.data.slots.len(),
+        4,
+        "the next step is planned without it"
+    );
     let sn = compute(&job, &next);
     job.submit(&me(&fast), sn, now).unwrap();
     reference.step_local(&mut eng).unwrap();
@@ -438,7 +452,10 @@ fn a_huge_gradient_waits_for_a_second_opinion_and_its_worker_is_evicted() {
     let liar = register(&mut job, "liar", t0);
     let honest = register(&mut job, "honest", t0);
     let now = t0;
-    assert!(matches!(job.poll(&me(&honest), now).unwrap(), Poll::Wait(_)));
+    assert!(matches!(
+        job.poll(&me(&honest), now).unwrap(),
+        Poll::Wait(_)
+    ));
     // three honest steps build the statistic
     for _ in 0..3 {
         let a = assign(&mut job, &liar, now);
@@ -455,7 +472,10 @@ fn a_huge_gradient_waits_for_a_second_opinion_and_its_worker_is_evicted() {
     bad.grad.iter_mut().for_each(|g| *g *= 1e30);
     let sb = compute(&job, &b);
     let held = job.submit(&me(&liar), bad, now).unwrap();
-    assert!(matches!(&held, Submitted::Held(why) if why.contains("median")), "{held:?}");
+    assert!(
+        matches!(&held, Submitted::Held(why) if why.contains("median")),
+        "{held:?}"
+    );
     job.submit(&me(&honest), sb, now).unwrap();
     // the liar cannot check its own result; the honest worker gets it
     assert!(matches!(job.poll(&me(&liar), now).unwrap(), Poll::Wait(_)));
@@ -520,7 +540,10 @@ fn bounds_no_lstm_can_break_are_refused_without_a_second_opinion() {
     h2[0] = 1.5;
     s.finals = SlotStates::from_flat(2, 4, 4, h2, c).unwrap();
     let e = job.submit(&me(&w), s, t0).unwrap_err();
-    assert!(matches!(&e, Refusal::Invalid(m) if m.contains("|h| <= 1")), "{e}");
+    assert!(
+        matches!(&e, Refusal::Invalid(m) if m.contains("|h| <= 1")),
+        "{e}"
+    );
     let _ = h;
 }
 
@@ -560,14 +583,23 @@ fn a_liar_giving_a_second_opinion_cannot_evict_an_honest_worker() {
     // both first results are held for a check by the other worker
     let sa = compute(&job, &a);
     let sb = compute(&job, &b);
-    assert!(matches!(job.submit(&me(&honest), sa, t0).unwrap(), Submitted::Held(_)));
-    assert!(matches!(job.submit(&me(&liar), sb, t0).unwrap(), Submitted::Held(_)));
+    assert!(matches!(
+        job.submit(&me(&honest), sa, t0).unwrap(),
+        Submitted::Held(_)
+    ));
+    assert!(matches!(
+        job.submit(&me(&liar), sb, t0).unwrap(),
+        Submitted::Held(_)
+    ));
     // the liar checks the honest result and lies; the honest worker checks the liar's truly
     let check = assign(&mut job, &liar, t0);
     assert_eq!(check.shard, a.shard);
     let mut lie = compute(&job, &check);
     lie.grad.iter_mut().for_each(|g| *g *= 3.0);
-    assert!(matches!(job.submit(&me(&liar), lie, t0).unwrap(), Submitted::Held(_)));
+    assert!(matches!(
+        job.submit(&me(&liar), lie, t0).unwrap(),
+        Submitted::Held(_)
+    ));
     let check2 = assign(&mut job, &honest, t0);
     assert_eq!(check2.shard, b.shard);
     let s2 = compute(&job, &check2);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::error::CoordError;
 
 /// File name inside the run directory.
-pub const METRICS_FILE: &str = "metrics.csv";
+pub(crate) const METRICS_FILE: &str = "metrics.csv";
 
 /// The header row.
 pub(crate) const HEADER: &str =

@@ -34,11 +34,11 @@ use crate::config::Progress;
 use crate::error::CoordError;
 use crate::job::CommitReport;
 
-pub use self::csv::METRICS_FILE;
-pub use self::progress::LogWriter;
+pub(crate) use self::csv::METRICS_FILE;
+pub(crate) use self::progress::LogWriter;
 
 /// The loss plot.
-pub const PLOT_FILE: &str = "loss.svg";
+pub(crate) const PLOT_FILE: &str = "loss.svg";
 /// Events that may wait for the reporter before senders are slowed down.
 const QUEUE: usize = 256;
 /// Checkpoint writes attempted before the job stops.
@@ -80,8 +80,8 @@ pub(crate) enum Event {
 /// snapshot to validate (at epoch ends) when due: the one rule both trainers follow.
 pub(crate) fn commit_event(trainer: &Trainer, report: CommitReport, every: u64) -> Event {
     let c = report.committed;
-    let checkpoint =
-        ((c.cursor.global + 1).is_multiple_of(every) || c.done).then(|| Box::new(trainer.checkpoint()));
+    let checkpoint = ((c.cursor.global + 1).is_multiple_of(every) || c.done)
+        .then(|| Box::new(trainer.checkpoint()));
     let validate = (c.epoch_end || c.done).then(|| Box::new(trainer.clone()));
     Event::Committed {
         report,
@@ -107,7 +107,7 @@ pub(crate) struct ReportConfig {
 
 /// The end of a run as the reporter saw it.
 #[derive(Debug, Clone, Default)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// Steps committed by this process.
     pub steps: u64,
     /// Loss of the last step.

@@ -5,7 +5,11 @@ use std::path::Path;
 use plotters::prelude::*;
 
 /// Plots training loss per step and validation loss per epoch (log scale) to `path`.
-pub(crate) fn write_loss_plot(path: &Path, loss: &[(u64, f64)], val: &[(u64, f64)]) -> Result<(), String> {
+pub(crate) fn write_loss_plot(
+    path: &Path,
+    loss: &[(u64, f64)],
+    val: &[(u64, f64)],
+) -> Result<(), String> {
     let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let max_step = loss

@@ -14,7 +14,7 @@ static SHOWN_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
 /// Log output to stderr that lifts the progress bar while a line is written, so log lines and
 /// the bar never overwrite each other on a terminal.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct LogWriter;
+pub(crate) struct LogWriter;
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

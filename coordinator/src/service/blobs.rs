@@ -123,7 +123,11 @@ mod tests {
         assert_eq!(b.read("w1", &mine).as_deref(), Some(&b"x"[..]));
         let up = b.put_upload("w1", Bytes::from_static(b"grad"));
         assert_eq!(b.uploaded_by("w1"), 4);
-        assert_eq!(b.take_upload("w2", &up), None, "only its uploader hands it in");
+        assert_eq!(
+            b.take_upload("w2", &up),
+            None,
+            "only its uploader hands it in"
+        );
         assert_eq!(b.take_upload("w1", &up).as_deref(), Some(&b"grad"[..]));
         assert_eq!(b.take_upload("w1", &up), None, "used once");
         b.collect(4);

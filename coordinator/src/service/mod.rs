@@ -9,10 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use model::engine::cpu::CpuEngine;
+use proto::blob;
 use proto::convert::{self, AssignmentOut};
 use proto::pb;
-use proto::blob;
-use prost::bytes::Bytes;
 use runtime::logs::Limiter;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc};
@@ -233,6 +232,9 @@ impl Shared {
     /// when due), notices, and waking waiting workers.
     fn outcome(&self, mut job: MutexGuard<'_, Job>, outcome: Submitted) -> Vec<Event> {
         let mut events = Vec::new();
+        if let Submitted::Held(why) = &outcome {
+            debug!(%why, "a result waits for another opinion");
+        }
         if let Submitted::Committed(r) = outcome {
             let step = r.committed.cursor.global;
             debug!(step, loss = r.committed.loss, "committed");
@@ -443,7 +445,12 @@ impl Shared {
         Ok(())
     }
 
-    fn assignment_reply(&self, who: &str, a: &crate::job::Assignment, params: pb::Tensor) -> pb::StepReply {
+    fn assignment_reply(
+        &self,
+        who: &str,
+        a: &crate::job::Assignment,
+        params: pb::Tensor,
+    ) -> pb::StepReply {
         let model = self.job().trainer().spec().model.clone();
         let mut wire = convert::assignment(
             &AssignmentOut {
@@ -478,7 +485,8 @@ impl Shared {
                 let mut job = self.job();
                 match job.poll(&who.caller(), Instant::now()) {
                     Ok(Poll::Assign(a)) => {
-                        let params = self.params_tensor(a.plan.cursor.global, job.trainer().params());
+                        let params =
+                            self.params_tensor(a.plan.cursor.global, job.trainer().params());
                         drop(job);
                         return Ok(self.assignment_reply(&who.id, &a, params));
                     }
@@ -558,11 +566,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .register(&name, ident.as_deref(), Instant::now())
             .map_err(|e| s.refused(&e))?;
         info!(worker = %name, %device, "worker joined");
-        s.send(vec![Event::Joined {
-            name,
-            device,
-        }])
-        .await;
+        s.send(vec![Event::Joined { name, device }]).await;
         s.changed.notify_waiters();
         Ok(Response::new(pb::RegisterReply {
             worker_id: id,
@@ -606,10 +610,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<pb::LeaveReply>, Status> {
         let who = Who::of(&req, req.get_ref().worker_id.clone());
         let s = &self.shared;
-        let name = s
-            .job()
-            .leave(&who.caller())
-            .map_err(|e| s.refused(&e))?;
+        let name = s.job().leave(&who.caller()).map_err(|e| s.refused(&e))?;
         s.blobs.forget(&who.id);
         info!(worker = %name, "worker left");
         s.send(vec![Event::Left {
@@ -684,7 +685,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         while let Some(chunk) = stream.next().await {
             asm.push(&chunk?.data).map_err(too_much)?;
         }
-        let id = s.blobs.put_upload(&who.id, Bytes::from(asm.finish()));
+        let id = s.blobs.put_upload(&who.id, asm.finish());
         Ok(Response::new(pb::WriteBlobReply { blob: id }))
     }
 }

@@ -41,11 +41,6 @@ impl CpuEngine {
         }
     }
 
-    /// Threads this engine may use.
-    pub fn threads(&self) -> usize {
-        self.threads
-    }
-
     fn ranges(&self, n: usize) -> Vec<(usize, usize)> {
         let parts = self.threads.min(n / MIN_SLOTS_PER_THREAD).max(1);
         (0..parts)

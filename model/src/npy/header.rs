@@ -250,4 +250,3 @@ impl<'a> Parser<'a> {
         Ok(Value::Dict(entries))
     }
 }
-

@@ -31,7 +31,6 @@ use std::path::PathBuf;
 
 use zip::result::ZipError;
 
-
 mod header;
 mod read;
 #[cfg(test)]
@@ -41,7 +40,6 @@ mod write;
 use header::{Parser, Value};
 pub use read::{NpzOptions, parse_npy, read_npy, read_npz, read_npz_with};
 pub use write::{npy_bytes, write_npy, write_npz};
-
 
 /// The magic string every `.npy` file starts with.
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
@@ -360,7 +358,6 @@ impl fmt::Display for ExpectedCount {
     }
 }
 
-
 /// Number of elements in `shape`, if it fits in `usize`.
 fn element_count(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
@@ -369,7 +366,6 @@ fn element_count(shape: &[usize]) -> Option<usize> {
 // ---------------------------------------------------------------------------
 // Formatting helpers
 // ---------------------------------------------------------------------------
-
 
 /// Formats a shape as a Python tuple: `()`, `(5,)`, `(2, 3)`.
 fn shape_repr(shape: &[usize]) -> String {

@@ -109,7 +109,10 @@ fn available_memory() -> Option<u64> {
 /// data is: the shape must need no more memory than allowed (the entry and all before it
 /// together), and never more than the shape describes is decompressed, so an entry that inflates
 /// beyond its shape (a zip bomb) costs no more than an honest one of that shape.
-pub fn read_npz_with(path: &Path, opts: &NpzOptions<'_>) -> Result<BTreeMap<String, Array>, NpyError> {
+pub fn read_npz_with(
+    path: &Path,
+    opts: &NpzOptions<'_>,
+) -> Result<BTreeMap<String, Array>, NpyError> {
     let file = File::open(path).map_err(|source| NpyError::Io {
         action: "open",
         path: path.to_owned(),
@@ -215,11 +218,7 @@ pub fn read_npz_with(path: &Path, opts: &NpzOptions<'_>) -> Result<BTreeMap<Stri
         let dtype = meta.dtype;
         let shape = shape_repr(&meta.shape);
         let Some(data_len) = byte_size(&meta.shape, dtype.size()) else {
-            return Err(NpyError::ShapeTooLarge {
-                what,
-                shape,
-                dtype,
-            });
+            return Err(NpyError::ShapeTooLarge { what, shape, dtype });
         };
         let values = (data_len / dtype.size()) as u64;
         needed_total = needed_total
@@ -444,7 +443,6 @@ fn byte_size(shape: &[usize], item: usize) -> Option<usize> {
     Some(if zero { 0 } else { total })
 }
 
-
 /// Converts the data section to `f32`, visiting source elements in the order
 /// given by `order` (one source index per output element).
 fn decode(
@@ -552,4 +550,3 @@ impl Iterator for FortranToC {
         (self.remaining, Some(self.remaining))
     }
 }
-

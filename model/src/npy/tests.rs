@@ -92,9 +92,7 @@ fn npy_bytes_header_layout() {
     assert_eq!(data_start % 64, 0);
     assert_eq!(bytes.len(), data_start + 1920 * 4);
     let header = std::str::from_utf8(&bytes[10..data_start]).expect("ascii header");
-    assert!(
-        header.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (10, 96, 2), }")
-    );
+    assert!(header.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (10, 96, 2), }"));
     assert!(header.ends_with('\n'));
     assert!(header[..header.len() - 1].trim_end().ends_with('}'));
 }
@@ -225,8 +223,8 @@ fn write_reports_io_errors_with_path() {
     assert!(msg.contains("missing-dir"), "{msg}");
     assert!(matches!(e, NpyError::Io { .. }));
 
-    let e = write_npz(&path.with_extension("npz"), &[("x", &[1], &[1.0])])
-        .expect_err("no such dir");
+    let e =
+        write_npz(&path.with_extension("npz"), &[("x", &[1], &[1.0])]).expect_err("no such dir");
     assert!(e.to_string().contains("missing-dir"), "{e}");
 }
 
@@ -677,8 +675,7 @@ fn error_unsupported_dtypes() {
             )
         );
     }
-    let header =
-        "{'descr': [('a', '<f4'), ('b', '<f8')], 'fortran_order': False, 'shape': (1,)}";
+    let header = "{'descr': [('a', '<f4'), ('b', '<f8')], 'fortran_order': False, 'shape': (1,)}";
     let msg = err(&raw_npy(1, header, &[0; 12]), "x");
     assert!(
         msg.contains("unsupported dtype '[('a', '<f4'), ('b', '<f8')]' (expected float32"),
@@ -909,7 +906,10 @@ fn numpy_npy_files() {
         "scalar",
     );
     expect_array(&a, &[], Dtype::F32, &[3.5]);
-    let a = parse(include_bytes!("../../tests/data/numpy_empty_f4.npy"), "empty");
+    let a = parse(
+        include_bytes!("../../tests/data/numpy_empty_f4.npy"),
+        "empty",
+    );
     expect_array(&a, &[0, 3, 2], Dtype::F32, &[]);
     let a = parse(include_bytes!("../../tests/data/numpy_v2_f4.npy"), "v2");
     expect_array(&a, &[5], Dtype::F32, &arange(5));
@@ -993,14 +993,20 @@ fn npz_limits_are_checked_before_anything_is_decompressed() {
     let path = dir.path("big.npz");
     // 4 MiB of zeros compresses to a few KiB
     let zeros = vec![0.0f32; 1 << 20];
-    write_npz(&path, &[("x", &[1 << 20], &zeros), ("y", &[2], &[1.0, 2.0])]).expect("write");
+    write_npz(
+        &path,
+        &[("x", &[1 << 20], &zeros), ("y", &[2], &[1.0, 2.0])],
+    )
+    .expect("write");
     assert!(std::fs::metadata(&path).unwrap().len() < 64 << 10);
     let opts = |max: u64| NpzOptions {
         names: None,
         max_bytes: Some(max),
     };
     // raw data plus the converted values: 8 MiB for x
-    let e = read_npz_with(&path, &opts(1 << 20)).unwrap_err().to_string();
+    let e = read_npz_with(&path, &opts(1 << 20))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("big.npz:x") && e.contains("(1048576,)") && e.contains("8388608 bytes"),
         "{e}"
@@ -1018,13 +1024,18 @@ fn npz_limits_are_checked_before_anything_is_decompressed() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("unexpected array `x`") && e.contains("expected arrays: y"), "{e}");
+    assert!(
+        e.contains("unexpected array `x`") && e.contains("expected arrays: y"),
+        "{e}"
+    );
     // an entry whose header claims far more than the ceiling is refused from its header alone
     let mut huge = npy_bytes(&[1], &[0.0]);
     let at = huge.windows(4).position(|w| w == b"(1,)").unwrap();
     huge.splice(at..at + 4, b"(100000000000,)".iter().copied());
     let bomb = dir.path("bomb.npz");
     zip_with(&bomb, &[("x.npy", &huge)]);
-    let e = read_npz_with(&bomb, &opts(1 << 30)).unwrap_err().to_string();
+    let e = read_npz_with(&bomb, &opts(1 << 30))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("needs") && e.contains("more than"), "{e}");
 }

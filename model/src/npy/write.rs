@@ -9,7 +9,6 @@ use zip::write::SimpleFileOptions;
 
 use super::*;
 
-
 /// Serialises a little-endian `float32` C-order array as a complete `.npy`
 /// file: version 1.0 header (`'<f4'`, `fortran_order: False`), padded with
 /// spaces and a final `'\n'` so the data starts at a multiple of 64 bytes.

@@ -45,7 +45,12 @@ fn a_huge_finite_gradient_is_never_committed() {
     let dir = TempDir::new("corrupt");
     let want = reference(&dir, "ref", &[]);
     let out = dir.join("run");
-    let mut c = serve_job("coordinator", &dir, out.to_str().unwrap(), &["--workers", "3"]);
+    let mut c = serve_job(
+        "coordinator",
+        &dir,
+        out.to_str().unwrap(),
+        &["--workers", "3"],
+    );
     let url = format!("http://{}", c.ready());
     let _a = worker("alpha", &url, &["--throttle-ms", "20"], &dir);
     let _b = worker("bravo", &url, &["--throttle-ms", "20"], &dir);
@@ -208,7 +213,11 @@ fn a_full_disk_stops_the_job_with_the_last_checkpoint_intact_and_resuming_loses_
         "checkpoint at step {}",
         ck.cursor.global
     );
-    assert_eq!(temp_files(&out), Vec::<String>::new(), "no temporary files left");
+    assert_eq!(
+        temp_files(&out),
+        Vec::<String>::new(),
+        "no temporary files left"
+    );
     // space again: the run resumes from its last checkpoint and loses nothing
     std::fs::remove_file(filler).unwrap();
     let mut c2 = serve_job(
@@ -355,7 +364,10 @@ fn an_npz_that_inflates_beyond_the_ceiling_is_refused_before_it_is_read() {
     let zeros = vec![0.0f32; 16 << 20];
     model::npy::write_npz(
         &f,
-        &[("x", &[1 << 16, 128, 2], &zeros), ("y", &[1 << 16, 128, 2], &zeros)],
+        &[
+            ("x", &[1 << 16, 128, 2], &zeros),
+            ("y", &[1 << 16, 128, 2], &zeros),
+        ],
     )
     .unwrap();
     assert!(std::fs::metadata(&f).unwrap().len() < 2 << 20);
