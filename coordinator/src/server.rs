@@ -309,6 +309,7 @@ async fn serve(
         ServiceConfig {
             job_id,
             heartbeat: cfg.job.lease / 3,
+            lease: cfg.job.lease,
             checkpoint_every: cfg.checkpoint_every,
             max_message_bytes: cfg.max_message_bytes,
         },

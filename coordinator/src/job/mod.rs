@@ -552,6 +552,10 @@ impl Job {
         let (id, name) = (m.id.clone(), m.name.clone());
         self.remove(key);
         let base = self.cfg.evict_backoff;
+        if self.backoff.len() >= NAMES_MEMORY {
+            // forget back-offs that are over (their doubling starts afresh)
+            self.backoff.retain(|_, b| b.until > now);
+        }
         let b = self.backoff.entry(name.clone()).or_insert(Backoff {
             until: now,
             next: base,

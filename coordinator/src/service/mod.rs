@@ -24,7 +24,8 @@ use crate::error::refusal_status;
 use crate::job::{Caller, Job, Notice, Poll, Refusal, Submitted};
 use crate::report::{self, Event};
 
-/// How long a Step call waits for work before answering `Wait`.
+/// Longest a Step call waits for work before answering `Wait` (and at most half the lease, so
+/// that a caller waiting on its own call never outlives its lease).
 const LONG_POLL: Duration = Duration::from_secs(5);
 /// Longest worker name kept.
 const MAX_NAME: usize = 128;
@@ -44,6 +45,8 @@ pub(crate) struct ServiceConfig {
     pub(crate) checkpoint_every: u64,
     /// Largest message in either direction.
     pub(crate) max_message_bytes: usize,
+    /// A worker silent this long is dead.
+    pub(crate) lease: Duration,
 }
 
 /// State shared by the service, the ticker and the server loop.
@@ -476,7 +479,7 @@ impl Shared {
     }
 
     async fn next(self: &Arc<Self>, who: &Who) -> Result<pb::StepReply, Status> {
-        let deadline = tokio::time::Instant::now() + LONG_POLL;
+        let deadline = tokio::time::Instant::now() + LONG_POLL.min(self.cfg.lease / 2);
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);

@@ -26,6 +26,9 @@ struct Pki {
     server_key: String,
     client_cert: String,
     client_key: String,
+    /// A second client certificate of the same CA.
+    other_cert: String,
+    other_key: String,
 }
 
 fn pki(dir: &TempDir) -> Pki {
@@ -47,12 +50,15 @@ fn pki(dir: &TempDir) -> Pki {
         ExtendedKeyUsagePurpose::ServerAuth,
     );
     let (cc, ck) = leaf(vec!["worker".into()], ExtendedKeyUsagePurpose::ClientAuth);
+    let (oc, ok) = leaf(vec!["other-worker".into()], ExtendedKeyUsagePurpose::ClientAuth);
     let write = |name: &str, pem: &str| {
         let p = dir.join(name);
         std::fs::write(&p, pem).unwrap();
         p.to_str().unwrap().to_string()
     };
     Pki {
+        other_cert: write("client2.pem", &oc),
+        other_key: write("client2.key", &ok),
         ca: write("ca.pem", &ca.pem()),
         server_cert: write("server.pem", &sc),
         server_key: write("server.key", &sk),
@@ -254,4 +260,331 @@ fn an_unprotected_public_address_is_refused() {
         "says why",
     );
     c.check(c.log().contains("--insecure"), "says how to override");
+    // server-only TLS encrypts but authenticates nobody: not enough off loopback either
+    let k = pki(&dir);
+    let mut t = Proc::coordinator(
+        "public-tls",
+        &[
+            "train",
+            "--listen",
+            "0.0.0.0:0",
+            "--tls-cert",
+            &k.server_cert,
+            "--tls-key",
+            &k.server_key,
+        ],
+        &[],
+        dir.path(),
+    );
+    let status = t.wait(Duration::from_secs(30));
+    t.check(
+        !status.success() && t.log().contains("authenticates no worker"),
+        "server-only TLS without a token is refused off loopback",
+    );
+    // a placeholder token is refused with advice
+    let mut p = Proc::coordinator(
+        "placeholder",
+        &["train", "--listen", "0.0.0.0:0", "--token", "change-me"],
+        &[],
+        dir.path(),
+    );
+    let status = p.wait(Duration::from_secs(30));
+    p.check(
+        !status.success() && p.log().contains("placeholder") && p.log().contains("openssl rand"),
+        "a placeholder token is refused, saying how to make one",
+    );
+    assert_eq!(status.code(), Some(2), "an invalid configuration exits with 2");
+}
+
+fn token() -> proto::security::Token {
+    proto::security::load_token(Some("a-long-enough-test-token-0123"), None)
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+fn a_participant_cannot_act_for_another_and_floods_are_bounded() {
+    let dir = TempDir::new("identity");
+    let want = carry_it::reference(&dir, "ref", &[]);
+    let out = dir.join("run");
+    let tok = token();
+    let mut c = Proc::coordinator(
+        "coordinator",
+        &{
+            let mut a = vec![
+                "train",
+                "--listen",
+                "127.0.0.1:0",
+                "--out",
+                out.to_str().unwrap(),
+                "--workers",
+                "2",
+                "--max-workers",
+                "4",
+            ];
+            a.extend_from_slice(carry_it::JOB);
+            a
+        },
+        &[("CARRY_TOKEN", tok.expose())],
+        dir.path(),
+    );
+    let url = format!("http://{}", c.ready());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    use proto::pb;
+    let (victim, stranger) = rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut cl = pb::coordinator_client::CoordinatorClient::with_interceptor(
+            ch,
+            proto::security::AddToken::new(Some(&tok)),
+        );
+        let base = cl.clone();
+        let reg = |name: &str| {
+            let mut cl = base.clone();
+            let name = name.to_string();
+            async move {
+                cl.register(pb::RegisterRequest {
+                    name,
+                    device: "raw".into(),
+                    protocol: proto::PROTOCOL_VERSION,
+                })
+                .await
+            }
+        };
+        let victim = reg("victim").await.unwrap().into_inner().worker_id;
+        let stranger = reg("stranger").await.unwrap().into_inner().worker_id;
+        assert_eq!(victim.len(), 32, "128 random bits in hex: {victim}");
+        assert_ne!(victim, stranger);
+        // the stranger knows its own id only: no guess or variation acts for the victim
+        let guesses = [
+            format!("{}0", &victim[..31]),
+            victim.to_uppercase(),
+            stranger.replace(&stranger[..4], &victim[..4]),
+            "w1-00000000".into(),
+            String::new(),
+        ];
+        for g in &guesses {
+            let e = cl
+                .heartbeat(pb::HeartbeatRequest {
+                    worker_id: g.clone(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::NotFound, "{g}");
+            let e = cl
+                .leave(pb::LeaveRequest {
+                    worker_id: g.clone(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::NotFound, "{g}");
+            assert!(!e.message().contains(&victim), "no message names another id");
+        }
+        // the victim takes its shard; the stranger cannot hand in a result for it
+        let a = loop {
+            let r = cl
+                .step(pb::StepRequest {
+                    worker_id: victim.clone(),
+                    result: None,
+                    failure: None,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if let Some(pb::step_reply::Kind::Assignment(a)) = r.kind {
+                break a;
+            }
+            let _ = cl
+                .step(pb::StepRequest {
+                    worker_id: stranger.clone(),
+                    result: None,
+                    failure: None,
+                })
+                .await;
+        };
+        let fake = pb::ShardResult {
+            step: a.step,
+            shard: a.shard,
+            ..Default::default()
+        };
+        let e = cl
+            .step(pb::StepRequest {
+                worker_id: stranger.clone(),
+                result: Some(fake),
+                failure: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(
+            e.message().contains("not assigned to this worker") && !e.message().contains(&victim),
+            "{}",
+            e.message()
+        );
+        // a registration flood: beyond --max-workers every registration is refused
+        let mut refused = 0;
+        for i in 0..20 {
+            if let Err(e) = reg(&format!("flood-{i}")).await {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+                assert!(e.message().contains("--max-workers"), "{}", e.message());
+                refused += 1;
+            }
+        }
+        assert!(refused >= 18, "{refused} of 20 refused");
+        // the raw clients leave; their shards go to real workers
+        for id in [&victim, &stranger] {
+            cl.leave(pb::LeaveRequest {
+                worker_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        }
+        (victim, stranger)
+    });
+    // real workers join (room was made), one with a name that would break a CSV row
+    let env = [("CARRY_TOKEN", tok.expose())];
+    let _w1 = Proc::worker(
+        "comma",
+        &[
+            "--coordinator",
+            &url,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--name",
+            "evil,name\nwith \"quotes\"",
+        ],
+        &env,
+        dir.path(),
+    );
+    let _w2 = Proc::worker(
+        "plain",
+        &["--coordinator", &url, "--device", "cpu", "--threads", "1"],
+        &env,
+        dir.path(),
+    );
+    c.success(Duration::from_secs(120));
+    let d = carry_it::max_diff(&carry_it::params(&out), &want);
+    c.check(d <= 1e-4, &format!("max parameter difference {d}"));
+    let rows = metrics(&out);
+    carry_it::assert_step_log(&rows, 50);
+    assert!(
+        rows.iter().any(|r| r.shards.contains("evil,namewith \"quotes\"")),
+        "the name is kept, without its line break, in a parseable row"
+    );
+    let log = c.log();
+    assert!(!log.contains(&victim) && !log.contains(&stranger), "ids are never logged");
+}
+
+#[test]
+fn spawned_workers_train_under_mutual_tls() {
+    let dir = TempDir::new("spawn-mtls");
+    let k = pki(&dir);
+    let (mut c, _) = train(
+        "run",
+        &dir,
+        &[
+            "--steps",
+            "8",
+            "--spawn-workers",
+            "2",
+            "--tls-cert",
+            &k.server_cert,
+            "--tls-key",
+            &k.server_key,
+            "--tls-client-ca",
+            &k.ca,
+        ],
+    );
+    c.success(Duration::from_secs(120));
+    let rows = metrics(&dir.join("run"));
+    assert_eq!(rows.len(), 8);
+    assert!(rows.iter().any(|r| r.shards.contains("local-1")));
+}
+
+#[test]
+fn a_worker_id_is_bound_to_its_client_certificate() {
+    let dir = TempDir::new("bound-id");
+    let k = pki(&dir);
+    let other = (k.other_cert.clone(), k.other_key.clone());
+    let (_c, addr) = train(
+        "run",
+        &dir,
+        &[
+            "--steps",
+            "8",
+            "--workers",
+            "2",
+            "--tls-cert",
+            &k.server_cert,
+            "--tls-key",
+            &k.server_key,
+            "--tls-client-ca",
+            &k.ca,
+        ],
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use proto::pb;
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+        let client = |cert: String, key: String| {
+            let (ca, addr) = (k.ca.clone(), addr.clone());
+            async move {
+                let tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(std::fs::read(&ca).unwrap()))
+                    .identity(Identity::from_pem(
+                        std::fs::read(cert).unwrap(),
+                        std::fs::read(key).unwrap(),
+                    ))
+                    .domain_name("localhost");
+                let ch = Endpoint::from_shared(format!("https://{addr}"))
+                    .unwrap()
+                    .tls_config(tls)
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+                pb::coordinator_client::CoordinatorClient::new(ch)
+            }
+        };
+        let mut mine = client(k.client_cert.clone(), k.client_key.clone()).await;
+        let mut theirs = client(other.0.clone(), other.1.clone()).await;
+        let id = mine
+            .register(pb::RegisterRequest {
+                name: "owner".into(),
+                device: "raw".into(),
+                protocol: proto::PROTOCOL_VERSION,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .worker_id;
+        mine.heartbeat(pb::HeartbeatRequest {
+            worker_id: id.clone(),
+        })
+        .await
+        .expect("the owner's certificate acts for its id");
+        let e = theirs
+            .heartbeat(pb::HeartbeatRequest {
+                worker_id: id.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        let e = theirs
+            .leave(pb::LeaveRequest { worker_id: id })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    });
 }
