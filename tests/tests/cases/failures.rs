@@ -9,23 +9,7 @@ use carry_it::{
 
 /// A worker slowed to about `ms` per shard, so the test can act mid-run.
 fn worker(name: &str, url: &str, ms: &str, dir: &TempDir) -> Proc {
-    Proc::worker(
-        name,
-        &[
-            "--coordinator",
-            url,
-            "--device",
-            "cpu",
-            "--name",
-            name,
-            "--threads",
-            "1",
-            "--throttle-ms",
-            ms,
-        ],
-        &[],
-        dir.path(),
-    )
+    carry_it::worker(name, url, &["--throttle-ms", ms], dir)
 }
 
 fn coordinator(name: &str, dir: &TempDir, out: &str, extra: &[&str]) -> Proc {
