@@ -41,6 +41,13 @@ pub fn offload<M: Message>(
     moved
 }
 
+/// Moves the data of `t` into a blob (handing it to `store`) when it is larger than `max` bytes.
+pub fn move_out(t: &mut pb::Tensor, max: usize, store: impl FnOnce(Bytes) -> String) {
+    if t.blob.is_empty() && t.data.len() > max {
+        t.blob = store(std::mem::take(&mut t.data));
+    }
+}
+
 /// The tensors of an assignment, for [`offload`].
 pub fn assignment_tensors(a: &mut pb::Assignment) -> Vec<&mut pb::Tensor> {
     [
@@ -64,6 +71,101 @@ pub fn result_tensors(r: &mut pb::ShardResult) -> Vec<&mut pb::Tensor> {
         .collect()
 }
 
+/// A blob an assignment refers to, still to be fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// Which of the assignment's tensors (see [`assignment_tensors`]).
+    pub index: usize,
+    /// The blob's id.
+    pub id: String,
+    /// Bytes its shape needs.
+    pub bytes: usize,
+}
+
+/// The blobs `a` refers to; an error when a shape's size does not fit in memory addresses.
+pub fn pending(a: &mut pb::Assignment) -> Result<Vec<Pending>, String> {
+    let mut out = Vec::new();
+    for (index, t) in assignment_tensors(a).into_iter().enumerate() {
+        if t.blob.is_empty() {
+            continue;
+        }
+        let bytes = t
+            .shape
+            .iter()
+            .try_fold(4u64, |acc, &d| acc.checked_mul(d))
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| format!("blob `{}`: shape {:?} is too large", t.blob, t.shape))?;
+        out.push(Pending {
+            index,
+            id: t.blob.clone(),
+            bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// Puts the fetched bytes of `p` into `a`.
+pub fn fill(a: &mut pb::Assignment, p: &Pending, data: Bytes) {
+    if let Some(t) = assignment_tensors(a).into_iter().nth(p.index) {
+        t.data = data;
+        t.blob.clear();
+    }
+}
+
+/// Moves the largest tensors of a result out until it fits in `limit` bytes; returns their
+/// bytes, to upload in order and name with [`name_uploads`].
+pub fn split_result(r: &mut pb::ShardResult, limit: usize) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    offload(r, limit, result_tensors, |data| {
+        out.push(data);
+        format!("{PENDING}{}", out.len() - 1)
+    });
+    out
+}
+
+/// Placeholder of an upload not yet named by the coordinator.
+const PENDING: &str = "pending-";
+
+/// Replaces the placeholders [`split_result`] left in `r` by the ids the uploads got.
+pub fn name_uploads(r: &mut pb::ShardResult, ids: &[String]) {
+    for t in result_tensors(r) {
+        if let Some(id) = t
+            .blob
+            .strip_prefix(PENDING)
+            .and_then(|k| k.parse::<usize>().ok())
+            .and_then(|k| ids.get(k))
+        {
+            t.blob.clone_from(id);
+        }
+    }
+}
+
+/// Replaces the blob references of a result by the uploaded bytes `take` returns for each id.
+pub fn resolve(
+    r: &mut pb::ShardResult,
+    mut take: impl FnMut(&str) -> Option<Bytes>,
+) -> Result<(), String> {
+    for t in result_tensors(r) {
+        if t.blob.is_empty() {
+            continue;
+        }
+        t.data = take(&t.blob)
+            .ok_or_else(|| format!("blob `{}` was not uploaded by this worker", t.blob))?;
+        t.blob.clear();
+    }
+    Ok(())
+}
+
+/// The id the coordinator gave an upload.
+pub fn uploaded(r: pb::WriteBlobReply) -> String {
+    r.blob
+}
+
+/// The reply to an upload: its id.
+pub fn upload_reply(id: String) -> pb::WriteBlobReply {
+    pb::WriteBlobReply { blob: id }
+}
+
 /// `data` cut into chunks of at most `size` bytes (no copies).
 pub fn chunks(data: &Bytes, size: usize) -> Vec<Bytes> {
     let size = size.max(1);
@@ -71,6 +173,35 @@ pub fn chunks(data: &Bytes, size: usize) -> Vec<Bytes> {
         .step_by(size)
         .map(|i| data.slice(i..(i + size).min(data.len())))
         .collect()
+}
+
+/// The chunks of one upload (`WriteBlob`) by worker `id`: the id rides on the first.
+pub fn upload(id: &str, data: &Bytes) -> Vec<pb::BlobChunk> {
+    chunks(data, CHUNK_BYTES)
+        .into_iter()
+        .enumerate()
+        .map(|(i, data)| pb::BlobChunk {
+            worker_id: if i == 0 {
+                id.to_string()
+            } else {
+                String::new()
+            },
+            data,
+        })
+        .collect()
+}
+
+/// The chunks of one download (`ReadBlob`).
+pub fn download(data: &Bytes) -> Vec<pb::BlobChunk> {
+    upload("", data)
+}
+
+/// A request for blob `blob` by worker `id`.
+pub fn read_request(id: &str, blob: &str) -> pb::ReadBlobRequest {
+    pb::ReadBlobRequest {
+        worker_id: id.to_string(),
+        blob: blob.to_string(),
+    }
 }
 
 /// Collects the chunks of one blob, refusing to grow past a bound.

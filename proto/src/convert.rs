@@ -287,13 +287,9 @@ pub fn shard_result(step: u64, shard: u32, out: &TrainOut, compute_ms: f64) -> p
     }
 }
 
-/// The wire form of a worker's own failure on `(step, shard)`.
-pub fn shard_failure(step: u64, shard: u32, reason: &str) -> pb::ShardFailure {
-    pb::ShardFailure {
-        step,
-        shard,
-        reason: reason.to_string(),
-    }
+/// The `(step, shard)` a result is for.
+pub fn result_key(r: &pb::ShardResult) -> (u64, u32) {
+    (r.step, r.shard)
 }
 
 /// Decodes a shard result whose gradient must have `grad_len` values and whose final states the
@@ -316,6 +312,179 @@ pub fn submission(
         finals,
         compute_ms: r.compute_ms,
     })
+}
+
+/// What a worker says when it registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joining {
+    /// Its name, as given (the coordinator bounds and cleans it).
+    pub name: String,
+    /// Its device and engine, for logs.
+    pub device: String,
+    /// The protocol version it speaks.
+    pub protocol: u32,
+}
+
+/// The registration of a worker named `name` computing on `device`, in this build's protocol.
+pub fn register_request(name: &str, device: &str) -> pb::RegisterRequest {
+    pb::RegisterRequest {
+        name: name.to_string(),
+        device: device.to_string(),
+        protocol: crate::PROTOCOL_VERSION,
+    }
+}
+
+/// Reads a registration.
+pub fn joining(r: pb::RegisterRequest) -> Joining {
+    Joining {
+        name: r.name,
+        device: r.device,
+        protocol: r.protocol,
+    }
+}
+
+/// What the coordinator tells a worker it registered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registered {
+    /// The worker's secret id.
+    pub worker_id: String,
+    /// The job (and coordinator incarnation).
+    pub job_id: String,
+    /// Renew the lease at least this often.
+    pub heartbeat: Duration,
+    /// The model every assignment uses.
+    pub model: ModelConfig,
+    /// Largest message the coordinator accepts (`None`: not said).
+    pub max_message_bytes: Option<usize>,
+}
+
+/// The wire form of a registration's answer.
+pub fn register_reply(r: &Registered) -> pb::RegisterReply {
+    pb::RegisterReply {
+        worker_id: r.worker_id.clone(),
+        job_id: r.job_id.clone(),
+        heartbeat_ms: r.heartbeat.as_millis().try_into().unwrap_or(u64::MAX),
+        model: Some(model_spec(&r.model)),
+        max_message_bytes: r.max_message_bytes.map_or(0, |n| n as u64),
+    }
+}
+
+/// Reads a registration's answer; the model spec is validated.
+pub fn registered(r: pb::RegisterReply) -> Result<Registered, WireError> {
+    Ok(Registered {
+        model: model_config(r.model.as_ref())?,
+        worker_id: r.worker_id,
+        job_id: r.job_id,
+        heartbeat: Duration::from_millis(r.heartbeat_ms),
+        max_message_bytes: usize::try_from(r.max_message_bytes).ok().filter(|&n| n > 0),
+    })
+}
+
+/// What a `Step` call hands in.
+#[derive(Debug, Clone)]
+pub enum Handing {
+    /// Nothing (the first call, or after a refusal).
+    Nothing,
+    /// The result of the previous assignment.
+    Result(Box<pb::ShardResult>),
+    /// Why the previous assignment could not be computed.
+    Failure {
+        /// Its step.
+        step: u64,
+        /// Its shard.
+        shard: u32,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A `Step` call of worker `id` handing in `h`.
+pub fn step_request(id: &str, h: Handing) -> pb::StepRequest {
+    let (result, failure) = match h {
+        Handing::Nothing => (None, None),
+        Handing::Result(r) => (Some(*r), None),
+        Handing::Failure {
+            step,
+            shard,
+            reason,
+        } => (
+            None,
+            Some(pb::ShardFailure {
+                step,
+                shard,
+                reason,
+            }),
+        ),
+    };
+    pb::StepRequest {
+        worker_id: id.to_string(),
+        result,
+        failure,
+    }
+}
+
+/// Reads a `Step` call: the caller's id and what it hands in (a result wins over a failure).
+pub fn handing(r: pb::StepRequest) -> (String, Handing) {
+    let h = match (r.result, r.failure) {
+        (Some(res), _) => Handing::Result(Box::new(res)),
+        (None, Some(f)) => Handing::Failure {
+            step: f.step,
+            shard: f.shard,
+            reason: f.reason,
+        },
+        (None, None) => Handing::Nothing,
+    };
+    (r.worker_id, h)
+}
+
+/// What a `Step` call gets back.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// A shard to compute (tensors may still be blobs; see [`crate::blob`]).
+    Assignment(Box<pb::Assignment>),
+    /// Nothing yet, and why.
+    Wait(String),
+    /// The job is over, and how it ended.
+    Finished(String),
+}
+
+/// The wire form of a `Step` reply.
+pub fn step_reply(r: Reply) -> pb::StepReply {
+    pb::StepReply {
+        kind: Some(match r {
+            Reply::Assignment(a) => pb::step_reply::Kind::Assignment(*a),
+            Reply::Wait(reason) => pb::step_reply::Kind::Wait(pb::Wait { reason }),
+            Reply::Finished(message) => pb::step_reply::Kind::Finished(pb::Finished { message }),
+        }),
+    }
+}
+
+/// Reads a `Step` reply.
+pub fn reply(r: pb::StepReply) -> Result<Reply, WireError> {
+    Ok(match r.kind {
+        Some(pb::step_reply::Kind::Assignment(a)) => Reply::Assignment(Box::new(a)),
+        Some(pb::step_reply::Kind::Wait(w)) => Reply::Wait(w.reason),
+        Some(pb::step_reply::Kind::Finished(f)) => Reply::Finished(f.message),
+        None => {
+            return Err(WireError::Missing {
+                what: "step reply".into(),
+            });
+        }
+    })
+}
+
+/// A heartbeat of worker `id`.
+pub fn heartbeat_request(id: &str) -> pb::HeartbeatRequest {
+    pb::HeartbeatRequest {
+        worker_id: id.to_string(),
+    }
+}
+
+/// Worker `id` leaves.
+pub fn leave_request(id: &str) -> pb::LeaveRequest {
+    pb::LeaveRequest {
+        worker_id: id.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -368,6 +537,38 @@ mod tests {
                 .to_string()
                 .contains("hidden")
         );
+    }
+
+    #[test]
+    fn registrations_and_steps_round_trip() {
+        let j = joining(register_request("w", "cpu"));
+        assert_eq!(
+            (j.name.as_str(), j.device.as_str(), j.protocol),
+            ("w", "cpu", crate::PROTOCOL_VERSION)
+        );
+        let reg = Registered {
+            worker_id: "id".into(),
+            job_id: "job".into(),
+            heartbeat: Duration::from_millis(250),
+            model: ModelConfig::seed(),
+            max_message_bytes: Some(1 << 20),
+        };
+        assert_eq!(registered(register_reply(&reg)).unwrap(), reg);
+        let (id, h) = handing(step_request(
+            "id",
+            Handing::Failure {
+                step: 3,
+                shard: 1,
+                reason: "oom".into(),
+            },
+        ));
+        assert_eq!(id, "id");
+        assert!(matches!(h, Handing::Failure { step: 3, shard: 1, ref reason } if reason == "oom"));
+        assert!(matches!(
+            reply(step_reply(Reply::Wait("later".into()))).unwrap(),
+            Reply::Wait(r) if r == "later"
+        ));
+        assert!(reply(pb::StepReply { kind: None }).is_err());
     }
 
     #[test]

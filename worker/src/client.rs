@@ -140,35 +140,19 @@ pub(crate) async fn fetch_blobs(
     id: &str,
     a: &mut pb::Assignment,
 ) -> Result<(), String> {
-    for t in proto::blob::assignment_tensors(a) {
-        if t.blob.is_empty() {
-            continue;
-        }
-        let expected = t
-            .shape
-            .iter()
-            .try_fold(4u64, |acc, &d| acc.checked_mul(d))
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| format!("blob `{}`: shape {:?} is too large", t.blob, t.shape))?;
+    for p in proto::blob::pending(a)? {
+        let fail = |s: tonic::Status| format!("reading blob `{}`: {}", p.id, s.message());
         let mut stream = client
-            .read_blob(pb::ReadBlobRequest {
-                worker_id: id.to_string(),
-                blob: t.blob.clone(),
-            })
+            .read_blob(proto::blob::read_request(id, &p.id))
             .await
-            .map_err(|s| format!("reading blob `{}`: {}", t.blob, s.message()))?
+            .map_err(fail)?
             .into_inner();
-        let mut asm = proto::blob::Assembler::new(expected);
-        while let Some(chunk) = stream
-            .message()
-            .await
-            .map_err(|s| format!("reading blob `{}`: {}", t.blob, s.message()))?
-        {
+        let mut asm = proto::blob::Assembler::new(p.bytes);
+        while let Some(chunk) = stream.message().await.map_err(fail)? {
             asm.push(&chunk.data)
-                .map_err(|e| format!("blob `{}`: {e}", t.blob))?;
+                .map_err(|e| format!("blob `{}`: {e}", p.id))?;
         }
-        t.data = asm.finish();
-        t.blob.clear();
+        proto::blob::fill(a, &p, asm.finish());
     }
     Ok(())
 }
@@ -180,39 +164,13 @@ pub(crate) async fn send_blobs(
     r: &mut pb::ShardResult,
     limit: usize,
 ) -> Result<(), tonic::Status> {
-    let mut out = Vec::new();
-    proto::blob::offload(r, limit, proto::blob::result_tensors, |data| {
-        out.push(data);
-        format!("pending-{}", out.len() - 1)
-    });
-    if out.is_empty() {
-        return Ok(());
+    let mut ids = Vec::new();
+    for data in proto::blob::split_result(r, limit) {
+        let reply = client
+            .write_blob(tokio_stream::iter(proto::blob::upload(id, &data)))
+            .await?;
+        ids.push(proto::blob::uploaded(reply.into_inner()));
     }
-    let mut ids = Vec::with_capacity(out.len());
-    for data in out {
-        let chunks: Vec<pb::BlobChunk> = proto::blob::chunks(&data, proto::blob::CHUNK_BYTES)
-            .into_iter()
-            .enumerate()
-            .map(|(i, data)| pb::BlobChunk {
-                worker_id: if i == 0 {
-                    id.to_string()
-                } else {
-                    String::new()
-                },
-                data,
-            })
-            .collect();
-        let reply = client.write_blob(tokio_stream::iter(chunks)).await?;
-        ids.push(reply.into_inner().blob);
-    }
-    for t in proto::blob::result_tensors(r) {
-        if let Some(k) = t
-            .blob
-            .strip_prefix("pending-")
-            .and_then(|k| k.parse::<usize>().ok())
-        {
-            t.blob = ids[k].clone();
-        }
-    }
+    proto::blob::name_uploads(r, &ids);
     Ok(())
 }

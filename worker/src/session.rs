@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use model::config::ModelConfig;
-use proto::convert;
+use proto::convert::{self, Handing, Reply};
 use proto::pb;
 use runtime::logs::Limiter;
 use tokio_util::sync::CancellationToken;
@@ -112,7 +112,7 @@ fn heartbeats(
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = iv.tick() => {
-                    if let Err(s) = client.heartbeat(pb::HeartbeatRequest { worker_id: id.clone() }).await {
+                    if let Err(s) = client.heartbeat(convert::heartbeat_request(&id)).await {
                         debug!(code = ?s.code(), msg = s.message(), "heartbeat failed");
                     }
                 }
@@ -121,32 +121,12 @@ fn heartbeats(
     })
 }
 
-/// What the next `Step` call hands in.
-enum Handed {
-    Nothing,
-    Result(Box<pb::ShardResult>),
-    Failure(pb::ShardFailure),
-}
-
 /// Applies an injected fault to a computed result (see `--fault`).
-fn inject(fault: Option<Fault>, r: &mut pb::ShardResult) {
+fn inject(fault: Option<Fault>, step: u64, out: &mut model::engine::TrainOut) {
     match fault {
-        Some(f @ Fault::Corrupt(_)) if f.at(r.step) => {
-            if let Some(g) = &mut r.grad {
-                let values: Vec<f32> = g
-                    .data
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * 1e25)
-                    .collect();
-                *g = convert::tensor(&[values.len()], &values);
-            }
-        }
-        Some(f @ Fault::BadShape(_)) if f.at(r.step) => {
-            if let Some(g) = &mut r.grad {
-                let n = g.data.len().saturating_sub(4);
-                g.data = g.data.slice(..n);
-                g.shape = vec![(n / 4) as u64];
-            }
+        Some(f @ Fault::Corrupt(_)) if f.at(step) => out.grad.iter_mut().for_each(|g| *g *= 1e25),
+        Some(f @ Fault::BadShape(_)) if f.at(step) => {
+            out.grad.pop();
         }
         _ => {}
     }
@@ -156,9 +136,7 @@ fn inject(fault: Option<Fault>, r: &mut pb::ShardResult) {
 async fn leave(client: &mut Client, id: &str) {
     let _ = tokio::time::timeout(
         Duration::from_secs(2),
-        client.leave(pb::LeaveRequest {
-            worker_id: id.to_string(),
-        }),
+        client.leave(convert::leave_request(id)),
     )
     .await;
 }
@@ -192,14 +170,11 @@ pub(crate) async fn run(
         'register: loop {
             let reg = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
-                r = client.register(pb::RegisterRequest {
-                    name: cfg.name.clone(),
-                    device: computer.device().to_string(),
-                    protocol: proto::PROTOCOL_VERSION,
-                }) => r,
+                r = client.register(convert::register_request(&cfg.name, computer.device())) => r,
             };
             let reg = match reg {
-                Ok(r) => r.into_inner(),
+                Ok(r) => convert::registered(r.into_inner())
+                    .map_err(|e| WorkerError::Refused(e.to_string()))?,
                 Err(s) if s.code() == Code::Unavailable && retry_after(&s).is_some() => {
                     let wait = retry_after(&s).unwrap_or_default();
                     warn!(
@@ -244,41 +219,26 @@ pub(crate) async fn run(
                 },
             };
             retry.success();
-            let model = convert::model_config(reg.model.as_ref())
-                .map_err(|e| WorkerError::Refused(e.to_string()))?;
+            let model = reg.model.clone();
             let engine = computer.set_model(model.clone()).await?;
             info!(job = %reg.job_id, %engine, "registered");
-            let limit = match usize::try_from(reg.max_message_bytes) {
-                Ok(n) if n > 0 => n.min(cfg.max_message_bytes),
-                _ => cfg.max_message_bytes,
-            };
+            let limit = reg
+                .max_message_bytes
+                .map_or(cfg.max_message_bytes, |n| n.min(cfg.max_message_bytes));
             let id = reg.worker_id;
             let hb_stop = CancellationToken::new();
-            let hb = heartbeats(
-                client.clone(),
-                id.clone(),
-                Duration::from_millis(reg.heartbeat_ms),
-                hb_stop.clone(),
-            );
+            let hb = heartbeats(client.clone(), id.clone(), reg.heartbeat, hb_stop.clone());
             let _stop_heartbeats = hb_stop.clone().drop_guard();
-            let mut handed = Handed::Nothing;
+            let mut handed = Handing::Nothing;
             loop {
-                let mut req = pb::StepRequest {
-                    worker_id: id.clone(),
-                    result: None,
-                    failure: None,
-                };
-                match std::mem::replace(&mut handed, Handed::Nothing) {
-                    Handed::Nothing => {}
-                    Handed::Failure(f) => req.failure = Some(f),
-                    Handed::Result(mut r) => {
-                        if let Err(s) = send_blobs(&mut client, &id, &mut r, limit).await {
-                            warn!(code = ?s.code(), msg = s.message(), "uploading a large result failed; it is dropped");
-                        } else {
-                            req.result = Some(*r);
-                        }
-                    }
+                let mut handing = std::mem::replace(&mut handed, Handing::Nothing);
+                if let Handing::Result(r) = &mut handing
+                    && let Err(s) = send_blobs(&mut client, &id, r, limit).await
+                {
+                    warn!(code = ?s.code(), msg = s.message(), "uploading a large result failed; it is dropped");
+                    handing = Handing::Nothing;
                 }
+                let req = convert::step_request(&id, handing);
                 let reply = tokio::select! {
                     _ = shutdown.cancelled() => {
                         leave(&mut client, &id).await;
@@ -287,8 +247,8 @@ pub(crate) async fn run(
                     }
                     r = client.step(req) => r,
                 };
-                let kind = match reply {
-                    Ok(r) => r.into_inner().kind,
+                let reply = match reply {
+                    Ok(r) => convert::reply(r.into_inner()),
                     Err(s) => match classify(&s)? {
                         Next::Continue => {
                             if let Some(n) = limiter.check("refused", Instant::now()) {
@@ -316,18 +276,19 @@ pub(crate) async fn run(
                         }
                     },
                 };
-                let mut a = match kind {
-                    Some(pb::step_reply::Kind::Assignment(a)) => a,
-                    Some(pb::step_reply::Kind::Wait(w)) => {
-                        debug!(reason = %w.reason, "waiting");
+                let mut a = match reply {
+                    Ok(Reply::Assignment(a)) => a,
+                    Ok(Reply::Wait(reason)) => {
+                        debug!(%reason, "waiting");
                         continue;
                     }
-                    Some(pb::step_reply::Kind::Finished(f)) => {
-                        info!(message = %f.message, "job finished");
-                        return Ok(Outcome::Finished(f.message));
+                    Ok(Reply::Finished(message)) => {
+                        info!(%message, "job finished");
+                        return Ok(Outcome::Finished(message));
                     }
-                    None => {
-                        warn!("empty reply from the coordinator");
+                    Err(e) => {
+                        warn!(cause = %e, "a reply from the coordinator it cannot read");
+                        backoff.failed();
                         continue;
                     }
                 };
@@ -363,12 +324,15 @@ pub(crate) async fn run(
                             warn!(step, shard, cause = %reason, repeats_not_logged = n, "could not compute the shard; telling the coordinator");
                         }
                         backoff.failed();
-                        Handed::Failure(convert::shard_failure(step, shard, &reason))
+                        Handing::Failure {
+                            step,
+                            shard,
+                            reason,
+                        }
                     }
-                    Computed::Done(mut r) => {
+                    Computed::Done(r) => {
                         backoff.succeeded();
-                        inject(cfg.fault, &mut r);
-                        Handed::Result(r)
+                        Handing::Result(r)
                     }
                 };
             }
@@ -428,7 +392,8 @@ async fn compute(
         health.set(true).await;
     }
     match done {
-        Ok(d) => {
+        Ok(mut d) => {
+            inject(cfg.fault, step, &mut d.out);
             debug!(
                 step,
                 shard,

@@ -68,7 +68,6 @@ pub(crate) struct Shared {
     verifiers: Mutex<Vec<CpuEngine>>,
     /// Rate limit of repeated warnings.
     limiter: Limiter,
-    model: pb::ModelSpec,
     cfg: ServiceConfig,
 }
 
@@ -114,7 +113,6 @@ fn clean(s: &str, max: usize) -> String {
 impl Shared {
     /// Shared state around `job`.
     pub(crate) fn new(job: Job, events: mpsc::Sender<Event>, cfg: ServiceConfig) -> Self {
-        let model = convert::model_spec(&job.trainer().spec().model);
         Self {
             job: Mutex::new(job),
             changed: Notify::new(),
@@ -123,7 +121,6 @@ impl Shared {
             blobs: Blobs::default(),
             verifiers: Mutex::new(Vec::new()),
             limiter: Limiter::new(WARN_PERIOD),
-            model,
             cfg,
         }
     }
@@ -348,11 +345,9 @@ impl Shared {
             _ => {
                 let mut t = convert::tensor(&[params.len()], params);
                 // larger than half a message: one blob per step, read by every worker
-                if t.data.len() > self.cfg.max_message_bytes / 2 {
-                    t.blob = self
-                        .blobs
-                        .put_outgoing(None, step, std::mem::take(&mut t.data));
-                }
+                blob::move_out(&mut t, self.cfg.max_message_bytes / 2, |data| {
+                    self.blobs.put_outgoing(None, step, data)
+                });
                 *cache = Some((step, t.clone()));
                 t
             }
@@ -360,29 +355,14 @@ impl Shared {
     }
 
     /// Replaces blob references in a result by the bytes the worker uploaded.
-    fn resolve_uploads(&self, who: &str, r: &mut pb::ShardResult) -> Result<(), String> {
-        for t in blob::result_tensors(r) {
-            if t.blob.is_empty() {
-                continue;
-            }
-            t.data = self
-                .blobs
-                .take_upload(who, &t.blob)
-                .ok_or_else(|| format!("blob `{}` was not uploaded by this worker", t.blob))?;
-            t.blob.clear();
-        }
-        Ok(())
-    }
-
     async fn submit(self: &Arc<Self>, who: &Who, mut r: pb::ShardResult) -> Result<(), Status> {
-        let (step, shard) = (r.step, r.shard);
+        let (step, shard) = convert::result_key(&r);
         let adm = self
             .job()
             .admit(&who.caller(), step, shard)
             .map_err(|e| self.refused(&e))?;
         // decoded without the job lock
-        let decoded = self
-            .resolve_uploads(&who.id, &mut r)
+        let decoded = blob::resolve(&mut r, |id| self.blobs.take_upload(&who.id, id))
             .map_err(|m| convert::WireError::Missing { what: m })
             .and_then(|()| convert::submission(&r, adm.grad, adm.state));
         let sub = match decoded {
@@ -426,16 +406,22 @@ impl Shared {
         }
     }
 
-    async fn failed(self: &Arc<Self>, who: &Who, f: pb::ShardFailure) -> Result<(), Status> {
-        let reason = clean(&f.reason, 1024);
+    async fn failed(
+        self: &Arc<Self>,
+        who: &Who,
+        step: u64,
+        shard: u32,
+        reason: &str,
+    ) -> Result<(), Status> {
+        let reason = clean(reason, 1024);
         let events = {
             let mut job = self.job();
-            job.admit(&who.caller(), f.step, f.shard)
+            job.admit(&who.caller(), step, shard)
                 .map_err(|e| self.refused(&e))?;
             job.refuse(
                 &who.caller(),
-                f.step,
-                f.shard,
+                step,
+                shard,
                 &format!("the worker could not compute it: {reason}"),
                 Instant::now(),
             );
@@ -473,9 +459,7 @@ impl Shared {
             blob::assignment_tensors,
             |data| self.blobs.put_outgoing(Some(who), step, data),
         );
-        pb::StepReply {
-            kind: Some(pb::step_reply::Kind::Assignment(wire)),
-        }
+        convert::step_reply(convert::Reply::Assignment(Box::new(wire)))
     }
 
     async fn next(self: &Arc<Self>, who: &Who) -> Result<pb::StepReply, Status> {
@@ -502,15 +486,11 @@ impl Shared {
                     info!(worker = %name, "told the worker the job is over");
                     self.blobs.forget(&who.id);
                     self.changed.notify_waiters();
-                    return Ok(pb::StepReply {
-                        kind: Some(pb::step_reply::Kind::Finished(pb::Finished { message })),
-                    });
+                    return Ok(convert::step_reply(convert::Reply::Finished(message)));
                 }
                 Ok(Poll::Wait(reason)) => {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                        return Ok(pb::StepReply {
-                            kind: Some(pb::step_reply::Kind::Wait(pb::Wait { reason })),
-                        });
+                        return Ok(convert::step_reply(convert::Reply::Wait(reason)));
                     }
                 }
                 Ok(Poll::Assign(_)) => unreachable!("handled above"),
@@ -550,7 +530,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterReply>, Status> {
         let ident = identity(&req);
-        let r = req.into_inner();
+        let r = convert::joining(req.into_inner());
         if r.protocol != proto::PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
                 "protocol version mismatch: this coordinator speaks {}, the worker {}",
@@ -571,26 +551,33 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         info!(worker = %name, %device, "worker joined");
         s.send(vec![Event::Joined { name, device }]).await;
         s.changed.notify_waiters();
-        Ok(Response::new(pb::RegisterReply {
-            worker_id: id,
-            job_id: s.cfg.job_id.clone(),
-            heartbeat_ms: s.cfg.heartbeat.as_millis() as u64,
-            model: Some(s.model),
-            max_message_bytes: s.cfg.max_message_bytes as u64,
-        }))
+        let model = s.job().trainer().spec().model.clone();
+        Ok(Response::new(convert::register_reply(
+            &convert::Registered {
+                worker_id: id,
+                job_id: s.cfg.job_id.clone(),
+                heartbeat: s.cfg.heartbeat,
+                model,
+                max_message_bytes: Some(s.cfg.max_message_bytes),
+            },
+        )))
     }
 
     async fn step(&self, req: Request<pb::StepRequest>) -> Result<Response<pb::StepReply>, Status> {
         let ident = identity(&req);
-        let r = req.into_inner();
+        let (id, handing) = convert::handing(req.into_inner());
         let who = Who {
-            id: r.worker_id,
+            id,
             identity: ident,
         };
-        if let Some(result) = r.result {
-            self.shared.submit(&who, result).await?;
-        } else if let Some(f) = r.failure {
-            self.shared.failed(&who, f).await?;
+        match handing {
+            convert::Handing::Nothing => {}
+            convert::Handing::Result(r) => self.shared.submit(&who, *r).await?,
+            convert::Handing::Failure {
+                step,
+                shard,
+                reason,
+            } => self.shared.failed(&who, step, shard, &reason).await?,
         }
         self.shared.next(&who).await.map(Response::new)
     }
@@ -642,15 +629,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .blobs
             .read(&who.id, blob)
             .ok_or_else(|| Status::not_found(format!("no blob `{blob}` for this worker")))?;
-        let chunks: Vec<Result<pb::BlobChunk, Status>> = blob::chunks(&data, blob::CHUNK_BYTES)
-            .into_iter()
-            .map(|data| {
-                Ok(pb::BlobChunk {
-                    worker_id: String::new(),
-                    data,
-                })
-            })
-            .collect();
+        let chunks: Vec<Result<pb::BlobChunk, Status>> =
+            blob::download(&data).into_iter().map(Ok).collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
@@ -689,7 +669,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             asm.push(&chunk?.data).map_err(too_much)?;
         }
         let id = s.blobs.put_upload(&who.id, asm.finish());
-        Ok(Response::new(pb::WriteBlobReply { blob: id }))
+        Ok(Response::new(blob::upload_reply(id)))
     }
 }
 

@@ -50,7 +50,10 @@ fn pki(dir: &TempDir) -> Pki {
         ExtendedKeyUsagePurpose::ServerAuth,
     );
     let (cc, ck) = leaf(vec!["worker".into()], ExtendedKeyUsagePurpose::ClientAuth);
-    let (oc, ok) = leaf(vec!["other-worker".into()], ExtendedKeyUsagePurpose::ClientAuth);
+    let (oc, ok) = leaf(
+        vec!["other-worker".into()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
     let write = |name: &str, pem: &str| {
         let p = dir.join(name);
         std::fs::write(&p, pem).unwrap();
@@ -293,7 +296,11 @@ fn an_unprotected_public_address_is_refused() {
         !status.success() && p.log().contains("placeholder") && p.log().contains("openssl rand"),
         "a placeholder token is refused, saying how to make one",
     );
-    assert_eq!(status.code(), Some(2), "an invalid configuration exits with 2");
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "an invalid configuration exits with 2"
+    );
 }
 
 fn token() -> proto::security::Token {
@@ -384,7 +391,10 @@ fn a_participant_cannot_act_for_another_and_floods_are_bounded() {
                 .await
                 .unwrap_err();
             assert_eq!(e.code(), tonic::Code::NotFound, "{g}");
-            assert!(!e.message().contains(&victim), "no message names another id");
+            assert!(
+                !e.message().contains(&victim),
+                "no message names another id"
+            );
         }
         // the victim takes its shard; the stranger cannot hand in a result for it
         let a = loop {
@@ -476,11 +486,15 @@ fn a_participant_cannot_act_for_another_and_floods_are_bounded() {
     let rows = metrics(&out);
     carry_it::assert_step_log(&rows, 50);
     assert!(
-        rows.iter().any(|r| r.shards.contains("evil,namewith \"quotes\"")),
+        rows.iter()
+            .any(|r| r.shards.contains("evil,namewith \"quotes\"")),
         "the name is kept, without its line break, in a parseable row"
     );
     let log = c.log();
-    assert!(!log.contains(&victim) && !log.contains(&stranger), "ids are never logged");
+    assert!(
+        !log.contains(&victim) && !log.contains(&stranger),
+        "ids are never logged"
+    );
 }
 
 #[test]
