@@ -1,4 +1,4 @@
-//! Generates the gRPC code from `proto/carry/v1/coordinator.proto`. Uses `$PROTOC` when set,
+//! Generates the gRPC code from `proto/carry/v1/*.proto`. Uses `$PROTOC` when set,
 //! otherwise the vendored protoc, so no system package is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -12,8 +12,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_with_config(config, &["proto/carry/v1/coordinator.proto"], &["proto"])?;
+        .compile_with_config(
+            config,
+            &[
+                "proto/carry/v1/coordinator.proto",
+                "proto/carry/v1/predictor.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-env-changed=PROTOC");
     println!("cargo:rerun-if-changed=proto/carry/v1/coordinator.proto");
+    println!("cargo:rerun-if-changed=proto/carry/v1/predictor.proto");
     Ok(())
 }

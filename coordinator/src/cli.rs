@@ -12,25 +12,27 @@ use crate::predict::{ExportArgs, PredictArgs};
 /// Distributed data-parallel training of stateful LSTMs: the coordinator.
 #[derive(Debug, Parser)]
 #[command(name = "coordinator", version, about)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Train a model: serve the job to workers, spawn local ones, or train in this process.
     Train(Box<TrainArgs>),
     /// Run a trained model on input sequences from a given or zero state.
     Predict(PredictArgs),
     /// Write a checkpoint's weights as PyTorch-layout safetensors.
     Export(ExportArgs),
+    /// Serve a trained model online: every stream's (h, c) is kept between requests.
+    Serve(Box<crate::serve::ServeArgs>),
 }
 
 /// Resolves train arguments (flags > env > TOML > defaults).
-pub fn train_config(args: TrainArgs) -> Result<TrainConfig, CoordError> {
+pub(crate) fn train_config(args: TrainArgs) -> Result<TrainConfig, CoordError> {
     args.with_file()?.resolve()
 }
 
@@ -75,8 +77,27 @@ async fn train(args: TrainArgs) -> Result<(), CoordError> {
     Ok(())
 }
 
+async fn serve(args: crate::serve::ServeArgs) -> Result<(), CoordError> {
+    let dry = args.dry_run.unwrap_or(false);
+    let cfg = args.resolve()?;
+    if dry {
+        say(&format!("{cfg:#?}"));
+        return Ok(());
+    }
+    let shutdown = CancellationToken::new();
+    runtime::process::cancel_on_signals(shutdown.clone());
+    crate::serve::run(cfg, shutdown, |grpc, http| {
+        say(&format!("READY {grpc}"));
+        if let Some(h) = http {
+            say(&format!("HTTP {h}"));
+        }
+    })
+    .await
+}
+
 async fn dispatch(command: Command) -> Result<(), CoordError> {
     match command {
+        Command::Serve(a) => serve(*a).await,
         Command::Train(a) => train(*a).await,
         Command::Predict(a) => {
             let s = tokio::task::spawn_blocking(move || {

@@ -26,7 +26,7 @@ macro_rules! boolish {
 /// Options of `coordinator train`, each from a flag, an environment variable or the TOML file.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TrainArgs {
+pub(crate) struct TrainArgs {
     /// TOML file with any of these options (keys as flag names with `_`).
     #[arg(long, env = "CARRY_CONFIG")]
     #[serde(skip)]
@@ -212,7 +212,7 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     /// Fills every option not given by a flag or environment variable from `file`.
-    pub fn fill_from(&mut self, mut file: TrainArgs) {
+    pub(crate) fn fill_from(&mut self, mut file: TrainArgs) {
         runtime::fill_from!(self, file; data, sequences, val_sequences, timesteps, features,
             max_data_mb, epochs, steps, batch_size, hidden, layers, dropout, head, lr, beta1, beta2,
             epsilon, clip_norm, seed, reset_states, val_state, init_from_cond, initial_state, listen,
@@ -224,7 +224,7 @@ impl TrainArgs {
     }
 
     /// Reads `--config` (if any) and applies precedence: flags > env > TOML > defaults.
-    pub fn with_file(mut self) -> Result<Self, CoordError> {
+    pub(crate) fn with_file(mut self) -> Result<Self, CoordError> {
         if let Some(path) = self.config.clone() {
             let file: TrainArgs = runtime::config::load_toml(&path)?;
             self.fill_from(file);
@@ -235,7 +235,7 @@ impl TrainArgs {
 
 /// Where training data comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DataSource {
+pub(crate) enum DataSource {
     /// The built-in generator.
     Synthetic,
     /// An `.npz` file.
@@ -245,7 +245,7 @@ pub enum DataSource {
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Progress {
+pub(crate) enum Progress {
     /// A bar on a terminal, log lines otherwise.
     Auto,
     /// Always a bar.
@@ -258,7 +258,7 @@ pub enum Progress {
 
 /// TLS files of the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
+pub(crate) struct TlsFiles {
     /// Certificate chain.
     pub cert: PathBuf,
     /// Private key.
@@ -269,7 +269,7 @@ pub struct TlsFiles {
 
 /// Where the run directory comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OutDir {
+pub(crate) enum OutDir {
     /// Given with `--out`.
     Given(PathBuf),
     /// A new directory of its own under `runs/`, linked as `runs/latest`.
@@ -278,7 +278,7 @@ pub enum OutDir {
 
 impl OutDir {
     /// The directory.
-    pub fn path(&self) -> &std::path::Path {
+    pub(crate) fn path(&self) -> &std::path::Path {
         match self {
             Self::Given(p) | Self::Fresh(p) => p,
         }
@@ -287,7 +287,7 @@ impl OutDir {
 
 /// The resolved configuration of a training job.
 #[derive(Debug, Clone)]
-pub struct TrainConfig {
+pub(crate) struct TrainConfig {
     /// Data source.
     pub data: DataSource,
     /// Synthetic training sequences.
@@ -382,7 +382,7 @@ fn fresh_run_dir() -> PathBuf {
 
 impl TrainArgs {
     /// Resolves defaults and validates; errors name the field.
-    pub fn resolve(self) -> Result<TrainConfig, CoordError> {
+    pub(crate) fn resolve(self) -> Result<TrainConfig, CoordError> {
         let bad = |field: &str, msg: String| CoordError::Config {
             field: field.into(),
             msg,
@@ -515,7 +515,7 @@ impl TrainArgs {
 
 impl TrainConfig {
     /// Checks ranges and combinations; errors name the field.
-    pub fn validate(&self) -> Result<(), CoordError> {
+    pub(crate) fn validate(&self) -> Result<(), CoordError> {
         let bad = |field: &str, msg: String| {
             Err(CoordError::Config {
                 field: field.into(),

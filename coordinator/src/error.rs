@@ -6,7 +6,7 @@ use crate::job::Refusal;
 
 /// Errors of the coordinator.
 #[derive(Debug, thiserror::Error)]
-pub enum CoordError {
+pub(crate) enum CoordError {
     /// A configuration value out of range; names the field.
     #[error("invalid `{field}`: {msg}")]
     Config {
@@ -42,7 +42,7 @@ pub enum CoordError {
 
 impl CoordError {
     /// An I/O error while doing `what`.
-    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {
             what: what.into(),
             source,

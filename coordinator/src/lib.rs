@@ -15,6 +15,7 @@
 //! - `report`: the one writer of the run's files (metrics.csv, checkpoints), validation,
 //!   progress, Prometheus, the plot.
 //! - `predict`: `predict` and `export`.
+//! - `serve`: online prediction with stateful streams over gRPC and HTTP.
 
 pub mod cli;
 mod config;
@@ -24,6 +25,7 @@ mod local;
 mod predict;
 mod report;
 mod rundir;
+mod serve;
 mod server;
 mod service;
 mod spawn;

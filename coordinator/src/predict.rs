@@ -21,7 +21,7 @@ use crate::error::CoordError;
 
 /// Options of `coordinator predict`.
 #[derive(Debug, Clone, Args)]
-pub struct PredictArgs {
+pub(crate) struct PredictArgs {
     /// A checkpoint (file or run directory) or PyTorch-layout safetensors weights.
     #[arg(long, env = "CARRY_MODEL")]
     pub model: PathBuf,
@@ -53,7 +53,7 @@ pub struct PredictArgs {
 
 /// Options of `coordinator export`.
 #[derive(Debug, Clone, Args)]
-pub struct ExportArgs {
+pub(crate) struct ExportArgs {
     /// A checkpoint (file or run directory) or safetensors weights.
     #[arg(long, env = "CARRY_MODEL")]
     pub model: PathBuf,

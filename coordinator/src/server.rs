@@ -18,7 +18,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
-use crate::config::{DataSource, TrainConfig};
+use crate::config::{DataSource, TlsFiles, TrainConfig};
 use crate::error::CoordError;
 use crate::job::Job;
 use crate::report::{self, Event, ReportConfig, Summary};
@@ -242,11 +242,12 @@ pub(crate) async fn run(
     Ok(summary)
 }
 
-fn tls_config(
-    cfg: &TrainConfig,
+/// The gRPC server's TLS settings for `tls` (with `extra_client_ca` trusted beside the client CA).
+pub(crate) fn tls_config(
+    tls: Option<&TlsFiles>,
     extra_client_ca: Option<&[u8]>,
 ) -> Result<Option<ServerTlsConfig>, CoordError> {
-    let Some(tls) = &cfg.tls else { return Ok(None) };
+    let Some(tls) = tls else { return Ok(None) };
     let pem = |p: &std::path::Path, field: &str| {
         proto::security::read_pem(p, &format!("--{}", field.replace('_', "-"))).map_err(|msg| {
             CoordError::Config {
@@ -270,7 +271,8 @@ fn tls_config(
     Ok(Some(c))
 }
 
-async fn health_only(
+/// Serves only the gRPC health service, in plaintext, on `addr` (for kubelet probes).
+pub(crate) async fn health_only(
     addr: SocketAddr,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
@@ -336,7 +338,10 @@ async fn serve(
         .http2_keepalive_interval(Some(runtime::net::KEEPALIVE))
         .initial_stream_window_size(Some(runtime::net::HTTP2_WINDOW))
         .initial_connection_window_size(Some(runtime::net::HTTP2_WINDOW));
-    let scheme = if let Some(t) = tls_config(cfg, spawn_tls.as_ref().and_then(|t| t.client_ca()))? {
+    let scheme = if let Some(t) = tls_config(
+        cfg.tls.as_ref(),
+        spawn_tls.as_ref().and_then(|t| t.client_ca()),
+    )? {
         builder = builder.tls_config(t)?;
         "https"
     } else {

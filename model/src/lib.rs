@@ -13,7 +13,8 @@
 //! - [`net`]: how a step starts (carried, reset, or the learned initial-state projection).
 //! - [`adam`], [`trainer`]: the optimizer and the training state machine; the in-process
 //!   reference trainer is [`trainer::Trainer::step_local`].
-//! - [`checkpoint`], [`export`]: checkpoints, and PyTorch-layout safetensors export and import.
+//! - [`checkpoint`], [`export`]: checkpoints, and PyTorch-layout safetensors export and import;
+//!   [`st`] reads and writes the safetensors files they are made of.
 
 pub mod adam;
 pub mod checkpoint;
@@ -28,7 +29,7 @@ pub mod net;
 pub mod npy;
 pub mod params;
 pub mod rng;
-mod st;
+pub mod st;
 pub mod state;
 pub mod stream;
 pub mod trainer;

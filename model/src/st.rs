@@ -9,10 +9,10 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use crate::error::ModelError;
 
 /// A tensor read from a file: shape and f32 values.
-pub(crate) type Loaded = (Vec<usize>, Vec<f32>);
+pub type Loaded = (Vec<usize>, Vec<f32>);
 
 /// Writes `tensors` (name, shape, values) and `meta` to `path` atomically.
-pub(crate) fn write(
+pub fn write(
     path: &Path,
     tensors: &[(&str, Vec<usize>, &[f32])],
     meta: HashMap<String, String>,
@@ -38,10 +38,10 @@ pub(crate) fn write(
 }
 
 /// Tensors by name and the string metadata of a file.
-pub(crate) type Contents = (BTreeMap<String, Loaded>, HashMap<String, String>);
+pub type Contents = (BTreeMap<String, Loaded>, HashMap<String, String>);
 
 /// Reads every tensor (f32 or f64, converted to f32) and the metadata of a safetensors file.
-pub(crate) fn read(path: &Path) -> Result<Contents, ModelError> {
+pub fn read(path: &Path) -> Result<Contents, ModelError> {
     let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
     let bad = |msg: String| ModelError::Checkpoint {
         path: path.into(),

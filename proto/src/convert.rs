@@ -107,6 +107,48 @@ pub fn decode_into(
     Ok(())
 }
 
+/// Decodes a wire tensor of any shape (its bytes checked against the shape, its values for
+/// finiteness); returns the values and the shape.
+pub fn decode_any(t: Option<&pb::Tensor>, what: &str) -> Result<(Vec<f32>, Vec<usize>), WireError> {
+    let t = t.ok_or_else(|| WireError::Missing { what: what.into() })?;
+    let shape: Vec<usize> = t
+        .shape
+        .iter()
+        .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+        .collect();
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n.checked_mul(4) == Some(t.data.len()))
+        .ok_or_else(|| {
+            shape_error(
+                what,
+                format!("{} bytes for shape {}", t.data.len(), fmt_shape(&shape)),
+                format!("{} bytes", t.data.len()),
+            )
+        });
+    let _ = n?;
+    let values = decode(Some(t), what, &shape)?;
+    Ok((values, shape))
+}
+
+/// Decodes steps `[t, features]` with any `t >= 1`; returns the values and `t`.
+pub fn decode_steps(
+    t: Option<&pb::Tensor>,
+    what: &str,
+    features: usize,
+) -> Result<(Vec<f32>, usize), WireError> {
+    let (values, shape) = decode_any(t, what)?;
+    match shape[..] {
+        [rows, f] if rows >= 1 && f == features => Ok((values, rows)),
+        _ => Err(shape_error(
+            what,
+            format!("shape (t, {features}) with t >= 1"),
+            fmt_shape(&shape),
+        )),
+    }
+}
+
 /// The wire form of a model config.
 pub fn model_spec(cfg: &ModelConfig) -> pb::ModelSpec {
     pb::ModelSpec {

@@ -63,9 +63,44 @@ where
     }
 }
 
+/// A duration written `500ms`, `30s`, `10m`, `2h` or `1d`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let err = || format!("expected a duration such as 500ms, 30s, 10m, 2h or 1d, got `{s}`");
+    let v: f64 = num.parse().map_err(|_| err())?;
+    let secs = match unit.trim() {
+        "ms" => v / 1e3,
+        "" | "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        "d" => v * 86_400.0,
+        _ => return Err(err()),
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(err());
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        let e = parse_duration("soon").unwrap_err();
+        assert!(e.contains("10m") && e.contains("soon"), "{e}");
+        assert!(parse_duration("-1s").is_err());
+    }
 
     #[derive(Debug, Default, serde::Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -51,7 +51,7 @@ const SHARD_FAILURE_WORKERS: usize = 3;
 
 /// How long a worker has for a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadlinePolicy {
+pub(crate) enum DeadlinePolicy {
     /// Always this long.
     Fixed(Duration),
     /// Five times the median time per slot of accepted shards times the shard's slots, and never
@@ -64,7 +64,7 @@ pub enum DeadlinePolicy {
 
 /// The rules a job runs by.
 #[derive(Debug, Clone)]
-pub struct JobConfig {
+pub(crate) struct JobConfig {
     /// A worker silent this long is dead.
     pub lease: Duration,
     /// Workers to wait for before the first step.

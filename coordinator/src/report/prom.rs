@@ -16,6 +16,55 @@ pub(crate) fn install(addr: SocketAddr) -> Result<(), CoordError> {
         })
 }
 
+/// Serves the metrics of `serve` on `addr`, with latency buckets from 0.1 ms to 10 s.
+pub(crate) fn install_serving(addr: SocketAddr) -> Result<(), CoordError> {
+    use metrics_exporter_prometheus::Matcher;
+    let buckets = [
+        1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+    ];
+    let sizes = [
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+    ];
+    let err = |e: metrics_exporter_prometheus::BuildError| CoordError::Config {
+        field: "metrics_listen".into(),
+        msg: format!("{addr}: {e}"),
+    };
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+        .map_err(err)?
+        .set_buckets_for_metric(Matcher::Full("carry_serve_batch_size".into()), &sizes)
+        .map_err(err)?
+        .install()
+        .map_err(err)
+}
+
+/// A serving request ended with `code` after `took`.
+pub(crate) fn served(op: &'static str, code: &'static str, took: std::time::Duration) {
+    metrics::counter!("carry_serve_requests_total", "op" => op, "code" => code).increment(1);
+    metrics::histogram!("carry_serve_latency_seconds", "op" => op).record(took.as_secs_f64());
+}
+
+/// A request waited this long in the queue.
+pub(crate) fn waited(took: std::time::Duration) {
+    metrics::histogram!("carry_serve_queue_seconds").record(took.as_secs_f64());
+}
+
+/// An engine call of `n` streams.
+pub(crate) fn batch(n: usize) {
+    metrics::histogram!("carry_serve_batch_size").record(n as f64);
+}
+
+/// Streams held.
+pub(crate) fn streams(n: usize) {
+    metrics::gauge!("carry_serve_streams").set(n as f64);
+}
+
+/// Idle streams evicted.
+pub(crate) fn evicted(n: usize) {
+    metrics::counter!("carry_serve_evictions_total").increment(n as u64);
+}
+
 /// A worker joined.
 pub(crate) fn joined() {
     metrics::counter!("carry_worker_joins_total").increment(1);

@@ -5,3 +5,4 @@ mod faults;
 mod product;
 mod refusals;
 mod security;
+mod serving;
