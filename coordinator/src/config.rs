@@ -119,6 +119,10 @@ pub(crate) struct TrainArgs {
     /// Serve Prometheus metrics over HTTP on this address.
     #[arg(long, env = "CARRY_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the live status page (and /api/status) over HTTP on this address; behind the token
+    /// when there is one.
+    #[arg(long, env = "CARRY_UI_LISTEN")]
+    pub ui_listen: Option<SocketAddr>,
     /// Workers to wait for before the first step [default: spawn-workers, else 1].
     #[arg(long, env = "CARRY_WORKERS")]
     pub workers: Option<usize>,
@@ -216,7 +220,7 @@ impl TrainArgs {
         runtime::fill_from!(self, file; data, sequences, val_sequences, timesteps, features,
             max_data_mb, epochs, steps, batch_size, hidden, layers, dropout, head, lr, beta1, beta2,
             epsilon, clip_norm, seed, reset_states, val_state, init_from_cond, initial_state, listen,
-            health_listen, metrics_listen, workers, max_workers, spawn_workers, worker_args, out,
+            health_listen, metrics_listen, ui_listen, workers, max_workers, spawn_workers, worker_args, out,
             resume, auto_resume, overwrite, linger, checkpoint_every, lease_ms, shard_deadline_ms,
             deadline_floor_ms, max_deadline_misses, max_refusals, evict_backoff_ms,
             verify_fraction, device, engine, threads, token, token_file, tls_cert, tls_key,
@@ -312,6 +316,8 @@ pub(crate) struct TrainConfig {
     pub health_listen: Option<SocketAddr>,
     /// Prometheus address.
     pub metrics_listen: Option<SocketAddr>,
+    /// Live status page address.
+    pub ui_listen: Option<SocketAddr>,
     /// The rules of the job: leases, limits, deadlines, evictions, verification.
     pub job: JobConfig,
     /// Local workers to launch; `Some(0)` trains in-process.
@@ -475,6 +481,7 @@ impl TrainArgs {
                 .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address")),
             health_listen: self.health_listen,
             metrics_listen: self.metrics_listen,
+            ui_listen: self.ui_listen,
             job: JobConfig {
                 lease,
                 min_workers: self
@@ -611,6 +618,21 @@ impl TrainConfig {
                 field: "token".into(),
                 msg,
             })?;
+        }
+        if let Some(ui) = self.ui_listen
+            && !ui.ip().is_loopback()
+            && self.token.is_none()
+        {
+            if self.insecure {
+                tracing::warn!(%ui, "--insecure: the status page is served off loopback without a token");
+            } else {
+                return bad(
+                    "ui_listen",
+                    format!(
+                        "refusing to serve the status page on non-loopback address {ui} without a token (--token); pass --insecure to allow it"
+                    ),
+                );
+            }
         }
         let local = self.spawn_workers == Some(0);
         let mutual_tls = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());

@@ -16,6 +16,7 @@
 //!   progress, Prometheus, the plot.
 //! - `predict`: `predict` and `export`.
 //! - `serve`: online prediction with stateful streams over gRPC and HTTP.
+//! - `ui`: the live status page of a training job (`--ui-listen`).
 
 pub mod cli;
 mod config;
@@ -29,3 +30,4 @@ mod serve;
 mod server;
 mod service;
 mod spawn;
+mod ui;

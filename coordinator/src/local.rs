@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::config::TrainConfig;
 use crate::error::CoordError;
-use crate::job::CommitReport;
+use crate::job::{CommitReport, ShardReport};
 use crate::report::{Event, commit_event};
 
 /// Trains every remaining step in this thread; returns the trainer at the end, or where it stood
@@ -39,7 +39,13 @@ pub(crate) fn run(
         let wall = t0.elapsed();
         let report = CommitReport {
             committed: c,
-            shards: vec![(0..b, "in-process".to_string())],
+            shards: vec![ShardReport {
+                range: 0..b,
+                worker: "in-process".to_string(),
+                compute_ms: wall.as_secs_f64() * 1e3,
+                transfer_ms: 0.0,
+                wait_ms: 0.0,
+            }],
             workers: 0,
             wall,
             compute_ms: wall.as_secs_f64() * 1e3,

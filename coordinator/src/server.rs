@@ -181,7 +181,7 @@ pub(crate) async fn run(
     }
     // cancelled by the reporter when a file cannot be written: the job stops at once
     let fatal = CancellationToken::new();
-    let (events, reporter) = report::spawn(
+    let (events, reporter, status) = report::spawn(
         ReportConfig {
             out: run_dir.path().to_path_buf(),
             progress: cfg.progress,
@@ -195,6 +195,23 @@ pub(crate) async fn run(
         info!("the run in the checkpoint is already complete; workers that join are told so");
     }
     let stop = CancellationToken::new();
+    let ui = match cfg.ui_listen {
+        Some(addr) => {
+            let l = bind(addr).await?;
+            let at = l
+                .local_addr()
+                .map_err(|e| CoordError::io("reading the status page's address", e))?;
+            runtime::process::say(&format!("UI http://{at}/"));
+            info!(%at, "serving the status page");
+            Some(tokio::spawn(crate::ui::serve(
+                l,
+                status.clone(),
+                cfg.token.as_ref().map(|t| t.expose().to_string()),
+                stop.child_token(),
+            )))
+        }
+        None => None,
+    };
     let watch = {
         let (stop, shutdown, fatal) = (stop.clone(), shutdown.clone(), fatal.clone());
         tokio::spawn(async move {
@@ -219,6 +236,10 @@ pub(crate) async fn run(
         serve(&cfg, trainer, events.clone(), listener, stop.clone()).await
     };
     watch.abort();
+    if let Some(ui) = ui {
+        // the page keeps showing the end of the job until the process exits
+        ui.abort();
+    }
     // the one writer saves where an interrupted run stands, after every queued checkpoint
     let outcome = match result {
         Ok(t) => {

@@ -337,12 +337,12 @@ pub fn metrics(dir: &Path) -> Vec<Row> {
     let header = records.next().expect("a header").join(",");
     assert_eq!(
         header,
-        "step,epoch,step_in_epoch,loss,val_loss,seq_per_s,workers,step_ms,compute_ms,shards",
+        "step,epoch,step_in_epoch,loss,val_loss,seq_per_s,workers,step_ms,compute_ms,shards,worker_ms",
         "metrics.csv header"
     );
     records
         .map(|c| {
-            assert_eq!(c.len(), 10, "a row with the header's 10 columns: {c:?}");
+            assert_eq!(c.len(), 11, "a row with the header's 11 columns: {c:?}");
             Row {
                 step: c[0].parse().expect("step"),
                 epoch: c[1].parse().expect("epoch"),

@@ -192,13 +192,29 @@ pub(crate) struct Admission {
     pub state: [usize; 3],
 }
 
+/// Who computed one shard of a committed step, and how its time went.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ShardReport {
+    /// Its slots.
+    pub(crate) range: Range<usize>,
+    /// The worker's name.
+    pub(crate) worker: String,
+    /// Milliseconds the worker computed (as it reports).
+    pub(crate) compute_ms: f64,
+    /// Milliseconds from taking the shard to handing it in, less the compute: transfers,
+    /// encoding and queueing.
+    pub(crate) transfer_ms: f64,
+    /// Milliseconds from planning the step until the worker took the shard.
+    pub(crate) wait_ms: f64,
+}
+
 /// A committed step, for the step log and metrics.
 #[derive(Debug, Clone)]
 pub(crate) struct CommitReport {
     /// The trainer's view of the commit.
     pub committed: Committed,
-    /// Slot ranges and the names of the workers that computed them.
-    pub shards: Vec<(Range<usize>, String)>,
+    /// Who computed each shard, and how its time went.
+    pub shards: Vec<ShardReport>,
     /// Live workers at commit time.
     pub workers: usize,
     /// Wall time from planning to commit.
@@ -320,7 +336,10 @@ struct Held {
     by: u64,
     name: String,
     sub: Submission,
+    /// From taking the shard to handing in the result.
     took: Option<Duration>,
+    /// From planning the step to taking the shard.
+    waited: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -969,18 +988,24 @@ impl Job {
         let lease = self.cfg.lease;
         let m = self.members.get_mut(&key).expect("authenticated");
         m.lease_until = now + lease;
-        let took = match m.busy {
+        let planned = self.running.as_ref().map(|r| r.started);
+        let m = self.members.get_mut(&key).expect("authenticated");
+        let (took, waited) = match m.busy {
             Some(b) if b.step == sub.step && b.shard == sub.shard => {
                 m.busy = None;
-                Some(now.saturating_duration_since(b.since))
+                (
+                    Some(now.saturating_duration_since(b.since)),
+                    planned.map(|p| b.since.saturating_duration_since(p)),
+                )
             }
-            _ => None,
+            _ => (None, None),
         };
         let held = Held {
             by: key,
             name: m.name.clone(),
             sub,
             took,
+            waited,
         };
         Ok(self.accept(held, now))
     }
@@ -1165,6 +1190,7 @@ impl Job {
             name: "coordinator".into(),
             sub,
             took: None,
+            waited: None,
         };
         Ok(self.accept(held, now))
     }
@@ -1203,7 +1229,14 @@ impl Job {
             loss += h.sub.loss_sum;
             compute_ms = compute_ms.max(h.sub.compute_ms);
             finals.push((s.range.clone(), &h.sub.finals));
-            shards.push((s.range.clone(), h.name.clone()));
+            let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
+            shards.push(ShardReport {
+                range: s.range.clone(),
+                worker: h.name.clone(),
+                compute_ms: h.sub.compute_ms,
+                transfer_ms: (ms(h.took) - h.sub.compute_ms).max(0.0),
+                wait_ms: ms(h.waited),
+            });
             record.push((
                 screen::norm_per_slot(&h.sub),
                 h.took

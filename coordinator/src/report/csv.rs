@@ -15,7 +15,7 @@ pub(crate) const METRICS_FILE: &str = "metrics.csv";
 
 /// The header row.
 pub(crate) const HEADER: &str =
-    "step,epoch,step_in_epoch,loss,val_loss,seq_per_s,workers,step_ms,compute_ms,shards";
+    "step,epoch,step_in_epoch,loss,val_loss,seq_per_s,workers,step_ms,compute_ms,shards,worker_ms";
 
 /// Writes attempted per row before the job stops.
 const ATTEMPTS: u32 = 3;
@@ -24,6 +24,7 @@ const ATTEMPTS: u32 = 3;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Point {
     pub(crate) step: u64,
+    pub(crate) epoch: u64,
     pub(crate) loss: f64,
     pub(crate) val: Option<f64>,
 }
@@ -106,6 +107,7 @@ impl StepLog {
                 if step < start_step {
                     history.push(Point {
                         step,
+                        epoch: r.get(1).and_then(|v| v.parse().ok()).unwrap_or(0),
                         loss: r.get(3).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN),
                         val: r.get(4).and_then(|v| v.parse().ok()),
                     });
@@ -182,6 +184,7 @@ mod tests {
                 "1".into(),
                 "1".into(),
                 field("0-9:a,b"),
+                field("a,b=1.0/0.5/0.1"),
             ])
             .unwrap();
         }

@@ -13,11 +13,13 @@
 //! - [`progress`]: the progress bar and the log writer that lifts it.
 //! - [`prom`]: Prometheus metrics.
 //! - [`plot`]: the loss plot.
+//! - [`status`]: the live view served by `--ui-listen`.
 
 pub(crate) mod csv;
 pub(crate) mod plot;
 pub(crate) mod progress;
 pub(crate) mod prom;
+pub(crate) mod status;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -30,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use self::csv::{Point, StepLog, field};
+pub(crate) use self::status::Status;
 use crate::config::Progress;
 use crate::error::CoordError;
 use crate::job::CommitReport;
@@ -122,24 +125,32 @@ pub(crate) struct Summary {
 pub(crate) type ReporterTask = tokio::task::JoinHandle<Result<Summary, CoordError>>;
 
 /// Starts the reporter task; it ends when every sender is dropped, or at the first write that
-/// fails for good (then `fatal` is cancelled).
+/// fails for good (then `fatal` is cancelled). Returns its queue, its task and the live view it
+/// keeps.
 pub(crate) fn spawn(
     cfg: ReportConfig,
     fatal: CancellationToken,
-) -> Result<(mpsc::Sender<Event>, ReporterTask), CoordError> {
+) -> Result<(mpsc::Sender<Event>, ReporterTask, Status), CoordError> {
     std::fs::create_dir_all(&cfg.out)
         .map_err(|e| CoordError::io(format!("creating {}", cfg.out.display()), e))?;
     let (log, history) = StepLog::open(&cfg.out.join(METRICS_FILE), cfg.start_step)?;
     let (tx, rx) = mpsc::channel(QUEUE);
+    let status = Status::new(cfg.total_steps, cfg.batch_size);
+    let view = status.clone();
     Ok((
         tx,
         tokio::spawn(async move {
-            let r = Reporter::new(cfg, log, history).run(rx).await;
+            let r = Reporter::new(cfg, log, history, view.clone()).run(rx).await;
+            view.finished(match &r {
+                Ok(_) => "the reporter finished".into(),
+                Err(e) => e.to_string(),
+            });
             if r.is_err() {
                 fatal.cancel();
             }
             r
         }),
+        status,
     ))
 }
 
@@ -155,11 +166,14 @@ struct Reporter {
     rate: f64,
     /// Step of the last checkpoint written, for the error message of a failed one.
     last_checkpoint: Option<u64>,
+    /// The live view.
+    status: Status,
 }
 
 impl Reporter {
-    fn new(cfg: ReportConfig, log: StepLog, history: Vec<Point>) -> Self {
+    fn new(cfg: ReportConfig, log: StepLog, history: Vec<Point>, status: Status) -> Self {
         Self {
+            status,
             cfg,
             log,
             history,
@@ -179,6 +193,7 @@ impl Reporter {
             match ev {
                 Event::Joined { name, device } => {
                     info!(worker = %name, %device, "joined");
+                    self.status.joined(&name, &device);
                     prom::joined();
                 }
                 Event::Left {
@@ -187,6 +202,7 @@ impl Reporter {
                     evicted,
                 } => {
                     info!(worker = %name, %reason, "left");
+                    self.status.left(&name, &reason, evicted);
                     prom::left(evicted);
                 }
                 Event::Committed {
@@ -257,6 +273,7 @@ impl Reporter {
             )));
         }
         self.last_checkpoint = Some(step);
+        self.status.checkpointed(step);
         prom::checkpointed(step);
         tracing::debug!(path = %path.display(), step, "checkpoint written");
         Ok(())
@@ -301,7 +318,17 @@ impl Reporter {
         let shards: Vec<String> = report
             .shards
             .iter()
-            .map(|(r, w)| format!("{}-{}:{w}", r.start, r.end - 1))
+            .map(|s| format!("{}-{}:{}", s.range.start, s.range.end - 1, s.worker))
+            .collect();
+        let timings: Vec<String> = report
+            .shards
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}={:.2}/{:.2}/{:.2}",
+                    s.worker, s.compute_ms, s.transfer_ms, s.wait_ms
+                )
+            })
             .collect();
         self.log
             .append(&[
@@ -315,6 +342,7 @@ impl Reporter {
                 format!("{:.3}", dt.as_secs_f64() * 1e3),
                 format!("{:.3}", report.compute_ms),
                 field(&shards.join(";")),
+                field(&timings.join(";")),
             ])
             .map_err(|e| {
                 CoordError::JobFailed(format!(
@@ -323,10 +351,25 @@ impl Reporter {
             })?;
         self.history.push(Point {
             step: c.cursor.global,
+            epoch: c.cursor.epoch,
             loss: c.loss,
             val,
         });
         prom::committed(&report, self.rate);
+        prom::step_time(dt.as_secs_f64() * 1e3);
+        let noticed = self
+            .status
+            .committed(&report, val, self.rate, dt.as_secs_f64() * 1e3);
+        for (worker, ms, median) in noticed.stragglers {
+            prom::straggler(&worker);
+            warn!(
+                %worker,
+                ms_per_slot = format!("{ms:.2}"),
+                others_median = format!("{median:.2}"),
+                "straggler: this worker's shards take {:.1}x as long per slot as the others', and every step waits for it",
+                ms / median.max(1e-9)
+            );
+        }
         if let Some(ck) = checkpoint {
             self.save(*ck).await?;
         }
@@ -359,16 +402,16 @@ impl Reporter {
     }
 
     fn plot(&self) {
-        let loss: Vec<(u64, f64)> = self
+        let loss: Vec<plot::Point> = self
             .history
             .iter()
             .filter(|r| r.loss.is_finite())
-            .map(|r| (r.step, r.loss))
+            .map(|r| (r.step, r.loss, r.epoch))
             .collect();
-        let val: Vec<(u64, f64)> = self
+        let val: Vec<plot::Point> = self
             .history
             .iter()
-            .filter_map(|r| r.val.map(|v| (r.step, v)))
+            .filter_map(|r| r.val.map(|v| (r.step, v, r.epoch)))
             .collect();
         if loss.is_empty() {
             return;

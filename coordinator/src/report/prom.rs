@@ -87,6 +87,24 @@ pub(crate) fn committed(r: &CommitReport, seq_per_s: f64) {
     metrics::gauge!("carry_sequences_per_second").set(seq_per_s);
     metrics::gauge!("carry_workers").set(r.workers as f64);
     metrics::counter!("carry_steps_total").increment(1);
+    metrics::gauge!("carry_step_compute_ms").set(r.compute_ms);
+    for s in &r.shards {
+        let w = s.worker.clone();
+        metrics::gauge!("carry_worker_compute_ms", "worker" => w.clone()).set(s.compute_ms);
+        metrics::gauge!("carry_worker_transfer_ms", "worker" => w.clone()).set(s.transfer_ms);
+        metrics::gauge!("carry_worker_wait_ms", "worker" => w).set(s.wait_ms);
+    }
+}
+
+/// A step took `ms` from the previous commit to its own.
+pub(crate) fn step_time(ms: f64) {
+    metrics::gauge!("carry_step_ms").set(ms);
+}
+
+/// A worker has been slower than the others for a while.
+pub(crate) fn straggler(worker: &str) {
+    metrics::counter!("carry_straggler_warnings_total", "worker" => worker.to_string())
+        .increment(1);
 }
 
 /// A validation loss was measured.

@@ -52,23 +52,36 @@ fn s(v: &Value) -> &str {
 fn manifests_are_accepted_by_the_programs() {
     let dir = TempDir::new("deploy");
     let k8s = root().join("deploy/k8s");
-    let mut kustomizations = vec![k8s.join("base")];
+    let mut kustomizations = vec![k8s.join("base"), k8s.join("serving")];
     for e in std::fs::read_dir(k8s.join("overlays")).unwrap() {
         kustomizations.push(e.unwrap().path());
     }
     let mut checked = 0;
     for k in &kustomizations {
         let docs = render(k);
-        // the job file from the ConfigMap, written where the test can read it
-        let job_toml = docs
+        // the settings file from the ConfigMap (job.toml for training, serve.toml for serving),
+        // written where the test can read it
+        let (config_path, config_text) = docs
             .iter()
-            .find(|d| {
-                s(&d["kind"]) == "ConfigMap" && s(&d["metadata"]["name"]).starts_with("carry-job")
+            .find_map(|d| {
+                let name = s(&d["metadata"]["name"]);
+                if s(&d["kind"]) != "ConfigMap" {
+                    return None;
+                }
+                if name.starts_with("carry-job") {
+                    Some(("/etc/carry/job.toml", s(&d["data"]["job.toml"]).to_string()))
+                } else if name.starts_with("carry-serve") {
+                    Some((
+                        "/etc/carry/serve.toml",
+                        s(&d["data"]["serve.toml"]).to_string(),
+                    ))
+                } else {
+                    None
+                }
             })
-            .map(|d| s(&d["data"]["job.toml"]).to_string())
-            .expect("the carry-job ConfigMap");
-        let job_file = dir.join("job.toml");
-        std::fs::write(&job_file, &job_toml).unwrap();
+            .expect("a carry-job or carry-serve ConfigMap");
+        let job_file = dir.join("settings.toml");
+        std::fs::write(&job_file, &config_text).unwrap();
         for d in docs
             .iter()
             .filter(|d| matches!(s(&d["kind"]), "StatefulSet" | "Job" | "Deployment"))
@@ -104,7 +117,7 @@ fn manifests_are_accepted_by_the_programs() {
                         for (k, v) in &env {
                             a = a.replace(&format!("$({k})"), v);
                         }
-                        if a == "/etc/carry/job.toml" {
+                        if a == config_path {
                             job_file.to_str().unwrap().to_string()
                         } else {
                             a
@@ -129,7 +142,12 @@ fn manifests_are_accepted_by_the_programs() {
                     &format!("{name}: the program refused the manifest's arguments {args:?}"),
                 );
                 let log = p.log();
-                if program == "coordinator" {
+                if program == "coordinator" && args.first().is_some_and(|a| a == "serve") {
+                    p.check(
+                        log.contains("0.0.0.0:50061") && log.contains("state_dir: Some("),
+                        "serving settings applied",
+                    );
+                } else if program == "coordinator" {
                     p.check(
                         log.contains("0.0.0.0:50051") && log.contains("auto_resume: true"),
                         "coordinator settings applied",
@@ -146,8 +164,9 @@ fn manifests_are_accepted_by_the_programs() {
             }
         }
     }
+    // two containers (coordinator and workers) per training rendering, one for serving
     assert!(
-        checked >= 2 * kustomizations.len(),
+        checked > 2 * (kustomizations.len() - 1),
         "checked {checked} containers"
     );
 }

@@ -6,3 +6,4 @@ mod product;
 mod refusals;
 mod security;
 mod serving;
+mod ui;
