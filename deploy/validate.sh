@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
 # Check deploy/ offline:
 #   1. lint deploy/Dockerfile with hadolint;
-#   2. render every kustomization (deploy/k8s/base and each directory in
-#      deploy/k8s/overlays) with `kubectl kustomize`;
+#   2. render every kustomization (deploy/k8s/base, each directory in
+#      deploy/k8s/overlays, and deploy/k8s/serving) with `kubectl kustomize`;
 #   3. validate every rendered document against the Kubernetes JSON schemas
 #      of each version in K8S_VERSIONS, strictly (unknown fields and unknown
 #      kinds are errors); then check what the schemas cannot say: every
-#      ConfigMap and Secret a pod refers to is in the same rendering (except
-#      the ones the user creates, EXTERNAL_SECRETS), mounts name defined
-#      volumes, selectors match pod labels, Job pods restart OnFailure or
-#      Never, and extended resources (GPUs) have limit == request;
-#   4. check the security rules:
-#      a. no pod but the coordinator uses the Secret that holds the
-#         coordinator's private key (COORDINATOR_KEY_SECRETS), or any secret
-#         key named like a coordinator/server private key (volume, projected
-#         volume, env or envFrom);
-#      b. a NetworkPolicy selects the coordinator pods and restricts their
-#         ingress, and none lets every pod reach the gRPC port 50051;
+#      ConfigMap, Secret and PersistentVolumeClaim a pod refers to is in the
+#      same rendering (except the ones the user creates, EXTERNAL_SECRETS
+#      and EXTERNAL_CLAIMS), mounts name defined volumes, selectors match
+#      pod labels, Job pods restart OnFailure or Never, and extended
+#      resources (GPUs) have limit == request;
+#   4. check the security rules. They know two kinds of server pod, by the
+#      label app.kubernetes.io/component of a (non-Job) pod template: the
+#      training coordinator (`coordinator`) and the prediction server
+#      (`serving`). Every rendering has at least one of them, and every
+#      container running `coordinator train` / `coordinator serve` is in a
+#      pod labelled so (else the rules below would not apply to it);
+#      a. no pod uses another component's private key: no pod but the
+#         coordinator uses COORDINATOR_KEY_SECRETS or a secret key named like
+#         the coordinator's key, no pod but the serving pods uses
+#         SERVING_KEY_SECRETS or a key named like the serving key, no pod
+#         but the workers (component `worker`) uses WORKER_KEY_SECRETS or a
+#         key named like a worker key, and no pod but these servers uses a
+#         key named like a server's private key (volume, projected volume,
+#         env or envFrom);
+#      b. a NetworkPolicy selects the coordinator pods and one selects the
+#         serving pods, restricting their ingress, and none lets every peer
+#         (a rule without `from`, an empty pod or namespace selector, an
+#         ipBlock of /0) reach the coordinator's gRPC port 50051 or the
+#         serving gRPC/HTTP ports 50061 and 8080;
 #      c. no manifest ships a token value: no Secret or ConfigMap with a
 #         `token`/CARRY_TOKEN key (or a `token =` line in a TOML file), no
 #         generated `carry-token` Secret, no CARRY_TOKEN env var with a
@@ -42,16 +55,25 @@
 #   HADOLINT          hadolint to lint with (found the same way)
 #   EXTERNAL_SECRETS  Secrets the user creates with kubectl, not in the
 #                     renderings (default "carry-token carry-tls
-#                     carry-worker-tls")
+#                     carry-worker-tls carry-serve-tls")
+#   EXTERNAL_CLAIMS   PersistentVolumeClaims the user creates, not in the
+#                     renderings (default "carry-model")
 #   COORDINATOR_KEY_SECRETS  Secrets holding the coordinator's private key,
 #                     which only the coordinator may use (default "carry-tls")
+#   SERVING_KEY_SECRETS  Secrets holding the serving pods' private key, which
+#                     only they may use (default "carry-serve-tls")
+#   WORKER_KEY_SECRETS  Secrets holding the workers' client key, which only
+#                     the worker pods may use (default "carry-worker-tls")
 set -euo pipefail
 
 deploy_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 k8s_dir="$deploy_dir/k8s"
 K8S_VERSIONS=${K8S_VERSIONS:-"1.30 1.37"}
-EXTERNAL_SECRETS=${EXTERNAL_SECRETS:-"carry-token carry-tls carry-worker-tls"}
+EXTERNAL_SECRETS=${EXTERNAL_SECRETS:-"carry-token carry-tls carry-worker-tls carry-serve-tls"}
+EXTERNAL_CLAIMS=${EXTERNAL_CLAIMS:-"carry-model"}
 COORDINATOR_KEY_SECRETS=${COORDINATOR_KEY_SECRETS:-"carry-tls"}
+SERVING_KEY_SECRETS=${SERVING_KEY_SECRETS:-"carry-serve-tls"}
+WORKER_KEY_SECRETS=${WORKER_KEY_SECRETS:-"carry-worker-tls"}
 PYTHON=${PYTHON:-python3}
 
 self_test_only=0
@@ -141,6 +163,7 @@ if [[ $self_test_only == 0 ]]; then
     for dir in "$k8s_dir"/overlays/*/; do
         targets+=("${dir%/}")
     done
+    targets+=("$k8s_dir/serving")
     for dir in "${targets[@]}"; do
         label=${dir#"$k8s_dir"/}
         if render "$dir" "$label"; then
@@ -167,7 +190,8 @@ for dir in "$deploy_dir"/tests/reject/*/; do
 done
 
 # 3. and 4. Validate and check; 5. judge the self-test renderings.
-"$PYTHON" - "$K8S_VERSIONS" "$EXTERNAL_SECRETS" "$COORDINATOR_KEY_SECRETS" "$early_failures" "${rendered[@]}" <<'PY'
+"$PYTHON" - "$K8S_VERSIONS" "$EXTERNAL_SECRETS" "$EXTERNAL_CLAIMS" "$COORDINATOR_KEY_SECRETS" \
+    "$SERVING_KEY_SECRETS" "$WORKER_KEY_SECRETS" "$early_failures" "${rendered[@]}" <<'PY'
 import re
 import sys
 
@@ -176,23 +200,77 @@ from kubernetes_validate import utils as kv
 
 versions = sys.argv[1].split()
 external = set(sys.argv[2].split())
-coordinator_key_secrets = set(sys.argv[3].split())
-early_failures = int(sys.argv[4])
+external_claims = set(sys.argv[3].split())
+coordinator_key_secrets = set(sys.argv[4].split())
+serving_key_secrets = set(sys.argv[5].split())
+worker_key_secrets = set(sys.argv[6].split())
+early_failures = int(sys.argv[7])
 # "render=LABEL=PATH" or "reject=LABEL=PATH=EXPECT"
-targets = [arg.split("=", 3) for arg in sys.argv[5:]]
+targets = [arg.split("=", 3) for arg in sys.argv[8:]]
 if not versions:
     sys.exit("validate.sh: K8S_VERSIONS is empty")
 
 POD_TEMPLATE_KINDS = {
     "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod",
 }
-# The coordinator's pods: a pod template (not a Job's) with this label.
+# The server pods: a pod template (not a Job's) with this label set to
+# COORDINATOR (training) or SERVING (prediction); worker pods (a Job's, or
+# any) have it set to WORKER.
 COMPONENT_LABEL = "app.kubernetes.io/component"
 COORDINATOR = "coordinator"
-GRPC_PORT = 50051
+SERVING = "serving"
+WORKER = "worker"
 TOKEN_SECRET = "carry-token"
 TOKEN_KEYS = {"token", "CARRY_TOKEN"}
 README = "deploy/README.md"
+
+# The servers: a NetworkPolicy must select their pods (b).
+#   pods         how a message names their pods
+#   subcommand   `coordinator SUBCOMMAND` runs it
+#   ports        port -> name: no NetworkPolicy may let every peer reach them
+#   peers        who should be allowed to reach those ports instead
+SERVERS = {
+    COORDINATOR: {
+        "pods": "the coordinator pods",
+        "subcommand": "train",
+        "ports": {50051: "gRPC"},
+        "peers": "only the workers",
+    },
+    SERVING: {
+        "pods": "the serving pods",
+        "subcommand": "serve",
+        "ports": {50061: "gRPC", 8080: "HTTP"},
+        "peers": 'only the clients (carry.io/serving-client: "true")',
+    },
+}
+# The components with a private key that no other pod may use (a).
+#   not          how a message names a pod that is not of it
+#   key_secrets  Secrets holding its private key
+#   key_name     a secret key named like its private key (with "key" in it)
+#   owner, hint  for the messages
+KEY_OWNERS = {
+    COORDINATOR: {
+        "not": "not the coordinator",
+        "key_secrets": coordinator_key_secrets,
+        "key_name": re.compile(r"coordinator"),
+        "owner": "the coordinator's",
+        "hint": f"workers use their own Secret carry-worker-tls ({README}, TLS)",
+    },
+    SERVING: {
+        "not": "not a serving pod",
+        "key_secrets": serving_key_secrets,
+        "key_name": re.compile(r"(?<![a-z])serv(e|ing)(?![a-z])"),
+        "owner": "the serving pods'",
+        "hint": f"only the serving pods mount it ({README}, Serving in Kubernetes)",
+    },
+    WORKER: {
+        "not": "not a worker",
+        "key_secrets": worker_key_secrets,
+        "key_name": re.compile(r"worker"),
+        "owner": "the workers'",
+        "hint": f"it admits its holder to the training as a worker ({README}, TLS)",
+    },
+}
 
 
 def pod_spec(doc):
@@ -220,9 +298,45 @@ def containers(pod):
     return (pod.get("initContainers") or []) + (pod.get("containers") or [])
 
 
-def is_coordinator(doc):
-    return (doc.get("kind") in POD_TEMPLATE_KINDS - {"Job", "CronJob"}
-            and pod_labels(doc).get(COMPONENT_LABEL) == COORDINATOR)
+def component_of(doc):
+    """COORDINATOR or SERVING for a server's pod template (not a Job's),
+    WORKER for a worker pod template, else None."""
+    kind = doc.get("kind")
+    if kind not in POD_TEMPLATE_KINDS:
+        return None
+    component = pod_labels(doc).get(COMPONENT_LABEL)
+    if component in SERVERS and kind not in ("Job", "CronJob"):
+        return component
+    if component == WORKER:
+        return component
+    return None
+
+
+def coordinator_subcommands(pod):
+    """(container name, subcommand or None) of each container that runs the
+    coordinator program."""
+    runs = []
+    for c in containers(pod):
+        argv = [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
+        if argv and argv[0].rsplit("/", 1)[-1] == "coordinator":
+            runs.append((c.get("name"), argv[1] if len(argv) > 1 else None))
+    return runs
+
+
+def label_errors(doc):
+    """A container that runs a server is in a pod labelled as that server,
+    so that the NetworkPolicy and private-key rules apply to it."""
+    if doc.get("kind") not in POD_TEMPLATE_KINDS:
+        return []
+    errors = []
+    for cname, sub in coordinator_subcommands(pod_spec(doc)):
+        for component, server in SERVERS.items():
+            if sub == server["subcommand"] and component_of(doc) != component:
+                errors.append(f"container {cname!r} runs `coordinator {sub}`, but its pods are not "
+                              f"{server['pods']} (a pod template, not a Job's, labelled "
+                              f"{COMPONENT_LABEL}={component}), so the NetworkPolicy and "
+                              f"private-key checks do not apply to them")
+    return errors
 
 
 def semantic_errors(doc, pod_labels_by_kind):
@@ -264,13 +378,16 @@ def semantic_errors(doc, pod_labels_by_kind):
 
 
 def references(spec):
-    """(kind, name, key or None) of every ConfigMap/Secret a pod spec uses."""
+    """(kind, name, key or None) of every ConfigMap/Secret/PersistentVolumeClaim
+    a pod spec uses."""
     refs = []
     for vol in spec.get("volumes") or []:
         if "secret" in vol:
             refs.append(("Secret", vol["secret"].get("secretName"), None))
         if "configMap" in vol:
             refs.append(("ConfigMap", vol["configMap"].get("name"), None))
+        if "persistentVolumeClaim" in vol:
+            refs.append(("PersistentVolumeClaim", vol["persistentVolumeClaim"].get("claimName"), None))
     for c in containers(spec):
         for env in c.get("env") or []:
             src = env.get("valueFrom") or {}
@@ -317,30 +434,51 @@ def secret_uses(pod):
     return uses
 
 
-def looks_like_coordinator_key(key):
-    """A secret key named like the coordinator's (server's) private key:
-    coordinator.key, server.key, coordinator-tls-key, server-key.pem, ..."""
+def looks_like_key_of(owner, key):
+    """A secret key named like OWNER's private key: coordinator.key,
+    coordinator-tls-key, serve.key, serving-key.pem, worker.key, ..."""
     k = (key or "").lower()
-    return ("coordinator" in k or "server" in k) and "key" in k
+    return "key" in k and bool(KEY_OWNERS[owner]["key_name"].search(k))
 
 
-def coordinator_key_errors(doc, present):
-    """(a) Only the coordinator may read its private key."""
-    if doc.get("kind") not in POD_TEMPLATE_KINDS or is_coordinator(doc):
+def looks_like_server_key(key):
+    """A secret key named like some server's private key: server.key,
+    server-key.pem, ..."""
+    k = (key or "").lower()
+    return "server" in k and "key" in k
+
+
+def private_key_errors(doc, present):
+    """(a) No pod uses another component's private key: only the
+    coordinator its own, only the serving pods theirs, only the workers
+    theirs; and no pod but a server a key named like a server's."""
+    if doc.get("kind") not in POD_TEMPLATE_KINDS:
         return []
+    mine = component_of(doc)
     errors = []
     for how, secret, keys in secret_uses(pod_spec(doc)):
-        if secret in coordinator_key_secrets:
-            errors.append(f"a pod that is not the coordinator uses the Secret {secret!r} ({how}), "
-                          f"which holds the coordinator's private key; workers use their own "
-                          f"Secret carry-worker-tls ({README}, TLS)")
+        owner = next((o for o, k in KEY_OWNERS.items() if o != mine and secret in k["key_secrets"]), None)
+        if owner is not None:
+            k = KEY_OWNERS[owner]
+            errors.append(f"a pod that is {k['not']} uses the Secret {secret!r} ({how}), "
+                          f"which holds {k['owner']} private key; {k['hint']}")
             continue
         if keys is None:  # all of it: judge by the keys when it is in the rendering
             keys = sorted(present.get(("Secret", secret), ()))
-        bad = [k for k in keys if looks_like_coordinator_key(k)]
-        if bad:
-            errors.append(f"a pod that is not the coordinator uses key(s) {', '.join(map(repr, bad))} "
-                          f"of Secret {secret!r} ({how}), named like the coordinator's private key")
+        for owner, k in KEY_OWNERS.items():
+            if owner == mine:
+                continue
+            bad = [key for key in keys if looks_like_key_of(owner, key)]
+            if bad:
+                errors.append(f"a pod that is {k['not']} uses key(s) {', '.join(map(repr, bad))} "
+                              f"of Secret {secret!r} ({how}), named like {k['owner']} private key")
+        if mine not in SERVERS:
+            bad = [key for key in keys if looks_like_server_key(key)
+                   and not any(looks_like_key_of(o, key) for o in KEY_OWNERS)]
+            if bad:
+                errors.append(f"a pod that is neither the coordinator nor a serving pod uses key(s) "
+                              f"{', '.join(map(repr, bad))} of Secret {secret!r} ({how}), named like "
+                              f"a server's private key")
     return errors
 
 
@@ -383,26 +521,56 @@ def port_allowed(rule_ports, port, named):
     return False
 
 
+def selects_everything(selector):
+    """Whether a LabelSelector is empty (selects everything)."""
+    return selector is not None and not (selector.get("matchLabels") or selector.get("matchExpressions"))
+
+
+def open_peer(peer):
+    """Why an ingress peer admits every pod or address, or None."""
+    if "ipBlock" in peer:
+        cidr = str((peer.get("ipBlock") or {}).get("cidr", ""))
+        return f"ipBlock {cidr} is every address" if cidr.endswith("/0") else None
+    pods, namespaces = peer.get("podSelector"), peer.get("namespaceSelector")
+    if namespaces is None:
+        return "podSelector {} is every pod of the namespace" if selects_everything(pods) else None
+    if selects_everything(namespaces) and (pods is None or selects_everything(pods)):
+        return "namespaceSelector {} is every pod of every namespace"
+    return None
+
+
 def network_policy_errors(doc, policies):
-    """(b) A NetworkPolicy selects the coordinator pods, restricts their
-    ingress, and does not open the gRPC port to every pod."""
-    if not is_coordinator(doc):
+    """(b) A NetworkPolicy selects the pods of a server (coordinator,
+    serving), restricts their ingress, and does not open the server's ports
+    (SERVERS) to every peer."""
+    component = component_of(doc)
+    if component not in SERVERS:
         return []
+    server = SERVERS[component]
     labels = pod_labels(doc)
     isolating = [p for p in policies
                  if selects(((p.get("spec") or {}).get("podSelector")), labels)
                  and "Ingress" in (((p.get("spec") or {}).get("policyTypes")) or ["Ingress"])]
     if not isolating:
-        return [f"no NetworkPolicy in the rendering selects the coordinator pods "
+        return [f"no NetworkPolicy in the rendering selects {server['pods']} "
                 f"(labels {labels}) and restricts their ingress"]
     named = {cp.get("name"): cp.get("containerPort")
              for c in containers(pod_spec(doc)) for cp in c.get("ports") or [] if cp.get("name")}
     errors = []
     for p in isolating:
         for i, rule in enumerate(((p.get("spec") or {}).get("ingress")) or []):
-            if port_allowed(rule.get("ports"), GRPC_PORT, named) and not rule.get("from"):
-                errors.append(f"NetworkPolicy {(p.get('metadata') or {}).get('name')!r} ingress[{i}] "
-                              f"lets any peer reach the gRPC port {GRPC_PORT}; allow only the workers")
+            if not rule.get("from"):
+                why = ""
+            else:
+                whys = [f" (from[{j}]: {w})" for j, peer in enumerate(rule["from"])
+                        for w in [open_peer(peer or {})] if w]
+                if not whys:
+                    continue
+                why = whys[0]
+            for port, what in server["ports"].items():
+                if port_allowed(rule.get("ports"), port, named):
+                    errors.append(f"NetworkPolicy {(p.get('metadata') or {}).get('name')!r} ingress[{i}] "
+                                  f"lets any peer reach the {what} port {port}{why}; allow {server['peers']}")
     return errors
 
 
@@ -446,9 +614,10 @@ def token_errors(doc):
 
 def rendering_errors(docs):
     """Errors of the rendering as a whole, not of one document."""
-    if not any(is_coordinator(d) for d in docs):
-        return [f"no coordinator pods (a pod template labelled {COMPONENT_LABEL}={COORDINATOR}); "
-                f"the NetworkPolicy and private-key checks would have nothing to check"]
+    if not any(component_of(d) in SERVERS for d in docs):
+        return [f"no coordinator pods and no serving pods (a pod template labelled "
+                f"{COMPONENT_LABEL}={COORDINATOR} or {SERVING}); the NetworkPolicy and "
+                f"private-key checks would have nothing to check"]
     return []
 
 
@@ -457,6 +626,8 @@ def check(docs, schemas):
     ("(rendering)", [errors]) entry when the rendering as a whole is wrong."""
     present = {}
     for d in docs:
+        if d.get("kind") == "PersistentVolumeClaim":
+            present[("PersistentVolumeClaim", d["metadata"]["name"])] = set()
         if d.get("kind") in ("Secret", "ConfigMap"):
             data = dict(d.get("data") or {})
             data.update(d.get("stringData") or {})
@@ -487,12 +658,15 @@ def check(docs, schemas):
             for kind, ref, key in references(pod_spec(doc)):
                 if kind == "Secret" and ref in external:
                     continue
+                if kind == "PersistentVolumeClaim" and ref in external_claims:
+                    continue
                 if (kind, ref) not in present:
                     errors.append(f"refers to {kind} {ref!r}, which is not in the rendering")
                 elif key is not None and key not in present[(kind, ref)]:
                     errors.append(f"refers to key {key!r} of {kind} {ref!r}, which has no such key")
         errors += semantic_errors(doc, labels)
-        errors += coordinator_key_errors(doc, present)
+        errors += label_errors(doc)
+        errors += private_key_errors(doc, present)
         errors += network_policy_errors(doc, policies)
         errors += token_errors(doc)
         results.append((name, errors))
