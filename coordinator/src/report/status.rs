@@ -235,7 +235,11 @@ impl Status {
             }
         }
         // stragglers: among the workers of this step, one persistently slower than the others
-        let names: Vec<String> = r.shards.iter().map(|s| s.worker.clone()).collect();
+        // one worker may hand in several shards of a step (a shard past its deadline is
+        // offered again), so compare distinct workers
+        let mut names: Vec<String> = r.shards.iter().map(|s| s.worker.clone()).collect();
+        names.sort();
+        names.dedup();
         let mut noticed = Noticed::default();
         if names.len() >= 2 {
             for n in &names {
@@ -344,5 +348,17 @@ mod tests {
                     .is_empty()
             );
         }
+    }
+    #[test]
+    fn one_worker_with_every_shard_of_a_step_is_no_straggler() {
+        // a shard past its deadline is offered again, so one worker may hand in all of a step
+        let s = Status::new(100, 10);
+        let mut r = report(0, 30.0);
+        for sh in &mut r.shards {
+            sh.worker = "alone".into();
+        }
+        assert!(s.committed(&r, None, 1.0, 6.0).stragglers.is_empty());
+        assert_eq!(s.snapshot().workers["alone"].shards, 2);
+        assert_eq!(s.snapshot().slowest, None);
     }
 }
