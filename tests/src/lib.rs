@@ -32,9 +32,32 @@ fn build_programs(dir: &Path) -> Result<(), String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace())
-        .args(["build", "--bins", "-p", "coordinator", "-p", "worker"])
+        // the whole workspace, as test.sh builds it: selecting packages would unify features
+        // differently and relink (or rebuild) the programs on every test run
+        .args(["build", "--bins", "--workspace"])
         .arg("--target-dir")
         .arg(target);
+    // cargo gives the test process its package's variables (CARGO_MANIFEST_DIR, ...); some
+    // build scripts (ring's) rerun when those change, which would rebuild half the tree here
+    // and again in the next `cargo build`
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+            || k == "CARGO_TARGET_TMPDIR"
+            || k == "CARGO_RUSTC_CURRENT_DIR"
+            || k == "OUT_DIR"
+        {
+            cmd.env_remove(k.as_ref());
+        }
+    }
     match profile {
         "debug" => {}
         "release" => {
