@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use model::config::{AdamConfig, Head, ModelConfig, ResetPolicy, TrainSpec, ValState};
+use model::config::{AdamConfig, Compat, Head, ModelConfig, ResetPolicy, TrainSpec, ValState};
 use model::device::DeviceChoice;
 use model::engine::EngineKind;
 use runtime::config::parse_named;
@@ -93,6 +93,15 @@ pub(crate) struct TrainArgs {
     /// `global_clipnorm`) [default: no clipping].
     #[arg(long, env = "CARRY_CLIP_NORM")]
     pub clip_norm: Option<f64>,
+    /// Whose training rules to follow step for step: keras (one bias per LSTM layer, Keras' Adam)
+    /// or torch (both biases, PyTorch's Adam) [default: keras].
+    #[arg(long, env = "CARRY_COMPAT", value_enum)]
+    pub compat: Option<Compat>,
+    /// Start from these weights with a fresh optimizer: PyTorch-layout safetensors (what
+    /// `export` writes), a checkpoint or run directory, or Keras 3 weights (.weights.h5, .keras).
+    /// Sizes come from the file.
+    #[arg(long, env = "CARRY_INIT_FROM")]
+    pub init_from: Option<PathBuf>,
     /// Seed for initialization, dropout masks and synthetic data [default: 42].
     #[arg(long, env = "CARRY_SEED")]
     pub seed: Option<u64>,
@@ -219,7 +228,7 @@ impl TrainArgs {
     pub(crate) fn fill_from(&mut self, mut file: TrainArgs) {
         runtime::fill_from!(self, file; data, sequences, val_sequences, timesteps, features,
             max_data_mb, epochs, steps, batch_size, hidden, layers, dropout, head, lr, beta1, beta2,
-            epsilon, clip_norm, seed, reset_states, val_state, init_from_cond, initial_state, listen,
+            epsilon, clip_norm, compat, init_from, seed, reset_states, val_state, init_from_cond, initial_state, listen,
             health_listen, metrics_listen, ui_listen, workers, max_workers, spawn_workers, worker_args, out,
             resume, auto_resume, overwrite, linger, checkpoint_every, lease_ms, shard_deadline_ms,
             deadline_floor_ms, max_deadline_misses, max_refusals, evict_backoff_ms,
@@ -271,6 +280,17 @@ pub(crate) struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
+/// Model options given explicitly, as opposed to defaulted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct GivenShape {
+    /// `--hidden`.
+    pub hidden: Option<usize>,
+    /// `--layers`.
+    pub layers: Option<usize>,
+    /// `--head`.
+    pub head: Option<Head>,
+}
+
 /// Where the run directory comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum OutDir {
@@ -310,6 +330,10 @@ pub(crate) struct TrainConfig {
     pub init_from_cond: bool,
     /// States the first step starts from.
     pub initial_state: Option<PathBuf>,
+    /// Weights the run starts from.
+    pub init_from: Option<PathBuf>,
+    /// The model options given explicitly (not defaults), checked against `init_from`'s sizes.
+    pub given: GivenShape,
     /// gRPC address.
     pub listen: SocketAddr,
     /// Plaintext health-only address.
@@ -426,6 +450,7 @@ impl TrainArgs {
             reset: self.reset_states.unwrap_or(ResetPolicy::Epoch),
             val_state: self.val_state.unwrap_or(ValState::Carry),
             clip_norm: self.clip_norm,
+            compat: self.compat.unwrap_or_default(),
         };
         let pair = proto::security::cert_and_key(self.tls_cert, self.tls_key)
             .map_err(|(field, msg)| bad(field, msg))?;
@@ -476,6 +501,12 @@ impl TrainArgs {
             spec,
             init_from_cond: self.init_from_cond.unwrap_or(false),
             initial_state: self.initial_state,
+            init_from: self.init_from,
+            given: GivenShape {
+                hidden: self.hidden,
+                layers: self.layers,
+                head: self.head,
+            },
             listen: self
                 .listen
                 .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address")),
@@ -606,6 +637,12 @@ impl TrainConfig {
         }
         if self.max_data_bytes == Some(0) {
             return bad("max_data_mb", "expected at least 1 MiB".into());
+        }
+        if self.init_from.is_some() && (self.resume.is_some() || self.auto_resume) {
+            return bad(
+                "init_from",
+                "--init-from and --resume both given: a resumed run continues from its checkpoint's weights and optimizer; give --init-from to a new run only".into(),
+            );
         }
         if self.resume.is_some() && self.auto_resume {
             return bad(

@@ -12,7 +12,7 @@ use model::data::to_sequences;
 use model::device::{DeviceChoice, make_engine, resolve};
 use model::engine::EngineKind;
 use model::error::fmt_shape;
-use model::export::{export, load_model};
+use model::export::export;
 use model::net::{self, Start};
 use model::npy::{read_npy, read_npz, write_npz};
 use model::state::SlotStates;
@@ -22,7 +22,8 @@ use crate::error::CoordError;
 /// Options of `coordinator predict`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct PredictArgs {
-    /// A checkpoint (file or run directory) or PyTorch-layout safetensors weights.
+    /// A checkpoint (file or run directory), PyTorch-layout safetensors weights, or Keras 3
+    /// weights (.weights.h5, .keras).
     #[arg(long, env = "CARRY_MODEL")]
     pub model: PathBuf,
     /// Input sequences (.npy), shaped (N, T, F) or flat (reshaped as (-1, T, F)).
@@ -54,15 +55,28 @@ pub(crate) struct PredictArgs {
 /// Options of `coordinator export`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ExportArgs {
-    /// A checkpoint (file or run directory) or safetensors weights.
+    /// A checkpoint (file or run directory), safetensors weights or Keras 3 weights.
     #[arg(long, env = "CARRY_MODEL")]
     pub model: PathBuf,
-    /// Destination .safetensors file (PyTorch layout).
+    /// Destination: a .safetensors file (--format torch) or a .weights.h5 file (--format keras).
     #[arg(long, env = "CARRY_EXPORT_OUT")]
     pub out: PathBuf,
+    /// torch: PyTorch-layout safetensors for `nn.LSTM` + `nn.Linear`; keras: Keras 3 weights for
+    /// `model.load_weights` [default: torch, or keras when --out ends in .h5].
+    #[arg(long, value_enum)]
+    pub format: Option<ExportFormat>,
     /// Head activation to record for safetensors input.
     #[arg(long, value_enum)]
     pub head: Option<Head>,
+}
+
+/// What `export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ExportFormat {
+    /// PyTorch-layout safetensors.
+    Torch,
+    /// Keras 3 `.weights.h5`.
+    Keras,
 }
 
 fn config_err(field: &str, msg: String) -> CoordError {
@@ -83,7 +97,7 @@ pub(crate) struct PredictSummary {
 
 /// Runs `predict`.
 pub(crate) fn predict(a: &PredictArgs) -> Result<PredictSummary, CoordError> {
-    let m = load_model(&a.model, a.head)?;
+    let m = model::export::load_any(&a.model, a.head)?;
     let cfg = &m.config;
     let inputs_name = a.inputs.display().to_string();
     let x = to_sequences(read_npy(&a.inputs)?, &inputs_name, a.timesteps, cfg.input)?;
@@ -166,7 +180,50 @@ pub(crate) fn predict(a: &PredictArgs) -> Result<PredictSummary, CoordError> {
 
 /// Runs `export`.
 pub(crate) fn export_model(a: &ExportArgs) -> Result<(), CoordError> {
-    let m = load_model(&a.model, a.head)?;
-    export(&a.out, &m.config, &m.params)?;
+    let m = model::export::load_any(&a.model, a.head)?;
+    let format = a.format.unwrap_or(if model::keras::is_keras(&a.out) {
+        ExportFormat::Keras
+    } else {
+        ExportFormat::Torch
+    });
+    match format {
+        ExportFormat::Torch => export(&a.out, &m.config, &m.params)?,
+        ExportFormat::Keras => {
+            let name = a.out.to_string_lossy();
+            if !name.ends_with(".weights.h5") {
+                return Err(config_err(
+                    "out",
+                    format!(
+                        "Keras 3's load_weights reads files named *.weights.h5; got {}",
+                        a.out.display()
+                    ),
+                ));
+            }
+            model::keras::save(&a.out, &m.config, &m.params)?;
+            tracing::info!(
+                out = %a.out.display(),
+                "Keras weights written; build the model with this code, then call load_weights:\n{}",
+                keras_code(&m.config)
+            );
+        }
+    }
     Ok(())
+}
+
+/// [`model::keras::KERAS_MODEL_CODE`] with the sizes of `cfg` filled in.
+fn keras_code(cfg: &model::config::ModelConfig) -> String {
+    let act = match cfg.head {
+        Head::Linear => "\"linear\"",
+        Head::Softmax => "\"softmax\"",
+    };
+    model::keras::KERAS_MODEL_CODE
+        .replace(
+            "batch_shape=(None, None, F)",
+            &format!("batch_shape=(None, None, {})", cfg.input),
+        )
+        .replace("range(L)", &format!("range({})", cfg.layers))
+        .replace("LSTM(H,", &format!("LSTM({},", cfg.hidden))
+        .replace("Dropout(0.2", &format!("Dropout({}", cfg.dropout))
+        .replace("Dense(F_OUT", &format!("Dense({}", cfg.output))
+        .replace("activation=ACT", &format!("activation={act}"))
 }

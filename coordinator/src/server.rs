@@ -108,7 +108,15 @@ pub(crate) fn trainer(cfg: &TrainConfig, data: Dataset) -> Result<Trainer, Coord
         _ => None,
     };
     let Some(path) = resume_from else {
+        let given = match &cfg.init_from {
+            Some(p) => Some(init_from(cfg, &mut spec, &data, p)?),
+            None => None,
+        };
         let mut t = Trainer::new(spec, data)?;
+        if let Some((params, p)) = given {
+            t.set_params(params)?;
+            info!(from = %p.display(), hidden = t.spec().model.hidden, layers = t.spec().model.layers, compat = %t.spec().compat, "starting from given weights with a fresh optimizer");
+        }
         if let Some(s) = initial_states(cfg, &t)? {
             t.set_states(s)?;
             info!("the first step starts from the given initial state");
@@ -136,6 +144,82 @@ pub(crate) fn trainer(cfg: &TrainConfig, data: Dataset) -> Result<Trainer, Coord
     let t = Trainer::resume(ck, data)?;
     info!(path = %path.display(), step = t.cursor().global, epoch = t.cursor().epoch, "resumed from checkpoint");
     Ok(t)
+}
+
+/// Reads the weights of `--init-from` and makes `spec` take their sizes; a size given explicitly
+/// that differs from the file's, or a file that does not fit the data, is an error naming the
+/// layer, the expected and the given shapes.
+fn init_from(
+    cfg: &TrainConfig,
+    spec: &mut model::config::TrainSpec,
+    data: &Dataset,
+    path: &std::path::Path,
+) -> Result<(Vec<f32>, std::path::PathBuf), CoordError> {
+    let m = model::export::load_any(path, cfg.given.head)?;
+    let f = &m.config;
+    let bad = |field: &str, msg: String| CoordError::Config {
+        field: field.into(),
+        msg: format!("{}: {msg}", path.display()),
+    };
+    let names = &m.names;
+    if f.input != data.input_features() {
+        return Err(bad(
+            "init_from",
+            format!(
+                "layer `{}` kernel: expected {} inputs (the data's features), the file has {} (shape {})",
+                names.lstm[0],
+                data.input_features(),
+                f.input,
+                model::error::fmt_shape(&[f.input, 4 * f.hidden])
+            ),
+        ));
+    }
+    if f.output != data.output_features() {
+        return Err(bad(
+            "init_from",
+            format!(
+                "head `{}` kernel: expected {} outputs (the data's targets), the file has {} (shape {})",
+                names.head,
+                data.output_features(),
+                f.output,
+                model::error::fmt_shape(&[f.hidden, f.output])
+            ),
+        ));
+    }
+    if let Some(h) = cfg.given.hidden.filter(|&h| h != f.hidden) {
+        return Err(bad(
+            "hidden",
+            format!(
+                "layer `{}` recurrent kernel: expected {} for --hidden {h}, the file has {}",
+                names.lstm[0],
+                model::error::fmt_shape(&[h, 4 * h]),
+                model::error::fmt_shape(&[f.hidden, 4 * f.hidden])
+            ),
+        ));
+    }
+    if let Some(l) = cfg.given.layers.filter(|&l| l != f.layers) {
+        return Err(bad(
+            "layers",
+            format!(
+                "expected {l} LSTM layers (--layers), the file has {}: {}",
+                f.layers,
+                names.lstm.join(", ")
+            ),
+        ));
+    }
+    if spec.model.cond != f.cond {
+        return Err(bad(
+            "init_from_cond",
+            format!(
+                "the run's initial-state projection ({:?}) and the file's ({:?}) differ",
+                spec.model.cond, f.cond
+            ),
+        ));
+    }
+    spec.model.hidden = f.hidden;
+    spec.model.layers = f.layers;
+    spec.model.head = cfg.given.head.unwrap_or(f.head);
+    Ok((m.params, path.to_path_buf()))
 }
 
 /// Binds the gRPC listener (port 0 allowed).

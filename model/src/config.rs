@@ -99,6 +99,27 @@ impl<'de> Deserialize<'de> for ResetPolicy {
     }
 }
 
+/// Whose training rules a run follows, step for step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Compat {
+    /// Keras: one bias per LSTM layer (`bias_hh` stays zero), and Adam adds epsilon to `sqrt(v)`
+    /// with a bias-corrected step size.
+    #[default]
+    Keras,
+    /// PyTorch: both biases trained, and Adam adds epsilon to `sqrt(v_hat)`.
+    Torch,
+}
+
+impl fmt::Display for Compat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Keras => "keras",
+            Self::Torch => "torch",
+        })
+    }
+}
+
 /// Where validation streams start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -295,6 +316,10 @@ pub struct TrainSpec {
     /// (`torch.nn.utils.clip_grad_norm_`, Keras `global_clipnorm`); `None` leaves it as it is.
     #[serde(default)]
     pub clip_norm: Option<f64>,
+    /// Whose training rules to follow (checkpoints before this option trained as `keras` does,
+    /// but with both biases).
+    #[serde(default)]
+    pub compat: Compat,
 }
 
 impl TrainSpec {
@@ -371,7 +396,8 @@ impl TrainSpec {
             saved.reset.to_string(),
         )?;
         let clip = |c: Option<f64>| c.map_or("none".into(), |c| c.to_string());
-        differs("clip_norm", clip(self.clip_norm), clip(saved.clip_norm))
+        differs("clip_norm", clip(self.clip_norm), clip(saved.clip_norm))?;
+        differs("compat", self.compat.to_string(), saved.compat.to_string())
     }
 }
 
@@ -408,6 +434,7 @@ mod tests {
             reset: ResetPolicy::Epoch,
             val_state: ValState::Carry,
             clip_norm: None,
+            compat: Compat::Keras,
         }
     }
 

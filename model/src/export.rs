@@ -44,6 +44,37 @@ pub struct LoadedModel {
     pub params: Vec<f32>,
     /// The training checkpoint, when the file was one.
     pub checkpoint: Option<Checkpoint>,
+    /// What the file calls each LSTM layer and the head, for messages.
+    pub names: LayerNames,
+}
+
+/// The names a model file gives its layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerNames {
+    /// One per LSTM layer, bottom first.
+    pub lstm: Vec<String>,
+    /// The dense head.
+    pub head: String,
+}
+
+impl LayerNames {
+    /// The PyTorch layout's names (`lstm.*_l{k}`, `head`), used for checkpoints too.
+    pub fn torch(layers: usize) -> Self {
+        Self {
+            lstm: (0..layers).map(|k| format!("lstm.*_l{k}")).collect(),
+            head: "head".into(),
+        }
+    }
+}
+
+/// Reads a model from any file carry takes: Keras 3 weights (`.weights.h5`, `.keras`), a
+/// checkpoint (file or run directory), or PyTorch-layout safetensors.
+pub fn load_any(path: &Path, head: Option<Head>) -> Result<LoadedModel, ModelError> {
+    if crate::keras::is_keras(path) {
+        crate::keras::load(path, head)
+    } else {
+        load_model(path, head)
+    }
 }
 
 /// Reads a model from a checkpoint (file or run directory) or a PyTorch-layout safetensors file.
@@ -59,6 +90,7 @@ pub fn load_model(path: &Path, head: Option<Head>) -> Result<LoadedModel, ModelE
             config.head = h;
         }
         return Ok(LoadedModel {
+            names: LayerNames::torch(config.layers),
             config,
             params: ck.params.clone(),
             checkpoint: Some(ck),
@@ -132,6 +164,7 @@ pub fn load_model(path: &Path, head: Option<Head>) -> Result<LoadedModel, ModelE
         )));
     }
     Ok(LoadedModel {
+        names: LayerNames::torch(config.layers),
         config,
         params,
         checkpoint: None,

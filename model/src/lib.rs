@@ -13,7 +13,8 @@
 //! - [`net`]: how a step starts (carried, reset, or the learned initial-state projection).
 //! - [`adam`], [`trainer`]: the optimizer and the training state machine; the in-process
 //!   reference trainer is [`trainer::Trainer::step_local`].
-//! - [`checkpoint`], [`export`]: checkpoints, and PyTorch-layout safetensors export and import;
+//! - [`checkpoint`], [`export`], [`keras`]: checkpoints, PyTorch-layout safetensors and Keras 3
+//!   weights, exported and imported;
 //!   [`st`] reads and writes the safetensors files they are made of.
 
 pub mod adam;
@@ -25,6 +26,7 @@ pub mod dropout;
 pub mod engine;
 pub mod error;
 pub mod export;
+pub mod keras;
 pub mod net;
 pub mod npy;
 pub mod params;
@@ -37,5 +39,5 @@ pub mod trainer;
 #[cfg(test)]
 mod tests;
 
-pub use config::{AdamConfig, Head, ModelConfig, ResetPolicy, TrainSpec, ValState};
+pub use config::{AdamConfig, Compat, Head, ModelConfig, ResetPolicy, TrainSpec, ValState};
 pub use error::ModelError;

@@ -430,6 +430,7 @@ fn spec(batch: usize, reset: ResetPolicy) -> TrainSpec {
         reset,
         val_state: ValState::Carry,
         clip_norm: None,
+        compat: Default::default(),
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::adam::AdamState;
 use crate::checkpoint::Checkpoint;
-use crate::config::{ModelConfig, TrainSpec, ValState};
+use crate::config::{Compat, ModelConfig, TrainSpec, ValState};
 use crate::data::{Dataset, Split};
 use crate::dropout::DropoutKey;
 use crate::engine::{Batch, Engine};
@@ -229,6 +229,33 @@ impl Trainer {
         &self.states
     }
 
+    /// Starts from the given weights (`--init-from`) with a fresh optimizer. Under
+    /// [`Compat::Keras`] each layer's `bias_hh` is folded into its `bias_ih` (Keras has one bias).
+    /// The weights must have this run's layout.
+    pub fn set_params(&mut self, mut params: Vec<f32>) -> Result<(), ModelError> {
+        if params.len() != self.layout.len() {
+            return Err(ModelError::shape(
+                "parameters",
+                &[self.layout.len()],
+                &[params.len()],
+            ));
+        }
+        check_finite("parameters", &params)?;
+        if self.spec.compat == Compat::Keras {
+            let h4 = 4 * self.spec.model.hidden;
+            for k in 0..self.spec.model.layers {
+                let l = self.layout.layer(k);
+                for i in 0..h4 {
+                    params[l.b_ih + i] += params[l.b_hh + i];
+                    params[l.b_hh + i] = 0.0;
+                }
+            }
+        }
+        self.params = params;
+        self.adam = AdamState::new(self.layout.len());
+        Ok(())
+    }
+
     /// Replaces the `(h, c)` of all slots (explicit state, the Keras `set_value` of the seed);
     /// the next step starts from them even where the reset policy would reset. A wrong shape is
     /// an error naming the expected and the given shape.
@@ -334,6 +361,13 @@ impl Trainer {
         }
         let count = self.outputs_per_step() as f32;
         let mut grad: Vec<f32> = grad_sum.iter().map(|g| g / count).collect();
+        if self.spec.compat == Compat::Keras {
+            // one bias per layer, as Keras has: bias_hh stays what it is (zero)
+            for k in 0..self.spec.model.layers {
+                let b = self.layout.layer(k).b_hh;
+                grad[b..b + 4 * self.spec.model.hidden].fill(0.0);
+            }
+        }
         if let Some(max) = self.spec.clip_norm {
             clip_to_norm(&mut grad, max);
         }
@@ -341,7 +375,7 @@ impl Trainer {
         // that would poison the model is refused whole, and nothing non-finite is ever stored.
         let mut params = self.params.clone();
         let mut adam = self.adam.clone();
-        adam.step(&self.spec.adam, &mut params, &grad);
+        adam.step(&self.spec.adam, self.spec.compat, &mut params, &grad);
         let step = self.cursor.global;
         check_finite(
             &format!("parameters after the update of step {step}"),

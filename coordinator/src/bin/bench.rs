@@ -82,6 +82,7 @@ fn spec(c: &Config) -> TrainSpec {
         reset: ResetPolicy::Epoch,
         val_state: ValState::Carry,
         clip_norm: None,
+        compat: Default::default(),
     }
 }
 

@@ -23,6 +23,7 @@ fn spec(batch: usize, steps: u64) -> TrainSpec {
         reset: Default::default(),
         val_state: Default::default(),
         clip_norm: None,
+        compat: Default::default(),
     }
 }
 

@@ -241,7 +241,7 @@ impl ServeArgs {
 /// Loads the model of `cfg` and the modification time of its file (for reloads).
 fn load(cfg: &ServeConfig) -> Result<(model::export::LoadedModel, Option<SystemTime>), CoordError> {
     let file = model::checkpoint::resolve(&cfg.model);
-    let m = model::export::load_model(&cfg.model, cfg.head)?;
+    let m = model::export::load_any(&cfg.model, cfg.head)?;
     let mtime = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
     Ok((m, mtime))
 }

@@ -1,3 +1,4 @@
+mod compat;
 mod deploy;
 mod distributed;
 mod failures;
