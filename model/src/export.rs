@@ -16,13 +16,7 @@ pub const FORMAT: &str = "carry-pytorch-v1";
 /// Writes `params` of `cfg` to `path` in the PyTorch layout.
 pub fn export(path: &Path, cfg: &ModelConfig, params: &[f32]) -> Result<(), ModelError> {
     let layout = ParamLayout::new(cfg);
-    if params.len() != layout.len() {
-        return Err(ModelError::shape(
-            "parameters",
-            &[layout.len()],
-            &[params.len()],
-        ));
-    }
+    layout.check_len(params)?;
     let tensors: Vec<(&str, Vec<usize>, &[f32])> = layout
         .specs()
         .iter()

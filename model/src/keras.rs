@@ -396,13 +396,7 @@ pub fn load(path: &Path, head: Option<Head>) -> Result<LoadedModel, ModelError> 
 /// with `--compat keras`, where `bias_hh` stays zero).
 pub fn save(path: &Path, cfg: &ModelConfig, params: &[f32]) -> Result<(), ModelError> {
     let layout = ParamLayout::new(cfg);
-    if params.len() != layout.len() {
-        return Err(ModelError::shape(
-            "parameters",
-            &[layout.len()],
-            &[params.len()],
-        ));
-    }
+    layout.check_len(params)?;
     if cfg.cond.is_some() {
         return Err(bad(
             path,

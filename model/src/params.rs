@@ -8,6 +8,7 @@
 //! wire format and every process agrees on it without exchanging names.
 
 use crate::config::ModelConfig;
+use crate::error::ModelError;
 use crate::rng::Rng;
 
 /// One named tensor inside the flat vector.
@@ -66,6 +67,19 @@ pub struct ParamLayout {
 }
 
 impl ParamLayout {
+    /// Checks that `params` has this layout's length.
+    pub fn check_len(&self, params: &[f32]) -> Result<(), ModelError> {
+        if params.len() == self.len() {
+            Ok(())
+        } else {
+            Err(ModelError::shape(
+                "parameters",
+                &[self.len()],
+                &[params.len()],
+            ))
+        }
+    }
+
     /// The layout for `cfg`.
     pub fn new(cfg: &ModelConfig) -> Self {
         let h = cfg.hidden;

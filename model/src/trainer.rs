@@ -233,13 +233,7 @@ impl Trainer {
     /// [`Compat::Keras`] each layer's `bias_hh` is folded into its `bias_ih` (Keras has one bias).
     /// The weights must have this run's layout.
     pub fn set_params(&mut self, mut params: Vec<f32>) -> Result<(), ModelError> {
-        if params.len() != self.layout.len() {
-            return Err(ModelError::shape(
-                "parameters",
-                &[self.layout.len()],
-                &[params.len()],
-            ));
-        }
+        self.layout.check_len(&params)?;
         check_finite("parameters", &params)?;
         if self.spec.compat == Compat::Keras {
             let h4 = 4 * self.spec.model.hidden;
