@@ -47,6 +47,9 @@ fn bad(path: &Path, msg: String) -> ModelError {
     }
 }
 
+/// The most values one variable may hold (1 GiB of f32).
+const MAX_VALUES: usize = 1 << 28;
+
 /// A dataset of `group`, as `(shape, values)`.
 fn dataset(f: &File, path: &Path, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
     let ds = f
@@ -58,17 +61,41 @@ fn dataset(f: &File, path: &Path, name: &str) -> Result<(Vec<usize>, Vec<f32>), 
         .into_iter()
         .map(|d| d as usize)
         .collect();
+    // checked before reading: a compressed dataset could claim any size
+    let count = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_VALUES);
+    let Some(count) = count else {
+        return Err(bad(
+            path,
+            format!(
+                "{name}: shape {} holds more than {MAX_VALUES} values; no layer of a stacked LSTM is that large",
+                fmt_shape(&shape)
+            ),
+        ));
+    };
     let values = ds
         .read_f32()
         .map_err(|e| bad(path, format!("{name}: expected float values: {e}")))?;
+    if values.len() != count {
+        return Err(bad(
+            path,
+            format!(
+                "{name}: shape {} needs {count} values, the data holds {}",
+                fmt_shape(&shape),
+                values.len()
+            ),
+        ));
+    }
     check_finite(name, &values)?;
     Ok((shape, values))
 }
 
-/// The numbered variables (`vars/0`, `vars/1`, ...) of the group at `vars`.
 /// A layer's variables in file order: shape and values.
 type Vars = Vec<(Vec<usize>, Vec<f32>)>;
 
+/// The numbered variables (`vars/0`, `vars/1`, ...) of the group at `vars`.
 fn vars(f: &File, path: &Path, vars: &str) -> Result<Vars, ModelError> {
     let Ok(g) = f.group(vars) else {
         return Ok(Vec::new());
@@ -201,8 +228,8 @@ fn open(path: &Path) -> Result<(Vec<u8>, Option<ArchiveConfig>), ModelError> {
     let mut zip = zip::ZipArchive::new(file)
         .map_err(|e| bad(path, format!("expected a .keras (zip) archive: {e}")))?;
     let mut text = String::new();
-    if let Ok(mut c) = zip.by_name("config.json") {
-        c.read_to_string(&mut text).map_err(io)?;
+    if let Ok(c) = zip.by_name("config.json") {
+        c.take(16 << 20).read_to_string(&mut text).map_err(io)?;
     }
     let mut entry = zip.by_name("model.weights.h5").map_err(|_| {
         bad(
