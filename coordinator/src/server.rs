@@ -317,7 +317,15 @@ pub(crate) async fn run(
             Some(l) => l,
             None => bind(cfg.listen).await?,
         };
-        serve(&cfg, trainer, events.clone(), listener, stop.clone()).await
+        serve(
+            &cfg,
+            trainer,
+            events.clone(),
+            &status,
+            listener,
+            stop.clone(),
+        )
+        .await
     };
     watch.abort();
     if let Some(ui) = ui {
@@ -402,6 +410,7 @@ async fn serve(
     cfg: &TrainConfig,
     trainer: Trainer,
     events: tokio::sync::mpsc::Sender<Event>,
+    status: &report::Status,
     listener: TcpListener,
     stop: CancellationToken,
 ) -> Result<Trainer, CoordError> {
@@ -513,6 +522,18 @@ async fn serve(
         if finished {
             let at = *finished_at.get_or_insert_with(tokio::time::Instant::now);
             if cfg.linger {
+                // the reporter writes the last row and the final checkpoint after the job
+                // ends: say it is over once they are on disk (a failed write stops the job)
+                let (done, last) = {
+                    let j = shared.job();
+                    (j.trainer().is_done(), j.trainer().cursor().global)
+                };
+                while done && status.last_checkpoint() != Some(last) && !stop.is_cancelled() {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    }
+                }
                 info!("job over; lingering until SIGTERM");
                 stop.cancelled().await;
                 break;

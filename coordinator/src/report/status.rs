@@ -178,6 +178,11 @@ impl Status {
         }
     }
 
+    /// The step of the newest checkpoint written.
+    pub(crate) fn last_checkpoint(&self) -> Option<u64> {
+        self.lock().checkpoints.last().map(|c| c.step)
+    }
+
     /// The job ended.
     pub(crate) fn finished(&self, how: String) {
         self.lock().finished = Some(how);

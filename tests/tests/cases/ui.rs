@@ -156,7 +156,10 @@ fn the_status_page_shows_the_job_live_in_a_browser() {
     });
     let (status, body) = get(&addr, "/api/status", None);
     assert_eq!(status, 401, "the job's token guards the status: {body}");
-    // the reporter records the last step (row, status, final checkpoint) after the job ends
+    // by the time the coordinator says the job is over, the final checkpoint is on disk
+    let ck = model::checkpoint::Checkpoint::load(&out).expect("the final checkpoint");
+    assert_eq!(ck.cursor.global, 50, "the checkpoint of the last step");
+    // the status page may show the last step a moment later
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let s = loop {
         let (status, body) = get(&addr, "/api/status", Some(TOKEN));
