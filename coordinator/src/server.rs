@@ -448,10 +448,7 @@ async fn serve(
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
     let svc = InterceptedService::new(svc, CheckToken::new(cfg.token.as_ref()));
-    let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(runtime::net::KEEPALIVE))
-        .initial_stream_window_size(Some(runtime::net::HTTP2_WINDOW))
-        .initial_connection_window_size(Some(runtime::net::HTTP2_WINDOW));
+    let mut builder = runtime::net::server();
     let scheme = if let Some(t) = tls_config(
         cfg.tls.as_ref(),
         spawn_tls.as_ref().and_then(|t| t.client_ca()),

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 /// HTTP/2 flow-control window for streams and connections. Parameters and gradients are a few
@@ -17,4 +18,12 @@ pub const KEEPALIVE: Duration = Duration::from_secs(10);
 /// which Nagle plus delayed acknowledgements would hold back for tens of milliseconds.
 pub fn incoming(l: TcpListener) -> TcpIncoming {
     TcpIncoming::from(l).with_nodelay(Some(true))
+}
+
+/// A gRPC server with this module's keep-alive and flow-control windows.
+pub fn server() -> Server {
+    Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .initial_stream_window_size(Some(HTTP2_WINDOW))
+        .initial_connection_window_size(Some(HTTP2_WINDOW))
 }

@@ -10,7 +10,6 @@ use proto::security::CheckToken;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
@@ -188,10 +187,7 @@ pub(crate) async fn serve(
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
     let svc = InterceptedService::new(svc, CheckToken::new(cfg.token.as_ref()));
-    let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(runtime::net::KEEPALIVE))
-        .initial_stream_window_size(Some(runtime::net::HTTP2_WINDOW))
-        .initial_connection_window_size(Some(runtime::net::HTTP2_WINDOW));
+    let mut builder = runtime::net::server();
     match crate::server::tls_config(cfg.tls.as_ref(), None) {
         Ok(Some(t)) => match builder.tls_config(t) {
             Ok(b) => builder = b,
