@@ -426,6 +426,29 @@ pub fn reference(dir: &TempDir, name: &str, extra: &[&str]) -> Vec<f32> {
     params(&out)
 }
 
+/// Trains a small model in this process into `out` (100 synthetic sequences without validation,
+/// one epoch of 10 steps), with `extra` arguments; returns the finished process.
+pub fn train_small(dir: &TempDir, name: &str, out: &Path, extra: &[&str]) -> Proc {
+    let out_s = out.to_str().expect("utf-8 path");
+    let mut args = vec![
+        "train",
+        "--spawn-workers",
+        "0",
+        "--out",
+        out_s,
+        "--sequences",
+        "100",
+        "--val-sequences",
+        "0",
+        "--epochs",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let mut p = Proc::coordinator(name, &args, &[], dir.path());
+    p.success(Duration::from_secs(60));
+    p
+}
+
 /// A worker computing on one CPU thread, named `name`, with `extra` arguments.
 pub fn worker(name: &str, url: &str, extra: &[&str], dir: &TempDir) -> Proc {
     let mut args = vec![

@@ -159,25 +159,7 @@ fn flags_beat_environment_beat_file_beat_defaults() {
 fn predict_chunk_by_chunk_and_export_import() {
     let dir = TempDir::new("predict");
     let out = dir.join("run");
-    let mut c = Proc::coordinator(
-        "train",
-        &[
-            "train",
-            "--spawn-workers",
-            "0",
-            "--out",
-            out.to_str().unwrap(),
-            "--sequences",
-            "100",
-            "--val-sequences",
-            "0",
-            "--epochs",
-            "1",
-        ],
-        &[],
-        dir.path(),
-    );
-    c.success(Duration::from_secs(60));
+    let c = carry_it::train_small(&dir, "train", &out, &[]);
     let log = c.log();
     assert!(log.contains("DONE steps=10 loss=0."), "{log}");
     assert!(log.contains("val_loss=none"), "no validation data: {log}");

@@ -16,27 +16,7 @@ const TOKEN: &str = "serving-test-token-0123456789";
 /// Trains a small model in `dir/run`.
 fn model(dir: &TempDir) -> String {
     let out = dir.join("run");
-    let mut c = Proc::coordinator(
-        "train",
-        &[
-            "train",
-            "--spawn-workers",
-            "0",
-            "--out",
-            out.to_str().unwrap(),
-            "--sequences",
-            "100",
-            "--val-sequences",
-            "0",
-            "--epochs",
-            "1",
-            "--progress",
-            "off",
-        ],
-        &[],
-        dir.path(),
-    );
-    c.success(Duration::from_secs(60));
+    carry_it::train_small(dir, "train", &out, &["--progress", "off"]);
     out.to_str().unwrap().to_string()
 }
 
