@@ -2,8 +2,19 @@
 //! and a larger one (B=64, H=64): the in-process trainer on every engine and device available,
 //! and the distributed path (coordinator plus 1 and 2 local worker processes over gRPC).
 //!
-//! `cargo run --release -p coordinator --bin bench -- --json-out bench.json`; `bench/compare.sh`
+//! `cargo run --release -p coordinator --bin bench -- --json-out bench.json`; `bench/compare.py`
 //! runs it beside PyTorch and Keras and prints the ratios.
+//!
+//! `--only ragged` (not in the default set) times the fused CPU engine's `train_step`
+//! alone on a ragged batch (random valid lengths) against the same shape with every step valid,
+//! at the seed model with B=64, T=96, in interleaved repetitions, and prints one line with both
+//! throughputs in valid steps per second and their ratio.
+//!
+//! `--only series` (not in the default set) trains one epoch of ragged series (lengths drawn from
+//! 100 to 2200 steps) and one of equal-length series with the same total steps through the
+//! in-process trainer (slot scheduling, padding and masking included), seed model, B=64, T=96,
+//! in interleaved repetitions, and prints both throughputs in valid steps per second and their
+//! ratio.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,7 +26,12 @@ use clap::Parser;
 use model::config::{ModelConfig, ResetPolicy, TrainSpec, ValState};
 use model::data::{SyntheticSpec, synthetic};
 use model::device::{Compute, DeviceChoice, make_engine, resolve};
-use model::engine::EngineKind;
+use model::dropout::DropoutKey;
+use model::engine::cpu::CpuEngine;
+use model::engine::{Batch, Engine, EngineKind, Loss};
+use model::params::init_params;
+use model::rng::Rng;
+use model::state::SlotStates;
 use model::trainer::Trainer;
 
 /// Measures training throughput.
@@ -25,7 +41,9 @@ struct Args {
     /// Configurations: seed, large.
     #[arg(long, value_delimiter = ',', default_value = "seed,large")]
     configs: Vec<String>,
-    /// What to measure: any of fused-cpu, burn-cpu, fused-wgpu, burn-wgpu, dist-1, dist-2.
+    /// What to measure: any of fused-cpu, burn-cpu, fused-wgpu, burn-wgpu, dist-1, dist-2,
+    /// ragged (fused CPU engine steps on a ragged batch versus a full one) and series (training
+    /// epochs on ragged versus equal-length series); the last two are not in the default.
     #[arg(
         long,
         value_delimiter = ',',
@@ -83,6 +101,7 @@ fn spec(c: &Config) -> TrainSpec {
         val_state: ValState::Carry,
         clip_norm: None,
         compat: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -120,6 +139,197 @@ fn in_process(
         (c.batch as u64 * target) as f64 / t0.elapsed().as_secs_f64(),
         target,
     ))
+}
+
+/// A ragged batch against the same shape with every step valid.
+struct Ragged {
+    /// Valid steps per second of the full and of the ragged batch.
+    full: f64,
+    ragged: f64,
+    /// Mean valid steps per row of the ragged batch.
+    mean_valid: f64,
+    reps: usize,
+    steps_per_rep: u64,
+}
+
+/// The fused CPU engine's `train_step` alone (seed model, B=64, T=96, dropout on): a batch whose
+/// rows have random valid lengths in `1..=T` against the same batch with every step valid,
+/// timed in `REPS` interleaved repetitions; throughputs in valid steps per second, each the
+/// median over the repetitions.
+fn ragged(seconds: f64, threads: usize) -> Result<Ragged, String> {
+    const REPS: usize = 5;
+    let cfg = ModelConfig::seed();
+    let (n, t) = (64usize, 96usize);
+    let mut rng = Rng::new(7, "bench-ragged");
+    let mut normal = |len: usize, scale: f64| -> Vec<f32> {
+        (0..len).map(|_| (rng.normal() * scale) as f32).collect()
+    };
+    let x = normal(n * t * cfg.input, 1.0);
+    let y = normal(n * t * cfg.output, 0.5);
+    let len = cfg.layers * n * cfg.hidden;
+    let init = SlotStates::from_flat(
+        cfg.layers,
+        n,
+        cfg.hidden,
+        normal(len, 0.5),
+        normal(len, 0.5),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut rng = Rng::new(8, "bench-ragged-lengths");
+    let valid: Vec<u32> = (0..n)
+        .map(|_| 1 + (rng.uniform() * t as f64).min(t as f64 - 1.0) as u32)
+        .collect();
+    let params = init_params(&cfg, 1);
+    let slots: Vec<u64> = (0..n as u64).collect();
+    let full_b = Batch {
+        n,
+        t,
+        x: &x,
+        y: &y,
+        slots: &slots,
+        dropout: Some(DropoutKey {
+            seed: 1,
+            epoch: 0,
+            step: 0,
+        }),
+        valid: None,
+        loss: Loss::Mse,
+    };
+    let ragged_b = Batch {
+        valid: Some(&valid),
+        ..full_b
+    };
+    let mut engine = CpuEngine::new(&cfg, threads);
+    let mut time = |b: &Batch<'_>, steps: u64| -> Result<f64, String> {
+        let t0 = Instant::now();
+        for _ in 0..steps {
+            engine
+                .train_step(&params, b, &init, false)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    time(&full_b, 3)?;
+    time(&ragged_b, 3)?;
+    let warm = time(&full_b, 5)? / 5.0;
+    let steps = ((seconds / (2 * REPS) as f64 / warm.max(1e-6)) as u64).clamp(3, 1_000_000);
+    let full_steps = (n * t) as f64 * steps as f64;
+    let ragged_steps = valid.iter().map(|&l| f64::from(l)).sum::<f64>() * steps as f64;
+    let (mut full, mut rag) = (Vec::new(), Vec::new());
+    for _ in 0..REPS {
+        full.push(full_steps / time(&full_b, steps)?);
+        rag.push(ragged_steps / time(&ragged_b, steps)?);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(Ragged {
+        full: median(full),
+        ragged: median(rag),
+        mean_valid: valid.iter().map(|&l| f64::from(l)).sum::<f64>() / n as f64,
+        reps: REPS,
+        steps_per_rep: steps,
+    })
+}
+
+/// A table of series with the given numbers of rows (two value columns, smooth and noisy).
+fn series_table(lens: &[usize]) -> model::table::Table {
+    let mut rng = Rng::new(9, "bench-series");
+    let (mut offsets, mut values, mut times, mut ids) =
+        (vec![0], Vec::new(), Vec::new(), Vec::new());
+    for (i, &n) in lens.iter().enumerate() {
+        ids.push(format!("s{i}"));
+        let w = rng.range(0.05, 0.3);
+        for r in 0..n {
+            times.push(r as f64);
+            values.push(((w * r as f64).sin() + 0.1 * rng.normal()) as f32);
+            values.push(((w * 0.5 * r as f64).cos() + 0.1 * rng.normal()) as f32);
+        }
+        offsets.push(offsets[i] + n);
+    }
+    model::table::Table {
+        source: "bench".into(),
+        ids,
+        offsets,
+        time_kind: model::table::TimeKind::Index,
+        times,
+        columns: vec!["a".into(), "b".into()],
+        values,
+    }
+}
+
+/// Valid steps per second of one training epoch on ragged series and on equal-length series
+/// with the same total steps (seed model, B=64, T=96), medians of interleaved repetitions.
+fn series(threads: usize, hidden: usize) -> Result<(f64, f64, usize), String> {
+    const REPS: usize = 3;
+    const SERIES: usize = 128;
+    const LEN: usize = 1152; // 12 chunks of 96
+    let mut rng = Rng::new(10, "bench-series-lengths");
+    let mut lens: Vec<usize> = (0..SERIES)
+        .map(|_| rng.range(100.0, 2200.0) as usize)
+        .collect();
+    // rescale to the same total steps as the equal-length set
+    let total: usize = lens.iter().sum();
+    let want = SERIES * LEN;
+    for l in &mut lens {
+        *l = (*l * want / total).max(2);
+    }
+    let diff = want as i64 - lens.iter().sum::<usize>() as i64;
+    lens[0] = (lens[0] as i64 + diff) as usize;
+    let make = |lens: &[usize]| -> Result<(Trainer, usize), String> {
+        let spec = model::series::SeriesSpec {
+            id_column: None,
+            time_column: None,
+            input_columns: vec!["a".into(), "b".into()],
+            target_columns: vec!["a".into(), "b".into()],
+            scale: model::series::Scale::Series,
+            val_steps: 0,
+            shuffle: true,
+            timesteps: 96,
+        };
+        // each series has one more row than steps
+        let rows: Vec<usize> = lens.iter().map(|l| l + 1).collect();
+        let d = model::series::SeriesData::new(&series_table(&rows), &spec, None)
+            .map_err(|e| e.to_string())?;
+        let steps = d.train_steps.iter().sum();
+        let mut train = TrainSpec {
+            batch_size: 64,
+            epochs: 1,
+            series: Some(spec),
+            ..TrainSpec::default()
+        };
+        train.model.hidden = hidden;
+        let t = Trainer::new(train, Arc::new(d)).map_err(|e| e.to_string())?;
+        Ok((t, steps))
+    };
+    let equal = vec![LEN; SERIES];
+    let cfg = ModelConfig {
+        hidden,
+        ..ModelConfig::seed()
+    };
+    let mut engine = CpuEngine::new(&cfg, threads);
+    let mut epoch = |lens: &[usize]| -> Result<f64, String> {
+        let (mut t, steps) = make(lens)?;
+        let t0 = Instant::now();
+        while t
+            .step_local(&mut engine)
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {}
+        Ok(steps as f64 / t0.elapsed().as_secs_f64())
+    };
+    epoch(&equal)?;
+    let (mut eq, mut rag) = (Vec::new(), Vec::new());
+    for _ in 0..REPS {
+        eq.push(epoch(&equal)?);
+        rag.push(epoch(&lens)?);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(eq), median(rag), SERIES * LEN))
 }
 
 /// Distributed: the real coordinator with K spawned workers; throughput from the step log,
@@ -282,6 +492,65 @@ fn main() -> std::process::ExitCode {
                         e.replace('"', "'")
                     ));
                 }
+            }
+        }
+    }
+    if wanted("ragged") {
+        let threads = if args.threads == 0 {
+            cores
+        } else {
+            args.threads
+        };
+        match ragged(args.seconds, threads) {
+            Ok(r) => {
+                eprintln!(
+                    "ragged vs full, fused CPU engine train_step, seed model B=64 T=96 ({threads} threads): \
+                     full {:.0} valid steps/s, ragged (mean {:.1} of 96 valid) {:.0} valid steps/s, \
+                     ratio {:.3} ({} interleaved reps x {} steps, medians)",
+                    r.full,
+                    r.mean_valid,
+                    r.ragged,
+                    r.ragged / r.full,
+                    r.reps,
+                    r.steps_per_rep
+                );
+                results.push(format!(
+                    "{{\"engine\": \"carry-fused-cpu-ragged\", \"config\": \"seed\", \"batch\": 64, \"timesteps\": 96, \"full_valid_steps_per_s\": {:.1}, \"ragged_valid_steps_per_s\": {:.1}, \"mean_valid\": {:.2}, \"ratio\": {:.4}, \"note\": \"{threads} threads, train_step only\"}}",
+                    r.full,
+                    r.ragged,
+                    r.mean_valid,
+                    r.ragged / r.full
+                ));
+            }
+            Err(e) => {
+                eprintln!("ragged vs full: skipped: {e}");
+                results.push(format!(
+                    "{{\"engine\": \"carry-fused-cpu-ragged\", \"config\": \"seed\", \"skipped\": \"{}\"}}",
+                    e.replace('"', "'")
+                ));
+            }
+        }
+    }
+    if wanted("series") {
+        let threads = if args.threads == 0 {
+            cores
+        } else {
+            args.threads
+        };
+        for hidden in [8, 64] {
+            match series(threads, hidden) {
+                Ok((eq, rag, steps)) => {
+                    eprintln!(
+                        "ragged vs equal-length series, one training epoch of {steps} steps in 128 series, H={hidden} B=64 T=96 ({threads} threads): \
+                         equal {eq:.0} valid steps/s, ragged {rag:.0} valid steps/s, ratio {:.3} (medians of 3 interleaved epochs)",
+                        rag / eq
+                    );
+                    results.push(format!(
+                        "{{\"engine\": \"carry-series-ragged\", \"hidden\": {hidden}, \"batch\": 64, \"timesteps\": 96, \"equal_valid_steps_per_s\": {eq:.1}, \"ragged_valid_steps_per_s\": {rag:.1}, \"ratio\": {:.4}}}",
+                        rag / eq
+                    ));
+                }
+                Err(e) => eprintln!("ragged vs equal series: skipped: {e}"),
             }
         }
     }

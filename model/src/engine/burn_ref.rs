@@ -2,6 +2,11 @@
 //! (the Flex CPU backend or wgpu). Each call loads the flat parameters into fresh modules, so the
 //! engine holds no state between steps; it is slow (Burn runs every time step as separate small
 //! ops) and exists to check the fused engines and to run where they cannot.
+//!
+//! A ragged batch ([`Batch::valid`] with a row shorter than `t`) multiplies the per-output losses
+//! by a 0/1 mask of the valid steps, and runs each layer's recurrence in segments that end at the
+//! rows' valid lengths, reading each row's final state where its segment ends. Padded steps still
+//! run (times a zero loss weight), so padded inputs and targets must be finite.
 
 use burn::module::Param;
 use burn::nn::{GateController, Linear, Lstm, LstmConfig, LstmState};
@@ -9,7 +14,8 @@ use burn::tensor::{Device, Tensor, TensorData, activation::softmax};
 
 use crate::config::{Head, ModelConfig};
 use crate::dropout::DropoutMask;
-use crate::engine::{Batch, Engine, TrainOut, check_batch, check_forward};
+use crate::engine::math::check_loss;
+use crate::engine::{Batch, Engine, Loss, TrainOut, check_batch, check_forward};
 use crate::error::ModelError;
 use crate::params::ParamLayout;
 use crate::state::SlotStates;
@@ -33,10 +39,12 @@ struct Pass<'a> {
     mask: Option<Vec<f32>>,
     /// Track the initial states for their gradients.
     track_init: bool,
+    /// Valid steps of each row, when some row is shorter than `t`.
+    valid: Option<&'a [u32]>,
 }
 
 /// Predictions, final states, and the initial-state tensors.
-type RunOut = (Tensor<3>, Vec<LstmState<2>>, Vec<(Tensor<2>, Tensor<2>)>);
+type RunOut = (Tensor<3>, SlotStates, Vec<(Tensor<2>, Tensor<2>)>);
 
 /// The modules of one network loaded from flat parameters.
 struct Net {
@@ -116,9 +124,9 @@ impl BurnEngine {
         Net { lstms, head }
     }
 
-    /// Runs the network; returns predictions `[n, t, out]`, the final states and the initial
-    /// state tensors (for their gradients).
-    fn run(&self, net: &Net, dev: &Device, pass: Pass<'_>) -> RunOut {
+    /// Runs the network; returns predictions `[n, t, out]`, the final states (with `valid`, each
+    /// row's after its last valid step) and the initial state tensors (for their gradients).
+    fn run(&self, net: &Net, dev: &Device, pass: Pass<'_>) -> Result<RunOut, ModelError> {
         let Pass {
             x,
             n,
@@ -126,11 +134,12 @@ impl BurnEngine {
             init,
             mask,
             track_init,
+            valid,
         } = pass;
         let h = self.cfg.hidden;
         let mut input =
             Tensor::<3>::from_data(TensorData::new(x.to_vec(), [n, t, self.cfg.input]), dev);
-        let mut finals = Vec::new();
+        let (mut fin_h, mut fin_c) = (Vec::new(), Vec::new());
         let mut inits = Vec::new();
         for (k, lstm) in net.lstms.iter().enumerate() {
             let mut h0 =
@@ -142,9 +151,43 @@ impl BurnEngine {
                 c0 = c0.require_grad();
             }
             inits.push((h0.clone(), c0.clone()));
-            let (out, state) = lstm.forward(input, Some(LstmState::new(c0, h0)));
-            finals.push(state);
-            input = out;
+            let state = LstmState::new(c0, h0);
+            input = match valid {
+                None => {
+                    let (out, state) = lstm.forward(input, Some(state));
+                    fin_h.extend(self.to_vec(state.hidden.detach())?);
+                    fin_c.extend(self.to_vec(state.cell.detach())?);
+                    out
+                }
+                Some(v) => {
+                    // segments ending at every distinct valid length (and at t); rows without
+                    // valid steps keep their initial state
+                    let (mut lh, mut lc) = (init.layer_h(k).to_vec(), init.layer_c(k).to_vec());
+                    let mut ends: Vec<usize> = v.iter().map(|&l| l as usize).collect();
+                    ends.push(t);
+                    ends.sort_unstable();
+                    ends.dedup();
+                    let (mut state, mut start, mut outs) = (state, 0, Vec::new());
+                    for end in ends.into_iter().filter(|&e| e > 0) {
+                        let seg = input.clone().narrow(1, start, end - start);
+                        let (out, next) = lstm.forward(seg, Some(state));
+                        outs.push(out);
+                        let rows: Vec<usize> = (0..n).filter(|&r| v[r] as usize == end).collect();
+                        if !rows.is_empty() {
+                            let sh = self.to_vec(next.hidden.clone().detach())?;
+                            let sc = self.to_vec(next.cell.clone().detach())?;
+                            for r in rows {
+                                lh[r * h..(r + 1) * h].copy_from_slice(&sh[r * h..(r + 1) * h]);
+                                lc[r * h..(r + 1) * h].copy_from_slice(&sc[r * h..(r + 1) * h]);
+                            }
+                        }
+                        (state, start) = (next, end);
+                    }
+                    fin_h.extend(lh);
+                    fin_c.extend(lc);
+                    Tensor::cat(outs, 1)
+                }
+            };
         }
         if let Some(m) = mask {
             input = input * Tensor::<3>::from_data(TensorData::new(m, [n, t, h]), dev);
@@ -153,7 +196,8 @@ impl BurnEngine {
         if self.cfg.head == Head::Softmax {
             pred = softmax(pred, 2);
         }
-        (pred, finals, inits)
+        let finals = SlotStates::from_flat(self.cfg.layers, n, h, fin_h, fin_c)?;
+        Ok((pred, finals, inits))
     }
 
     fn to_vec<const D: usize>(&self, t: Tensor<D>) -> Result<Vec<f32>, ModelError> {
@@ -161,15 +205,6 @@ impl BurnEngine {
             .convert::<f32>()
             .try_into_vec::<f32>()
             .map_err(|e| self.err(format!("{e:?}")))
-    }
-
-    fn states_out(&self, finals: Vec<LstmState<2>>, n: usize) -> Result<SlotStates, ModelError> {
-        let (mut h, mut c) = (Vec::new(), Vec::new());
-        for st in finals {
-            h.extend(self.to_vec(st.hidden.detach())?);
-            c.extend(self.to_vec(st.cell.detach())?);
-        }
-        SlotStates::from_flat(self.cfg.layers, n, self.cfg.hidden, h, c)
     }
 }
 
@@ -186,7 +221,10 @@ impl Engine for BurnEngine {
         want_init_grad: bool,
     ) -> Result<TrainOut, ModelError> {
         check_batch(&self.cfg, params.len(), self.layout.len(), batch, init)?;
+        check_loss(batch.loss)?;
         let (n, t, h, fo) = (batch.n, batch.t, self.cfg.hidden, self.cfg.output);
+        // only a batch with padding is masked
+        let valid = batch.valid.filter(|v| v.iter().any(|&l| l as usize != t));
         let dev = self.device.clone().autodiff();
         let net = self.build(params, &dev);
         let mask = batch.dropout.filter(|_| self.cfg.dropout > 0.0).map(|key| {
@@ -207,10 +245,28 @@ impl Engine for BurnEngine {
                 init,
                 mask,
                 track_init: want_init_grad,
+                valid,
             },
-        );
+        )?;
         let y = Tensor::<3>::from_data(TensorData::new(batch.y.to_vec(), [n, t, fo]), &dev);
-        let loss = (pred - y).powi_scalar(2).sum();
+        let d = pred - y;
+        let mut per = match batch.loss {
+            Loss::Mse => d.powi_scalar(2),
+            Loss::Mae => d.abs(),
+            Loss::Huber(delta) => {
+                let a = d.clone().abs();
+                let linear = (a.clone() - 0.5 * delta) * delta;
+                (d.powi_scalar(2) * 0.5).mask_where(a.greater_elem(delta), linear)
+            }
+        };
+        if let Some(v) = valid {
+            let mut m = vec![0.0f32; n * t * fo];
+            for (r, &l) in v.iter().enumerate() {
+                m[r * t * fo..(r * t + l as usize) * fo].fill(1.0);
+            }
+            per = per * Tensor::<3>::from_data(TensorData::new(m, [n, t, fo]), &dev);
+        }
+        let loss = per.sum();
         let grads = loss.backward();
         let loss_sum = f64::from(self.to_vec(loss.detach())?[0]);
         let grad_of = |p: &Param<Tensor<2>>| p.val().grad(&grads);
@@ -277,7 +333,7 @@ impl Engine for BurnEngine {
         } else {
             None
         };
-        let final_state = self.states_out(finals, n)?;
+        let final_state = finals;
         Ok(TrainOut {
             loss_sum,
             grad,
@@ -307,8 +363,9 @@ impl Engine for BurnEngine {
                 init,
                 mask: None,
                 track_init: false,
+                valid: None,
             },
-        );
-        Ok((self.to_vec(pred)?, self.states_out(finals, n)?))
+        )?;
+        Ok((self.to_vec(pred)?, finals))
     }
 }

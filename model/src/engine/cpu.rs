@@ -4,11 +4,19 @@
 //! turns the weight gradients into three large GEMMs per layer. Slots are independent, so a
 //! shard's slots are split into contiguous ranges that run on separate threads, each with its own
 //! reusable buffers; their gradients are summed at the end.
+//!
+//! Ragged batches ([`Batch::valid`]) are masked inline, in the same pass: padded steps (which
+//! all come after a row's valid ones) have no loss, so nothing flows back into them, and they are
+//! skipped. The GEMMs over all steps run over the spans of valid steps (consecutive full rows
+//! merged, so a batch without padding makes the same calls as before), each step's recurrent
+//! product over the runs of rows still valid, the element-wise work over valid steps only; a
+//! row's final state is read at its last valid step. Padded inputs and targets are never read
+//! (padded outputs are set to zero so that every buffer stays finite).
 
 use crate::config::{Head, ModelConfig};
 use crate::dropout::{DropoutKey, DropoutMask};
-use crate::engine::math::{View, gemm, sigmoid_slice, small_gemm, tanh, tanh_slice};
-use crate::engine::{Batch, Engine, TrainOut, check_batch, check_forward};
+use crate::engine::math::{View, check_loss, gemm, sigmoid_slice, small_gemm, tanh, tanh_slice};
+use crate::engine::{Batch, Engine, Loss, TrainOut, check_batch, check_forward};
 use crate::error::ModelError;
 use crate::params::ParamLayout;
 use crate::state::SlotStates;
@@ -41,11 +49,33 @@ impl CpuEngine {
         }
     }
 
-    fn ranges(&self, n: usize) -> Vec<(usize, usize)> {
+    /// Contiguous slot ranges, one per thread: equal numbers of slots, or for a ragged batch
+    /// about equal numbers of valid steps (each range keeps at least one slot).
+    fn ranges(&self, n: usize, valid: Option<&[u32]>) -> Vec<(usize, usize)> {
         let parts = self.threads.min(n / MIN_SLOTS_PER_THREAD).max(1);
-        (0..parts)
-            .map(|i| (i * n / parts, (i + 1) * n / parts))
-            .collect()
+        let Some(v) = valid.filter(|_| parts > 1) else {
+            return (0..parts)
+                .map(|i| (i * n / parts, (i + 1) * n / parts))
+                .collect();
+        };
+        // a slot costs its valid steps plus one step's worth of fixed work
+        let total: usize = v.iter().map(|&l| l as usize + 1).sum();
+        let mut bounds = vec![0usize];
+        let mut acc = 0usize;
+        for (r, &l) in v.iter().enumerate() {
+            acc += l as usize + 1;
+            let i = bounds.len();
+            if i < parts && acc * parts >= i * total {
+                // leave at least one slot to each later range
+                bounds.push((r + 1).max(bounds[i - 1] + 1).min(n - (parts - i)));
+            }
+        }
+        while bounds.len() < parts {
+            let last = bounds[bounds.len() - 1];
+            bounds.push(last + 1);
+        }
+        bounds.push(n);
+        bounds.windows(2).map(|w| (w[0], w[1])).collect()
     }
 
     fn ensure_workspaces(&mut self, count: usize) {
@@ -64,7 +94,7 @@ impl CpuEngine {
         targets: Option<Targets<'_>>,
         init: &SlotStates,
     ) -> Vec<(usize, usize)> {
-        let ranges = self.ranges(n);
+        let ranges = self.ranges(n, targets.and_then(|tg| tg.valid));
         self.ensure_workspaces(ranges.len());
         let (cfg, layout) = (&self.cfg, &self.layout);
         let (fi, fo) = (cfg.input, cfg.output);
@@ -86,6 +116,7 @@ impl CpuEngine {
                 x: &x[r0 * t * fi..r1 * t * fi],
                 h0: &init_h,
                 c0: &init_c,
+                valid: targets.and_then(|tg| tg.valid).map(|v| &v[r0..r1]),
             };
             match targets {
                 None => pass_best(ws, &chunk, None),
@@ -94,14 +125,18 @@ impl CpuEngine {
                     slots,
                     key,
                     want_init,
+                    loss,
+                    ..
                 }) => {
                     let mask = key.map(|k| (DropoutMask::new(k, cfg.dropout), &slots[r0..r1]));
                     let mask = mask.filter(|_| cfg.dropout > 0.0);
-                    pass_best(
-                        ws,
-                        &chunk,
-                        Some((&y[r0 * t * fo..r1 * t * fo], mask, want_init)),
-                    );
+                    let train = Train {
+                        y: &y[r0 * t * fo..r1 * t * fo],
+                        mask,
+                        want_init,
+                        loss,
+                    };
+                    pass_best(ws, &chunk, Some(train));
                 }
             }
         };
@@ -117,12 +152,14 @@ impl CpuEngine {
         ranges
     }
 
-    /// Copies the final states (and optionally the initial-state gradients) out of the workspaces.
+    /// Copies the final states (each row's state after its last valid step, its initial state
+    /// when it has none) or, with `grads`, the initial-state gradients out of the workspaces.
     fn collect_states(
         &self,
         ranges: &[(usize, usize)],
-        n: usize,
-        t: usize,
+        (n, t): (usize, usize),
+        valid: Option<&[u32]>,
+        init: &SlotStates,
         grads: bool,
     ) -> SlotStates {
         let (layers, h) = (self.cfg.layers, self.cfg.hidden);
@@ -137,9 +174,15 @@ impl CpuEngine {
                         oh[dst..dst + h].copy_from_slice(&ws.dh0[k][local * h..(local + 1) * h]);
                         oc[dst..dst + h].copy_from_slice(&ws.dc0[k][local * h..(local + 1) * h]);
                     } else {
-                        let src = (local * t + t - 1) * h;
-                        oh[dst..dst + h].copy_from_slice(&ws.outs[k][src..src + h]);
-                        oc[dst..dst + h].copy_from_slice(&ws.cells[k][src..src + h]);
+                        let len = valid.map_or(t, |v| v[r] as usize);
+                        if len == 0 {
+                            oh[dst..dst + h].copy_from_slice(&init.layer_h(k)[r * h..(r + 1) * h]);
+                            oc[dst..dst + h].copy_from_slice(&init.layer_c(k)[r * h..(r + 1) * h]);
+                        } else {
+                            let src = (local * t + len - 1) * h;
+                            oh[dst..dst + h].copy_from_slice(&ws.outs[k][src..src + h]);
+                            oc[dst..dst + h].copy_from_slice(&ws.cells[k][src..src + h]);
+                        }
                     }
                 }
             }
@@ -161,7 +204,18 @@ impl Engine for CpuEngine {
         want_init_grad: bool,
     ) -> Result<TrainOut, ModelError> {
         check_batch(&self.cfg, params.len(), self.layout.len(), batch, init)?;
+        check_loss(batch.loss)?;
         let (n, t) = (batch.n, batch.t);
+        if n == 0 || t == 0 {
+            // nothing runs: no loss, no gradient, the states pass through
+            let (layers, h) = (self.cfg.layers, self.cfg.hidden);
+            return Ok(TrainOut {
+                loss_sum: 0.0,
+                grad: vec![0.0; self.layout.len()],
+                final_state: init.clone(),
+                init_grad: want_init_grad.then(|| SlotStates::zeros(layers, n, h)),
+            });
+        }
         let ranges = self.run(
             params,
             n,
@@ -172,6 +226,8 @@ impl Engine for CpuEngine {
                 slots: batch.slots,
                 key: batch.dropout,
                 want_init: want_init_grad,
+                loss: batch.loss,
+                valid: batch.valid,
             }),
             init,
         );
@@ -183,8 +239,9 @@ impl Engine for CpuEngine {
                 *g += w;
             }
         }
-        let final_state = self.collect_states(&ranges, n, t, false);
-        let init_grad = want_init_grad.then(|| self.collect_states(&ranges, n, t, true));
+        let final_state = self.collect_states(&ranges, (n, t), batch.valid, init, false);
+        let init_grad =
+            want_init_grad.then(|| self.collect_states(&ranges, (n, t), None, init, true));
         Ok(TrainOut {
             loss_sum,
             grad,
@@ -202,47 +259,60 @@ impl Engine for CpuEngine {
         init: &SlotStates,
     ) -> Result<(Vec<f32>, SlotStates), ModelError> {
         check_forward(&self.cfg, params.len(), self.layout.len(), x, n, t, init)?;
+        if n == 0 || t == 0 {
+            return Ok((Vec::new(), init.clone()));
+        }
         let ranges = self.run(params, n, t, x, None, init);
         let fo = self.cfg.output;
         let mut pred = Vec::with_capacity(n * t * fo);
         for (ws, &(r0, r1)) in self.workspaces.iter().zip(&ranges) {
             pred.extend_from_slice(&ws.pred[..(r1 - r0) * t * fo]);
         }
-        Ok((pred, self.collect_states(&ranges, n, t, false)))
+        Ok((
+            pred,
+            self.collect_states(&ranges, (n, t), None, init, false),
+        ))
     }
 }
 
-/// Targets, dropout masks and whether initial-state gradients are wanted: a training pass.
-type Train<'a> = Option<(&'a [f32], Option<(DropoutMask, &'a [u64])>, bool)>;
+/// A training pass of one chunk: its targets, dropout masks, whether initial-state gradients
+/// are wanted, and the loss.
+#[derive(Clone, Copy)]
+struct Train<'a> {
+    y: &'a [f32],
+    mask: Option<(DropoutMask, &'a [u64])>,
+    want_init: bool,
+    loss: Loss,
+}
 
 /// Forward, and backward when training, of one chunk. Inlined into the variants below, which
 /// compile it for wider vector units.
 #[inline(always)]
-fn pass<const FMA: bool>(ws: &mut Workspace, c: &Chunk<'_>, train: Train<'_>) {
+fn pass<const FMA: bool>(ws: &mut Workspace, c: &Chunk<'_>, train: Option<Train<'_>>) {
     match train {
         None => ws.forward::<FMA>(c, None),
-        Some((y, mask, want_init)) => {
-            ws.forward::<FMA>(c, mask);
-            ws.backward::<FMA>(c, y, mask.is_some(), want_init);
+        Some(tr) => {
+            ws.forward::<FMA>(c, tr.mask);
+            ws.backward::<FMA>(c, tr.y, tr.mask.is_some(), tr.want_init, tr.loss);
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-fn pass_avx512(ws: &mut Workspace, c: &Chunk<'_>, train: Train<'_>) {
+fn pass_avx512(ws: &mut Workspace, c: &Chunk<'_>, train: Option<Train<'_>>) {
     pass::<true>(ws, c, train);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn pass_avx2(ws: &mut Workspace, c: &Chunk<'_>, train: Train<'_>) {
+fn pass_avx2(ws: &mut Workspace, c: &Chunk<'_>, train: Option<Train<'_>>) {
     pass::<true>(ws, c, train);
 }
 
 /// [`pass`] compiled for the widest vector unit this CPU has (AVX-512 or AVX2 with fused
 /// multiply-adds in the recurrence; the element-wise code is the same everywhere).
-fn pass_best(ws: &mut Workspace, c: &Chunk<'_>, train: Train<'_>) {
+fn pass_best(ws: &mut Workspace, c: &Chunk<'_>, train: Option<Train<'_>>) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f")
@@ -267,6 +337,9 @@ struct Targets<'a> {
     slots: &'a [u64],
     key: Option<DropoutKey>,
     want_init: bool,
+    loss: Loss,
+    /// Valid steps of each row (`None`: all `t`).
+    valid: Option<&'a [u32]>,
 }
 
 /// The inputs of one contiguous range of slots.
@@ -279,6 +352,56 @@ struct Chunk<'a> {
     x: &'a [f32],
     h0: &'a [&'a [f32]],
     c0: &'a [&'a [f32]],
+    /// Valid steps of each row (`None`: all `t`).
+    valid: Option<&'a [u32]>,
+}
+
+impl Chunk<'_> {
+    /// Valid steps of row `r`.
+    #[inline(always)]
+    fn len(&self, r: usize) -> usize {
+        self.valid.map_or(self.t, |v| v[r] as usize)
+    }
+
+    /// Steps the recurrences run: up to the longest row's last valid step.
+    fn steps(&self) -> usize {
+        self.valid
+            .map_or(self.t, |v| v.iter().map(|&l| l as usize).max().unwrap_or(0))
+    }
+
+    /// The ranges `a..b` of flat step rows (row `r`, step `s` at `r * t + s`) that hold valid
+    /// steps, consecutive full rows merged: without padding, the one range `0..n*t`.
+    fn spans(&self) -> Vec<(usize, usize)> {
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        for r in 0..self.n {
+            let (a, b) = (r * self.t, r * self.t + self.len(r));
+            match out.last_mut() {
+                _ if a == b => {}
+                Some(last) if last.1 == a => last.1 = b,
+                _ => out.push((a, b)),
+            }
+        }
+        out
+    }
+
+    /// The maximal runs `r0..r1` of consecutive rows with step `s` valid (without padding, the
+    /// one run `0..n` while `s < t`). Each row's products do not depend on the runs.
+    fn runs(&self, s: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let mut r = 0;
+        std::iter::from_fn(move || {
+            while r < self.n && self.len(r) <= s {
+                r += 1;
+            }
+            if r == self.n {
+                return None;
+            }
+            let r0 = r;
+            while r < self.n && self.len(r) > s {
+                r += 1;
+            }
+            Some((r0, r))
+        })
+    }
 }
 
 /// Per-thread buffers, grown on demand and reused across steps.
@@ -344,6 +467,7 @@ impl Workspace {
         sized_layers(&mut self.outs, cfg.layers, n * t * h);
         sized_layers(&mut self.hprev, cfg.layers, n * t * h);
         sized(&mut self.bias, g4);
+        let spans = c.spans();
         for k in 0..cfg.layers {
             let lo = c.layout.layer(k);
             let w_ih = &p[lo.w_ih..lo.w_ih + g4 * lo.input];
@@ -357,21 +481,23 @@ impl Workspace {
             let gates = &mut self.gates[k];
             let cells = &mut self.cells[k];
             let tanh_c = &mut self.tanh_c[k];
-            // input projection of every step at once, plus both biases
-            gemm(
-                n * t,
-                lo.input,
-                g4,
-                1.0,
-                View::rows(input, lo.input),
-                View::t(w_ih, lo.input),
-                0.0,
-                gates,
-                g4,
-            );
-            for row in gates.chunks_exact_mut(g4) {
-                for (a, b) in row.iter_mut().zip(&self.bias) {
-                    *a += b;
+            // input projection of every valid step at once, plus both biases
+            for &(a, b) in &spans {
+                gemm(
+                    b - a,
+                    lo.input,
+                    g4,
+                    1.0,
+                    View::rows(&input[a * lo.input..], lo.input),
+                    View::t(w_ih, lo.input),
+                    0.0,
+                    &mut gates[a * g4..],
+                    g4,
+                );
+                for row in gates[a * g4..b * g4].chunks_exact_mut(g4) {
+                    for (a, b) in row.iter_mut().zip(&self.bias) {
+                        *a += b;
+                    }
                 }
             }
             // W_hhᵀ, so each step's recurrent product runs over contiguous gate rows
@@ -382,23 +508,34 @@ impl Workspace {
                     wt[kk * g4 + i] = w_hh[i * h + kk];
                 }
             }
-            for s in 0..t {
-                let (hp, rs): (&[f32], usize) = if s == 0 {
-                    (c.h0[k], h)
-                } else {
-                    (&out[(s - 1) * h..], t * h)
-                };
-                small_gemm::<FMA>(
-                    &mut gates[s * g4..],
-                    t * g4,
-                    hp,
-                    rs,
-                    wt,
-                    g4,
-                    (n, h, g4),
-                    true,
-                );
+            // padded steps are not computed; their outputs are set to zero (the copies into
+            // `hprev` and the dropout products run over all steps)
+            for r in 0..n {
+                out[(r * t + c.len(r)) * h..(r + 1) * t * h].fill(0.0);
+            }
+            for s in 0..c.steps() {
+                // the recurrent product of the rows still running (all rows: one product)
+                for (r0, r1) in c.runs(s) {
+                    let (hp, rs): (&[f32], usize) = if s == 0 {
+                        (&c.h0[k][r0 * h..], h)
+                    } else {
+                        (&out[(r0 * t + s - 1) * h..], t * h)
+                    };
+                    small_gemm::<FMA>(
+                        &mut gates[(r0 * t + s) * g4..],
+                        t * g4,
+                        hp,
+                        rs,
+                        wt,
+                        g4,
+                        (r1 - r0, h, g4),
+                        true,
+                    );
+                }
                 for r in 0..n {
+                    if s >= c.len(r) {
+                        continue;
+                    }
                     let idx = r * t + s;
                     let row = &mut gates[idx * g4..(idx + 1) * g4];
                     sigmoid_slice(&mut row[..2 * h]);
@@ -438,8 +575,11 @@ impl Workspace {
             Some((m, slots)) => {
                 sized(&mut self.mask, n * t * h);
                 sized(&mut self.dropped, n * t * h);
+                // padded steps (zero outputs, zero gradients) need no factors
                 for (r, &slot) in slots.iter().enumerate() {
-                    m.fill_slot(slot, &mut self.mask[r * t * h..(r + 1) * t * h]);
+                    let (a, b, e) = (r * t * h, (r * t + c.len(r)) * h, (r + 1) * t * h);
+                    m.fill_slot(slot, &mut self.mask[a..b]);
+                    self.mask[b..e].fill(0.0);
                 }
                 for ((d, x), m) in self.dropped.iter_mut().zip(top).zip(&self.mask) {
                     *d = x * m;
@@ -451,23 +591,25 @@ impl Workspace {
         let hw = &p[c.layout.head_w()..c.layout.head_w() + fo * h];
         let hb = &p[c.layout.head_b()..c.layout.head_b() + fo];
         sized(&mut self.pred, n * t * fo);
-        gemm(
-            n * t,
-            h,
-            fo,
-            1.0,
-            View::rows(d, h),
-            View::t(hw, h),
-            0.0,
-            &mut self.pred,
-            fo,
-        );
-        for row in self.pred.chunks_exact_mut(fo) {
-            for (z, b) in row.iter_mut().zip(hb) {
-                *z += b;
-            }
-            if cfg.head == Head::Softmax {
-                softmax(row);
+        for &(a, b) in &spans {
+            gemm(
+                b - a,
+                h,
+                fo,
+                1.0,
+                View::rows(&d[a * h..], h),
+                View::t(hw, h),
+                0.0,
+                &mut self.pred[a * fo..],
+                fo,
+            );
+            for row in self.pred[a * fo..b * fo].chunks_exact_mut(fo) {
+                for (z, b) in row.iter_mut().zip(hb) {
+                    *z += b;
+                }
+                if cfg.head == Head::Softmax {
+                    softmax(row);
+                }
             }
         }
     }
@@ -479,6 +621,7 @@ impl Workspace {
         y: &[f32],
         dropout: bool,
         want_init: bool,
+        loss_kind: Loss,
     ) {
         let cfg = c.cfg;
         let (n, t, h, fo) = (c.n, c.t, cfg.hidden, cfg.output);
@@ -495,52 +638,71 @@ impl Workspace {
         sized_layers(&mut self.dh0, cfg.layers, n * h);
         sized_layers(&mut self.dc0, cfg.layers, n * h);
 
-        // loss = sum (pred - y)^2 and its gradient at the head's pre-activation
+        // the loss of the valid steps and its gradient at the head's output; padded steps get none
         let mut loss = 0.0f64;
-        for ((dz, &pv), &yv) in self.dz.iter_mut().zip(&self.pred).zip(y) {
-            let e = pv - yv;
-            loss += f64::from(e * e);
-            *dz = 2.0 * e;
+        for r in 0..n {
+            let (v0, v1, end) = (r * t * fo, (r * t + c.len(r)) * fo, (r + 1) * t * fo);
+            for ((dz, &pv), &yv) in self.dz[v0..v1]
+                .iter_mut()
+                .zip(&self.pred[v0..v1])
+                .zip(&y[v0..v1])
+            {
+                let (l, g) = loss_kind.value_and_grad(pv, yv);
+                loss += f64::from(l);
+                *dz = g;
+            }
+            self.dz[v1..end].fill(0.0);
         }
         self.loss = loss;
+        // from here on, the products and sums over steps run over the valid ones only
+        let spans = c.spans();
         if cfg.head == Head::Softmax {
-            for (dz, pr) in self.dz.chunks_exact_mut(fo).zip(self.pred.chunks_exact(fo)) {
-                let dot: f32 = dz.iter().zip(pr).map(|(a, b)| a * b).sum();
-                for (d, &pv) in dz.iter_mut().zip(pr) {
-                    *d = pv * (*d - dot);
+            for &(a, b) in &spans {
+                let dz = self.dz[a * fo..b * fo].chunks_exact_mut(fo);
+                for (dz, pr) in dz.zip(self.pred[a * fo..b * fo].chunks_exact(fo)) {
+                    let dot: f32 = dz.iter().zip(pr.iter()).map(|(a, b)| a * b).sum();
+                    for (d, &pv) in dz.iter_mut().zip(pr) {
+                        *d = pv * (*d - dot);
+                    }
                 }
             }
         }
         let top = &self.outs[cfg.layers - 1];
         let d: &[f32] = if dropout { &self.dropped } else { top };
         let (hw, hb) = (layout.head_w(), layout.head_b());
-        gemm(
-            fo,
-            n * t,
-            h,
-            1.0,
-            View::t(&self.dz, fo),
-            View::rows(d, h),
-            1.0,
-            &mut self.grad[hw..hw + fo * h],
-            h,
-        );
-        for row in self.dz.chunks_exact(fo) {
-            for (g, v) in self.grad[hb..hb + fo].iter_mut().zip(row) {
-                *g += v;
+        for &(a, b) in &spans {
+            gemm(
+                fo,
+                b - a,
+                h,
+                1.0,
+                View::t(&self.dz[a * fo..], fo),
+                View::rows(&d[a * h..], h),
+                1.0,
+                &mut self.grad[hw..hw + fo * h],
+                h,
+            );
+        }
+        for &(a, b) in &spans {
+            for row in self.dz[a * fo..b * fo].chunks_exact(fo) {
+                for (g, v) in self.grad[hb..hb + fo].iter_mut().zip(row) {
+                    *g += v;
+                }
             }
         }
-        gemm(
-            n * t,
-            fo,
-            h,
-            1.0,
-            View::rows(&self.dz, fo),
-            View::rows(&p[hw..hw + fo * h], h),
-            0.0,
-            &mut self.dy,
-            h,
-        );
+        for &(a, b) in &spans {
+            gemm(
+                b - a,
+                fo,
+                h,
+                1.0,
+                View::rows(&self.dz[a * fo..], fo),
+                View::rows(&p[hw..hw + fo * h], h),
+                0.0,
+                &mut self.dy[a * h..],
+                h,
+            );
+        }
         if dropout {
             for (g, m) in self.dy.iter_mut().zip(&self.mask) {
                 *g *= m;
@@ -555,12 +717,23 @@ impl Workspace {
             let tanh_c = &self.tanh_c[k];
             self.dh.fill(0.0);
             self.dc.fill(0.0);
-            for s in (0..t).rev() {
-                if s + 1 < t {
-                    let da = &self.da[(s + 1) * g4..];
-                    small_gemm::<FMA>(&mut self.dh, h, da, t * g4, w_hh, h, (n, g4, h), false);
+            // padded steps have no gradient (the initial-state product reads step 0 of every
+            // row, also of rows without valid steps)
+            for r in 0..n {
+                self.da[(r * t + c.len(r)) * g4..(r + 1) * t * g4].fill(0.0);
+            }
+            for s in (0..c.steps()).rev() {
+                // the gradient through the next step's gates, of the rows that have one (the
+                // others' `dh` stays zero)
+                for (r0, r1) in c.runs(s + 1) {
+                    let da = &self.da[(r0 * t + s + 1) * g4..];
+                    let dh = &mut self.dh[r0 * h..];
+                    small_gemm::<FMA>(dh, h, da, t * g4, w_hh, h, (r1 - r0, g4, h), false);
                 }
                 for r in 0..n {
+                    if s >= c.len(r) {
+                        continue;
+                    }
                     let idx = r * t + s;
                     let row = &gates[idx * g4..(idx + 1) * g4];
                     let cprev = if s == 0 {
@@ -605,48 +778,56 @@ impl Workspace {
             }
             let input: &[f32] = if k == 0 { c.x } else { &self.outs[k - 1] };
             let grad = &mut self.grad;
-            gemm(
-                g4,
-                n * t,
-                lo.input,
-                1.0,
-                View::t(&self.da, g4),
-                View::rows(input, lo.input),
-                1.0,
-                &mut grad[lo.w_ih..lo.w_ih + g4 * lo.input],
-                lo.input,
-            );
-            gemm(
-                g4,
-                n * t,
-                h,
-                1.0,
-                View::t(&self.da, g4),
-                View::rows(&self.hprev[k], h),
-                1.0,
-                &mut grad[lo.w_hh..lo.w_hh + g4 * h],
-                h,
-            );
-            for row in self.da.chunks_exact(g4) {
-                for (g, v) in grad[lo.b_ih..lo.b_ih + g4].iter_mut().zip(row) {
-                    *g += v;
+            for &(a, b) in &spans {
+                gemm(
+                    g4,
+                    b - a,
+                    lo.input,
+                    1.0,
+                    View::t(&self.da[a * g4..], g4),
+                    View::rows(&input[a * lo.input..], lo.input),
+                    1.0,
+                    &mut grad[lo.w_ih..lo.w_ih + g4 * lo.input],
+                    lo.input,
+                );
+            }
+            for &(a, b) in &spans {
+                gemm(
+                    g4,
+                    b - a,
+                    h,
+                    1.0,
+                    View::t(&self.da[a * g4..], g4),
+                    View::rows(&self.hprev[k][a * h..], h),
+                    1.0,
+                    &mut grad[lo.w_hh..lo.w_hh + g4 * h],
+                    h,
+                );
+            }
+            for &(a, b) in &spans {
+                for row in self.da[a * g4..b * g4].chunks_exact(g4) {
+                    for (g, v) in grad[lo.b_ih..lo.b_ih + g4].iter_mut().zip(row) {
+                        *g += v;
+                    }
                 }
             }
             let (bi, bh) = (lo.b_ih, lo.b_hh);
             grad.copy_within(bi..bi + g4, bh);
             if k > 0 {
                 let w_ih = &p[lo.w_ih..lo.w_ih + g4 * lo.input];
-                gemm(
-                    n * t,
-                    g4,
-                    lo.input,
-                    1.0,
-                    View::rows(&self.da, g4),
-                    View::rows(w_ih, lo.input),
-                    0.0,
-                    &mut self.dy,
-                    lo.input,
-                );
+                for &(a, b) in &spans {
+                    gemm(
+                        b - a,
+                        g4,
+                        lo.input,
+                        1.0,
+                        View::rows(&self.da[a * g4..], g4),
+                        View::rows(w_ih, lo.input),
+                        0.0,
+                        &mut self.dy[a * lo.input..],
+                        lo.input,
+                    );
+                }
             }
         }
     }

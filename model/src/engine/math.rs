@@ -1,6 +1,20 @@
 //! Dense kernels for the CPU engine: a bounds-checked strided GEMM over `matrixmultiply`, and
 //! branch-free `exp`, `sigmoid` and `tanh` that the compiler vectorizes (Cephes polynomials,
-//! accurate to a few ulp).
+//! accurate to a few ulp); and the check of a step's [`Loss`] that every engine runs.
+
+use crate::engine::Loss;
+use crate::error::ModelError;
+
+/// Fails unless `loss` is well defined: a Huber `delta` must be positive and finite.
+pub(crate) fn check_loss(loss: Loss) -> Result<(), ModelError> {
+    match loss {
+        Loss::Huber(delta) if !(delta.is_finite() && delta > 0.0) => Err(ModelError::Config {
+            field: "loss".into(),
+            msg: format!("the Huber loss needs a positive, finite delta, got {delta}"),
+        }),
+        _ => Ok(()),
+    }
+}
 
 /// A read-only strided matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Debug, Clone, Copy)]

@@ -8,13 +8,16 @@
 //!   for the recurrence forward and one for its backward.
 //!
 //! All engines take parameters and return gradients in the flat PyTorch layout of
-//! [`crate::params`], and compute the gradient of the *sum* of squared errors of their shard, so
-//! shard results add up to the whole batch's.
+//! [`crate::params`], and compute the gradient of the *sum* of the per-output losses ([`Loss`]) of
+//! their shard's valid steps, so shard results add up to the whole batch's.
 
 pub mod burn_ref;
 pub mod cpu;
 pub(crate) mod math;
 pub mod wgpu_fused;
+
+#[cfg(test)]
+mod tests_masked;
 
 use crate::config::ModelConfig;
 use crate::dropout::DropoutKey;
@@ -36,12 +39,59 @@ pub struct Batch<'a> {
     pub slots: &'a [u64],
     /// Dropout masks for this step; `None` turns dropout off.
     pub dropout: Option<DropoutKey>,
+    /// Valid steps of each row (`None`: all `t`). Steps at or past a row's valid length are
+    /// padding: they add nothing to the loss or the gradients, and the row's final state is its
+    /// state after its last valid step (its initial state when it has none).
+    pub valid: Option<&'a [u32]>,
+    /// The loss whose sum is computed.
+    pub loss: Loss,
+}
+
+/// The per-output loss of a training step; engines return the sum over valid outputs and its
+/// gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Loss {
+    /// `(p - y)^2`.
+    #[default]
+    Mse,
+    /// `|p - y|` (gradient `sign(p - y)`, 0 at 0).
+    Mae,
+    /// `0.5 d^2` for `|d| <= delta`, else `delta (|d| - 0.5 delta)`, with `d = p - y` (PyTorch's
+    /// `HuberLoss`, Keras' `Huber`).
+    Huber(f32),
+}
+
+impl Loss {
+    /// The loss of one output and its derivative with respect to the prediction.
+    pub fn value_and_grad(self, p: f32, y: f32) -> (f32, f32) {
+        let d = p - y;
+        match self {
+            Self::Mse => (d * d, 2.0 * d),
+            Self::Mae => (
+                d.abs(),
+                if d > 0.0 {
+                    1.0
+                } else if d < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                },
+            ),
+            Self::Huber(delta) => {
+                if d.abs() <= delta {
+                    (0.5 * d * d, d)
+                } else {
+                    (delta * (d.abs() - 0.5 * delta), delta * d.signum())
+                }
+            }
+        }
+    }
 }
 
 /// What a training step returns.
 #[derive(Debug, Clone)]
 pub struct TrainOut {
-    /// Sum of squared errors over the shard's `n * t * output` outputs.
+    /// Sum of the per-output losses over the shard's valid outputs.
     pub loss_sum: f64,
     /// Gradient of `loss_sum` in the flat parameter layout.
     pub grad: Vec<f32>,
@@ -56,7 +106,8 @@ pub trait Engine: Send {
     /// Engine and device, for logs.
     fn describe(&self) -> String;
 
-    /// Forward, squared-error loss, and backward through time of one shard from `init`.
+    /// Forward, the loss of the valid steps ([`Batch::loss`], [`Batch::valid`]), and backward
+    /// through time of one shard from `init`.
     fn train_step(
         &mut self,
         params: &[f32],
@@ -119,6 +170,18 @@ pub(crate) fn check_batch(
     check_len("targets", batch.y, n, t, cfg.output)?;
     if batch.slots.len() != n {
         return Err(ModelError::shape("slot ids", &[n], &[batch.slots.len()]));
+    }
+    if let Some(v) = batch.valid {
+        if v.len() != n {
+            return Err(ModelError::shape("valid lengths", &[n], &[v.len()]));
+        }
+        if let Some((row, &len)) = v.iter().enumerate().find(|(_, l)| **l as usize > t) {
+            return Err(ModelError::Shape {
+                what: "valid lengths".into(),
+                expected: format!("at most {t} valid steps per row"),
+                got: format!("{len} for row {row}"),
+            });
+        }
     }
     Ok(())
 }

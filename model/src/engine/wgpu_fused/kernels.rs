@@ -155,7 +155,9 @@ pub(super) fn colsum_kernel(
 /// `W_hh[g*H + j, q]` over the gates `g`. `data` holds the initial states at `h0_off` / `c0_off` (`[n, H]`)
 /// and, when `masked`, the dropout factors `[n, t, H]` at `mask_off`, which multiply the
 /// outputs written to `out` (not the recurrent state). Final states go to `res` at
-/// `hT_off` / `cT_off` (`[n, H]`).
+/// `hT_off` / `cT_off` (`[n, H]`): the states after step `t - 1`, or when `ragged` after each
+/// slot's last valid step (its initial state when it has none), with the valid step counts `[n]`
+/// as f32 in `data` at `valid_off`. Padded steps still run (their gradient is zero).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn lstm_forward<V: Size>(
@@ -171,8 +173,10 @@ pub(super) fn lstm_forward<V: Size>(
     mask_off: u32,
     ht_off: u32,
     ct_off: u32,
+    valid_off: u32,
     #[comptime] h: usize,
     #[comptime] masked: bool,
+    #[comptime] ragged: bool,
 ) {
     let slot = CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize;
     // A whole cube past the last slot leaves before any barrier.
@@ -184,9 +188,21 @@ pub(super) fn lstm_forward<V: Size>(
         let mut hs = Shared::<[f32]>::new_slice(2 * h);
         let mut cs = Shared::<[f32]>::new_slice(h);
         let mut j = UNIT_POS_X as usize;
+        let mut len = t as usize;
+        if ragged {
+            len = data[valid_off as usize + slot] as usize;
+        }
         while j < h {
-            hs[j] = data[h0_off as usize + slot * h + j];
-            cs[j] = data[c0_off as usize + slot * h + j];
+            let (h0, c0) = (
+                data[h0_off as usize + slot * h + j],
+                data[c0_off as usize + slot * h + j],
+            );
+            hs[j] = h0;
+            cs[j] = c0;
+            if ragged && len == 0 {
+                res[ht_off as usize + slot * h + j] = h0;
+                res[ct_off as usize + slot * h + j] = c0;
+            }
             j += step;
         }
         sync_cube();
@@ -227,16 +243,22 @@ pub(super) fn lstm_forward<V: Size>(
                 }
                 hs[nxt + j] = hn;
                 cs[j] = c;
+                if ragged && s + 1 == len {
+                    res[ht_off as usize + slot * h + j] = hn;
+                    res[ct_off as usize + slot * h + j] = c;
+                }
                 j += step;
             }
             sync_cube();
         }
-        let last = (t as usize % 2) * h;
-        let mut j = UNIT_POS_X as usize;
-        while j < h {
-            res[ht_off as usize + slot * h + j] = hs[last + j];
-            res[ct_off as usize + slot * h + j] = cs[j];
-            j += step;
+        if !ragged {
+            let last = (t as usize % 2) * h;
+            let mut j = UNIT_POS_X as usize;
+            while j < h {
+                res[ht_off as usize + slot * h + j] = hs[last + j];
+                res[ct_off as usize + slot * h + j] = cs[j];
+                j += step;
+            }
         }
     }
 }
@@ -363,8 +385,11 @@ pub(super) fn lstm_backward<V: Size>(
 }
 
 /// The dense head of every row `[n*t]`: predictions into `pred` `[rows, o]`; when `train`, the
-/// squared error against the targets in `data` at `y_off` (row sums into `res` at `loss_off`)
-/// and its gradient at the head's pre-activation into `dz`.
+/// loss against the targets in `data` at `y_off` (row sums into `res` at `loss_off`) and its
+/// gradient at the head's pre-activation into `dz`. The loss is the squared error, or with `mae`
+/// the absolute error, or with `huber` the Huber loss with threshold `delta`. When `ragged`, row
+/// `slot * t + s` counts only if `s` is below the slot's valid step count (`[n]` as f32 in
+/// `data` at `valid_off`); padded rows get a zero loss and gradient.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn head_kernel(
@@ -380,10 +405,16 @@ pub(super) fn head_kernel(
     hb: u32,
     y_off: u32,
     loss_off: u32,
+    t: u32,
+    valid_off: u32,
+    delta: f32,
     #[comptime] h: usize,
     #[comptime] o: usize,
     #[comptime] softmax: bool,
     #[comptime] train: bool,
+    #[comptime] ragged: bool,
+    #[comptime] mae: bool,
+    #[comptime] huber: bool,
 ) {
     let row = linear_pos();
     if row < rows as usize {
@@ -413,21 +444,59 @@ pub(super) fn head_kernel(
             }
         }
         if train {
-            let y = y_off as usize + p;
-            let mut loss = 0.0f32;
-            for q in 0..o {
-                let e = pred[p + q] - data[y + q];
-                loss += e * e;
-                dz[p + q] = 2.0 * e;
+            let mut live = true;
+            if ragged {
+                let slot = row / t as usize;
+                let s = row - slot * t as usize;
+                live = s < data[valid_off as usize + slot] as usize;
             }
-            res[loss_off as usize + row] = loss;
-            if softmax {
-                let mut dot = 0.0f32;
+            if live {
+                let y = y_off as usize + p;
+                let mut loss = 0.0f32;
                 for q in 0..o {
-                    dot += dz[p + q] * pred[p + q];
+                    let e = pred[p + q] - data[y + q];
+                    if mae {
+                        loss += f32::abs(e);
+                        let mut g = 0.0f32;
+                        if e > 0.0f32 {
+                            g = 1.0f32;
+                        }
+                        if e < 0.0f32 {
+                            g = -1.0f32;
+                        }
+                        dz[p + q] = g;
+                    } else if huber {
+                        let a = f32::abs(e);
+                        if a <= delta {
+                            loss += 0.5f32 * e * e;
+                            dz[p + q] = e;
+                        } else {
+                            loss += delta * (a - 0.5f32 * delta);
+                            if e < 0.0f32 {
+                                dz[p + q] = -delta;
+                            } else {
+                                dz[p + q] = delta;
+                            }
+                        }
+                    } else {
+                        loss += e * e;
+                        dz[p + q] = 2.0 * e;
+                    }
                 }
+                res[loss_off as usize + row] = loss;
+                if softmax {
+                    let mut dot = 0.0f32;
+                    for q in 0..o {
+                        dot += dz[p + q] * pred[p + q];
+                    }
+                    for q in 0..o {
+                        dz[p + q] = pred[p + q] * (dz[p + q] - dot);
+                    }
+                }
+            } else {
+                res[loss_off as usize + row] = 0.0f32;
                 for q in 0..o {
-                    dz[p + q] = pred[p + q] * (dz[p + q] - dot);
+                    dz[p + q] = 0.0f32;
                 }
             }
         }

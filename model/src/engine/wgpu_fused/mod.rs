@@ -12,7 +12,7 @@
 //!   `W_hh` read from global memory as 4-vectors holding the four gates' weights of one
 //!   `(q, j)`, so that a unit loads one vector per input and neighbouring units read
 //!   neighbouring vectors);
-//! - head: one dispatch for the dense head, softmax, squared error and its gradient;
+//! - head: one dispatch for the dense head, softmax, the loss ([`Loss`]) and its gradient;
 //! - backward: GEMMs for the head's weight gradient and the gradient at the top layer's output,
 //!   a column sum for the head bias; per layer (top down) ONE recurrence dispatch over all `T`
 //!   steps ([`lstm_backward`], same cube layout, the gate-gradient row double-buffered in shared
@@ -25,6 +25,13 @@
 //! uploads overwrite them in place. Dropout factors are computed on the host with [`DropoutMask`]
 //! (WGSL has no 64-bit integers) and uploaded with the inputs; the top layer's recurrence
 //! applies them as it writes its outputs and its backward applies them to the incoming gradient.
+//!
+//! A ragged batch ([`Batch::valid`] with a row shorter than `t`) uploads the valid step counts
+//! with the inputs and compiles the head and forward recurrence with the `ragged` flag: the head
+//! gives padded steps a zero loss and gradient (so their gate gradients come out exactly zero
+//! in the backward, which needs no change), and the forward recurrence writes each slot's final
+//! state at its last valid step. Padded steps still run, so padded inputs must be finite. A
+//! batch without padding takes the unflagged kernels.
 
 use cubecl::bytes::Bytes;
 use cubecl::prelude::*;
@@ -35,7 +42,8 @@ use burn::tensor::Device;
 
 use crate::config::{Head, ModelConfig};
 use crate::dropout::DropoutMask;
-use crate::engine::{Batch, Engine, TrainOut, check_batch, check_forward};
+use crate::engine::math::check_loss;
+use crate::engine::{Batch, Engine, Loss, TrainOut, check_batch, check_forward};
 use crate::error::ModelError;
 use crate::params::ParamLayout;
 use crate::state::SlotStates;
@@ -72,11 +80,12 @@ impl Buf {
 /// Offsets inside the packed upload and result buffers for one shard shape.
 #[derive(Debug, Clone, Copy)]
 struct Packing {
-    /// `[x n*t*I | y n*t*O | h0 L*n*H | c0 L*n*H | mask n*t*H]`.
+    /// `[x n*t*I | y n*t*O | h0 L*n*H | c0 L*n*H | mask n*t*H | valid n]`.
     y: usize,
     h0: usize,
     c0: usize,
     mask: usize,
+    valid: usize,
     data_len: usize,
     /// `[grad P | loss n*t | hT L*n*H | cT L*n*H | dh0 L*n*H | dc0 L*n*H]`.
     loss: usize,
@@ -94,7 +103,8 @@ impl Packing {
         let h0 = y + nt * cfg.output;
         let c0 = h0 + st;
         let mask = c0 + st;
-        let data_len = mask + nt * cfg.hidden;
+        let valid = mask + nt * cfg.hidden;
+        let data_len = valid + n;
         let loss = params;
         let ht = loss + nt;
         let ct = ht + st;
@@ -105,6 +115,7 @@ impl Packing {
             h0,
             c0,
             mask,
+            valid,
             data_len,
             loss,
             ht,
@@ -137,6 +148,14 @@ struct Workspace {
     res: Buf,
     /// Host staging for the packed upload.
     staging: Vec<f32>,
+}
+
+/// What a training pass computes beyond the forward.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    /// Some rows have padded steps (their valid step counts are uploaded).
+    ragged: bool,
+    loss: Loss,
 }
 
 /// The fused LSTM engine on a wgpu device.
@@ -409,7 +428,13 @@ impl WgpuFusedEngine {
     }
 
     /// Forward of every layer and the head; with `train`, also the loss and backward.
-    fn run(&self, ws: &Workspace, train: bool, masked: bool) -> Result<(), ModelError> {
+    fn run(&self, ws: &Workspace, train: Option<Step>, masked: bool) -> Result<(), ModelError> {
+        let ragged = train.is_some_and(|s| s.ragged);
+        let (mae, huber, delta) = match train.map_or(Loss::Mse, |s| s.loss) {
+            Loss::Mse => (false, false, 0.0),
+            Loss::Mae => (true, false, 0.0),
+            Loss::Huber(d) => (false, true, d),
+        };
         let cfg = &self.cfg;
         let (n, t, h, fo) = (ws.n, ws.t, cfg.hidden, cfg.output);
         let (nt, g4, pk) = (n * t, 4 * h, ws.pack);
@@ -457,8 +482,10 @@ impl WgpuFusedEngine {
                     pk.mask as u32,
                     (pk.ht + k * st) as u32,
                     (pk.ct + k * st) as u32,
+                    pk.valid as u32,
                     h,
                     top && masked,
+                    ragged,
                 );
             }
         }
@@ -482,13 +509,19 @@ impl WgpuFusedEngine {
                 hb as u32,
                 pk.y as u32,
                 pk.loss as u32,
+                t as u32,
+                pk.valid as u32,
+                delta,
                 h,
                 fo,
                 cfg.head == Head::Softmax,
-                train,
+                train.is_some(),
+                ragged,
+                mae,
+                huber,
             );
         }
-        if !train {
+        if train.is_none() {
             return Ok(());
         }
         // head: dW = dzᵀ·top, db = column sums of dz, dy = dz·W (dropout applied by the backward)
@@ -667,6 +700,7 @@ impl Engine for WgpuFusedEngine {
         want_init_grad: bool,
     ) -> Result<TrainOut, ModelError> {
         check_batch(&self.cfg, params.len(), self.layout.len(), batch, init)?;
+        check_loss(batch.loss)?;
         let (n, t, h) = (batch.n, batch.t, self.cfg.hidden);
         if n == 0 || t == 0 {
             // nothing runs: no loss, no gradient, the states pass through
@@ -677,6 +711,14 @@ impl Engine for WgpuFusedEngine {
                 final_state: init.clone(),
                 init_grad: want_init_grad.then_some(zeros),
             });
+        }
+        // rows shorter than `t` take the ragged kernels; a batch without padding runs as unmasked
+        let lens = batch.valid.filter(|v| v.iter().any(|&l| l as usize != t));
+        // the counts travel as f32, exact up to 2^24
+        if lens.is_some() && t > 1 << 24 {
+            return Err(self.err(format!(
+                "a ragged shard of {t} steps exceeds the 2^24 steps the engine masks"
+            )));
         }
         let mut ws = self.workspace(n, t)?;
         let mask = batch
@@ -692,9 +734,19 @@ impl Engine for WgpuFusedEngine {
                 );
             }
         }
+        if let Some(v) = lens {
+            let off = ws.pack.valid;
+            for (dst, &l) in ws.staging[off..off + n].iter_mut().zip(v) {
+                *dst = l as f32;
+            }
+        }
         self.upload(&mut ws, params, batch.x, Some(batch.y), init);
+        let step = Step {
+            ragged: lens.is_some(),
+            loss: batch.loss,
+        };
         let out = self
-            .run(&ws, true, mask.is_some())
+            .run(&ws, Some(step), mask.is_some())
             .and_then(|()| self.read(&[&ws.res]));
         let pk = ws.pack;
         self.ws = Some(ws);
@@ -733,7 +785,7 @@ impl Engine for WgpuFusedEngine {
         let mut ws = self.workspace(n, t)?;
         self.upload(&mut ws, params, x, None, init);
         let out = self
-            .run(&ws, false, false)
+            .run(&ws, None, false)
             .and_then(|()| self.read(&[&ws.pred, &ws.res]));
         let pk = ws.pack;
         self.ws = Some(ws);
