@@ -38,7 +38,7 @@ mod tests;
 mod write;
 
 use header::{Parser, Value};
-pub use read::{NpzOptions, parse_npy, read_npy, read_npz, read_npz_with};
+pub use read::{NpzOptions, npz_has, parse_npy, read_npy, read_npz, read_npz_with};
 pub use write::{npy_bytes, write_npy, write_npz};
 
 /// The magic string every `.npy` file starts with.

@@ -550,3 +550,16 @@ impl Iterator for FortranToC {
         (self.remaining, Some(self.remaining))
     }
 }
+
+/// Whether the `.npz` archive at `path` holds an array named `name` (false when it cannot be
+/// read as an archive: the reader proper says why).
+pub fn npz_has(path: &Path, name: &str) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let Ok(archive) = zip::ZipArchive::new(io::BufReader::new(file)) else {
+        return false;
+    };
+    let want = format!("{name}.npy");
+    archive.file_names().any(|n| n == want)
+}
