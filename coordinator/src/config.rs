@@ -36,9 +36,58 @@ pub(crate) struct TrainArgs {
     #[serde(skip)]
     pub dry_run: Option<bool>,
 
-    /// `synthetic` (built-in trajectories) or an .npz file with x, y [, x_val, y_val, cond, cond_val].
+    /// `synthetic` (built-in trajectories), an .npz file with x, y [, x_val, y_val, cond,
+    /// cond_val], or series in long format: .csv, .csv.gz, .parquet, or a ragged .npz (x rows of
+    /// all series concatenated plus `lengths`).
     #[arg(long, env = "CARRY_DATA")]
     pub data: Option<String>,
+    /// Series data: the column naming each series [default: the whole file is one series].
+    #[arg(long, env = "CARRY_ID_COLUMN")]
+    pub id_column: Option<String>,
+    /// Series data: the column ordering each series' rows, ISO dates or numbers, strictly
+    /// increasing within a series [default: file order].
+    #[arg(long, env = "CARRY_TIME_COLUMN")]
+    pub time_column: Option<String>,
+    /// Series data: input columns, comma-separated [default: every value column].
+    #[arg(long, env = "CARRY_INPUT_COLUMNS", value_delimiter = ',')]
+    pub input_columns: Option<Vec<String>>,
+    /// Series data: target columns; the target at step t is their value at step t+1 [default:
+    /// the input columns].
+    #[arg(long, env = "CARRY_TARGET_COLUMNS", value_delimiter = ',')]
+    pub target_columns: Option<Vec<String>>,
+    /// Series data: scale each series by its own statistics, all by global ones, or not at all;
+    /// statistics come from the training part [default: series].
+    #[arg(long, env = "CARRY_SCALE", value_enum)]
+    pub scale: Option<model::series::Scale>,
+    /// Series data: hold out the last K steps of every series for validation [default: 0].
+    #[arg(long, env = "CARRY_VAL_STEPS")]
+    pub val_steps: Option<usize>,
+    /// Series data: shuffle the order series are taken in, seeded, per epoch [default: true].
+    #[arg(long, env = "CARRY_SHUFFLE_SERIES", num_args = 0..=1, default_missing_value = "true", value_parser = boolish!())]
+    pub shuffle_series: Option<bool>,
+    /// Loss per output: mse, mae or huber [default: mse].
+    #[arg(long, env = "CARRY_LOSS", value_enum)]
+    pub loss: Option<model::config::LossKind>,
+    /// Where the Huber loss turns linear [default: 1.0].
+    #[arg(long, env = "CARRY_HUBER_DELTA")]
+    pub huber_delta: Option<f64>,
+    /// Learning-rate schedule after the warm-up: constant, cosine (to 0 at the last step) or
+    /// step (times --lr-gamma every --lr-step-epochs epochs) [default: constant].
+    #[arg(long, env = "CARRY_LR_SCHEDULE", value_enum)]
+    pub lr_schedule: Option<model::config::LrSchedule>,
+    /// Steps of linear learning-rate warm-up [default: 0].
+    #[arg(long, env = "CARRY_WARMUP_STEPS")]
+    pub warmup_steps: Option<u64>,
+    /// Factor of the step schedule [default: 0.5].
+    #[arg(long, env = "CARRY_LR_GAMMA")]
+    pub lr_gamma: Option<f64>,
+    /// Epochs between decays of the step schedule [default: 1].
+    #[arg(long, env = "CARRY_LR_STEP_EPOCHS")]
+    pub lr_step_epochs: Option<u64>,
+    /// Stop when the validation loss has not improved for N epochs; the best epoch's weights are
+    /// kept in best.safetensors beside the last [default: no early stopping].
+    #[arg(long, env = "CARRY_PATIENCE")]
+    pub patience: Option<u64>,
     /// Synthetic training sequences [default: 2000].
     #[arg(long, env = "CARRY_SEQUENCES")]
     pub sequences: Option<usize>,
@@ -226,7 +275,9 @@ pub(crate) struct TrainArgs {
 impl TrainArgs {
     /// Fills every option not given by a flag or environment variable from `file`.
     pub(crate) fn fill_from(&mut self, mut file: TrainArgs) {
-        runtime::fill_from!(self, file; data, sequences, val_sequences, timesteps, features,
+        runtime::fill_from!(self, file; data, id_column, time_column, input_columns,
+            target_columns, scale, val_steps, shuffle_series, loss, huber_delta, lr_schedule,
+            warmup_steps, lr_gamma, lr_step_epochs, patience, sequences, val_sequences, timesteps, features,
             max_data_mb, epochs, steps, batch_size, hidden, layers, dropout, head, lr, beta1, beta2,
             epsilon, clip_norm, compat, init_from, seed, reset_states, val_state, init_from_cond, initial_state, listen,
             health_listen, metrics_listen, ui_listen, workers, max_workers, spawn_workers, worker_args, out,
@@ -251,8 +302,19 @@ impl TrainArgs {
 pub(crate) enum DataSource {
     /// The built-in generator.
     Synthetic,
-    /// An `.npz` file.
+    /// An `.npz` file of equal windows.
     Npz(PathBuf),
+    /// A table of series (`.csv`, `.csv.gz`, `.parquet`, ragged `.npz`).
+    Table(PathBuf),
+}
+
+/// Whether `path` names a table of series: by extension, or an `.npz` holding `lengths`.
+pub(crate) fn is_table(path: &std::path::Path) -> bool {
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    if name.ends_with(".csv") || name.ends_with(".csv.gz") || name.ends_with(".parquet") {
+        return true;
+    }
+    name.ends_with(".npz") && model::npy::npz_has(path, "lengths")
 }
 
 /// How progress is shown.
@@ -328,6 +390,8 @@ pub(crate) struct TrainConfig {
     pub spec: TrainSpec,
     /// Whether to learn the initial-state projection from `cond`.
     pub init_from_cond: bool,
+    /// Epochs without a better validation loss before the run stops.
+    pub patience: Option<u64>,
     /// States the first step starts from.
     pub initial_state: Option<PathBuf>,
     /// Weights the run starts from.
@@ -425,7 +489,38 @@ impl TrainArgs {
                     "expected `synthetic` or a path to an .npz file, got an empty value".into(),
                 ));
             }
+            Some(p) if is_table(std::path::Path::new(p)) => DataSource::Table(PathBuf::from(p)),
             Some(p) => DataSource::Npz(PathBuf::from(p)),
+        };
+        let series = match &data {
+            DataSource::Table(_) => Some(model::series::SeriesSpec {
+                id_column: self.id_column.clone(),
+                time_column: self.time_column.clone(),
+                input_columns: self.input_columns.clone().unwrap_or_default(),
+                target_columns: self.target_columns.clone().unwrap_or_default(),
+                scale: self.scale.unwrap_or_default(),
+                val_steps: self.val_steps.unwrap_or(0),
+                shuffle: self.shuffle_series.unwrap_or(true),
+                timesteps: self.timesteps.unwrap_or(96),
+            }),
+            _ => {
+                let given = [
+                    ("id_column", self.id_column.is_some()),
+                    ("time_column", self.time_column.is_some()),
+                    ("input_columns", self.input_columns.is_some()),
+                    ("target_columns", self.target_columns.is_some()),
+                    ("scale", self.scale.is_some()),
+                    ("val_steps", self.val_steps.is_some()),
+                    ("shuffle_series", self.shuffle_series.is_some()),
+                ];
+                if let Some((f, _)) = given.iter().find(|g| g.1) {
+                    return Err(bad(
+                        f,
+                        "applies to series data (--data FILE.csv, .csv.gz, .parquet or a ragged .npz with `lengths`), not to windows".into(),
+                    ));
+                }
+                None
+            }
         };
         let spec = TrainSpec {
             model: ModelConfig {
@@ -451,6 +546,13 @@ impl TrainArgs {
             val_state: self.val_state.unwrap_or(ValState::Carry),
             clip_norm: self.clip_norm,
             compat: self.compat.unwrap_or_default(),
+            loss: self.loss.unwrap_or_default(),
+            huber_delta: self.huber_delta.unwrap_or(1.0),
+            lr_schedule: self.lr_schedule.unwrap_or_default(),
+            warmup_steps: self.warmup_steps.unwrap_or(0),
+            lr_gamma: self.lr_gamma.unwrap_or(0.5),
+            lr_step_epochs: self.lr_step_epochs.unwrap_or(1),
+            series,
         };
         let pair = proto::security::cert_and_key(self.tls_cert, self.tls_key)
             .map_err(|(field, msg)| bad(field, msg))?;
@@ -500,6 +602,7 @@ impl TrainArgs {
             max_data_bytes: self.max_data_mb.map(|mb| mb.saturating_mul(1 << 20)),
             spec,
             init_from_cond: self.init_from_cond.unwrap_or(false),
+            patience: self.patience,
             initial_state: self.initial_state,
             init_from: self.init_from,
             given: GivenShape {

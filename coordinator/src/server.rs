@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use model::checkpoint::Checkpoint;
-use model::data::{Dataset, SyntheticSpec, load_npz_with, synthetic};
+use model::data::{SyntheticSpec, load_npz_with, synthetic};
 use model::state::SlotStates;
-use model::trainer::Trainer;
+use model::trainer::{Data, Trainer};
 use proto::pb::coordinator_server::CoordinatorServer;
 use proto::security::CheckToken;
 use tokio::net::TcpListener;
@@ -30,8 +30,18 @@ const FINISH_GRACE: Duration = Duration::from_secs(10);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Loads the training data the config names.
-pub(crate) fn load_data(cfg: &TrainConfig) -> Result<Dataset, CoordError> {
-    Ok(match &cfg.data {
+pub(crate) fn load_data(cfg: &TrainConfig) -> Result<Data, CoordError> {
+    let windows = match &cfg.data {
+        DataSource::Table(p) => {
+            let spec = cfg
+                .spec
+                .series
+                .as_ref()
+                .expect("series settings for a table");
+            let (table, spec) = model::series::read(p, spec, cfg.max_data_bytes)?;
+            let d = model::series::SeriesData::new(&table, &spec, None)?;
+            return Ok(Data::Series(Arc::new(d)));
+        }
         DataSource::Synthetic => synthetic(&SyntheticSpec {
             sequences: cfg.sequences,
             val_sequences: cfg.val_sequences,
@@ -41,7 +51,16 @@ pub(crate) fn load_data(cfg: &TrainConfig) -> Result<Dataset, CoordError> {
             noise: 0.05,
         }),
         DataSource::Npz(p) => load_npz_with(p, cfg.timesteps, cfg.features, cfg.max_data_bytes)?,
-    })
+    };
+    Ok(Data::Windows(Arc::new(windows)))
+}
+
+/// Whether `data` has a validation part.
+fn has_validation(data: &Data) -> bool {
+    match data {
+        Data::Windows(d) => d.val.is_some(),
+        Data::Series(d) => d.spec.val_steps > 0,
+    }
 }
 
 /// Reads the `h` and `c` of `--initial-state` (each `[layers, B, H]`).
@@ -84,8 +103,9 @@ fn initial_states(cfg: &TrainConfig, t: &Trainer) -> Result<Option<SlotStates>, 
 }
 
 /// The trainer for a new run, or the resumed one.
-pub(crate) fn trainer(cfg: &TrainConfig, data: Dataset) -> Result<Trainer, CoordError> {
+pub(crate) fn trainer(cfg: &TrainConfig, data: Data) -> Result<Trainer, CoordError> {
     let mut spec = cfg.spec.clone();
+    spec.series = data.series().map(|d| d.spec.clone());
     spec.model.input = data.input_features();
     spec.model.output = data.output_features();
     spec.model.cond = if cfg.init_from_cond {
@@ -96,10 +116,12 @@ pub(crate) fn trainer(cfg: &TrainConfig, data: Dataset) -> Result<Trainer, Coord
     if cfg.init_from_cond && data.cond_width().is_none() {
         return Err(CoordError::Config {
             field: "init_from_cond".into(),
-            msg: format!("the data {} has no `cond` array to project from", data.name),
+            msg: format!(
+                "the data {} has no `cond` array to project from",
+                data.name()
+            ),
         });
     }
-    let data = Arc::new(data);
     let resume_from = match (&cfg.resume, cfg.auto_resume) {
         (Some(p), _) => Some(p.clone()),
         (None, true) if model::checkpoint::resolve(cfg.out.path()).is_file() => {
@@ -152,7 +174,7 @@ pub(crate) fn trainer(cfg: &TrainConfig, data: Dataset) -> Result<Trainer, Coord
 fn init_from(
     cfg: &TrainConfig,
     spec: &mut model::config::TrainSpec,
-    data: &Dataset,
+    data: &Data,
     path: &std::path::Path,
 ) -> Result<(Vec<f32>, std::path::PathBuf), CoordError> {
     let m = model::export::load_any(path, cfg.given.head)?;
@@ -238,22 +260,44 @@ pub(crate) async fn run(
 ) -> Result<Summary, CoordError> {
     let run_dir = crate::rundir::prepare(&cfg)?;
     let data = load_data(&cfg)?;
-    let streams = model::stream::Streams::new(data.train.x.n, cfg.spec.batch_size, &data.name)?;
-    if streams.dropped > 0 {
-        warn!(
-            dropped = streams.dropped,
-            sequences = streams.sequences,
-            batch = streams.batch,
-            "the trailing partial batch is dropped: {} sequences do not fill a batch of {}",
-            streams.dropped,
-            streams.batch
-        );
+    let sequences = match &data {
+        Data::Windows(d) => {
+            let streams = model::stream::Streams::new(d.train.x.n, cfg.spec.batch_size, &d.name)?;
+            if streams.dropped > 0 {
+                warn!(
+                    dropped = streams.dropped,
+                    sequences = streams.sequences,
+                    batch = streams.batch,
+                    "the trailing partial batch is dropped: {} sequences do not fill a batch of {}",
+                    streams.dropped,
+                    streams.batch
+                );
+            }
+            streams.sequences
+        }
+        Data::Series(d) => {
+            info!(
+                series = d.len(),
+                inputs = %d.spec.input_columns.join(","),
+                targets = %d.spec.target_columns.join(","),
+                scale = %d.spec.scale,
+                val_steps = d.spec.val_steps,
+                "series"
+            );
+            d.len()
+        }
+    };
+    if cfg.patience.is_some() && !has_validation(&data) {
+        return Err(CoordError::Config {
+            field: "patience".into(),
+            msg: "early stopping watches the validation loss, and the data has no validation part (give --val-steps K for series, x_val/y_val in an .npz)".into(),
+        });
     }
     let trainer = trainer(&cfg, data)?;
     info!(
-        data = %trainer.data().name,
-        sequences = streams.sequences,
-        steps_per_epoch = streams.steps_per_epoch,
+        data = %trainer.data().name(),
+        sequences,
+        steps_per_epoch = trainer.steps_in_epoch(),
         total_steps = trainer.total_steps(),
         params = trainer.layout().len(),
         out = %run_dir.path().display(),
@@ -265,6 +309,9 @@ pub(crate) async fn run(
     }
     // cancelled by the reporter when a file cannot be written: the job stops at once
     let fatal = CancellationToken::new();
+    // cancelled by the reporter when early stopping ends the run: it stops like a signal, and
+    // the checkpoint of where it stands is written
+    let early = CancellationToken::new();
     let (events, reporter, status) = report::spawn(
         ReportConfig {
             out: run_dir.path().to_path_buf(),
@@ -272,6 +319,8 @@ pub(crate) async fn run(
             total_steps: trainer.total_steps(),
             start_step: trainer.cursor().global,
             batch_size: cfg.spec.batch_size,
+            patience: cfg.patience,
+            early: early.clone(),
         },
         fatal.clone(),
     )?;
@@ -298,10 +347,12 @@ pub(crate) async fn run(
     };
     let watch = {
         let (stop, shutdown, fatal) = (stop.clone(), shutdown.clone(), fatal.clone());
+        let early = early.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = fatal.cancelled() => {}
+                _ = early.cancelled() => {}
             }
             stop.cancel();
         })

@@ -41,6 +41,9 @@ pub struct Checkpoint {
     pub total_steps: u64,
     /// The states were set explicitly and the next step starts from them.
     pub explicit_states: bool,
+    /// Scaling statistics of series data (so outputs, forecasts and scores are in the user's
+    /// units).
+    pub scaler: Option<crate::series::Scaler>,
 }
 
 /// The checkpoint file for `path`: the path itself if it is a file, else `path/checkpoint.safetensors`.
@@ -74,6 +77,12 @@ impl Checkpoint {
         meta.insert("total_steps".into(), self.total_steps.to_string());
         if self.explicit_states {
             meta.insert("explicit_states".into(), "true".into());
+        }
+        if let Some(s) = &self.scaler {
+            meta.insert(
+                "scaler".into(),
+                serde_json::to_string(s).expect("scaler serializes"),
+            );
         }
         crate::st::write(
             path,
@@ -157,6 +166,12 @@ impl Checkpoint {
             data_name: get("data")?.clone(),
             total_steps,
             explicit_states: meta.get("explicit_states").is_some_and(|v| v == "true"),
+            scaler: match meta.get("scaler") {
+                Some(s) => Some(
+                    serde_json::from_str(s).map_err(|e| bad(format!("metadata `scaler`: {e}")))?,
+                ),
+                None => None,
+            },
         })
     }
 }

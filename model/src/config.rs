@@ -120,6 +120,64 @@ impl fmt::Display for Compat {
     }
 }
 
+/// The training loss per output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    /// Mean squared error.
+    #[default]
+    Mse,
+    /// Mean absolute error.
+    Mae,
+    /// Huber loss with `--huber-delta`.
+    Huber,
+}
+
+impl fmt::Display for LossKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Mse => "mse",
+            Self::Mae => "mae",
+            Self::Huber => "huber",
+        })
+    }
+}
+
+/// How the learning rate changes over the run (after the linear warm-up of `warmup_steps`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// The same rate throughout.
+    #[default]
+    Constant,
+    /// Cosine decay from the rate to 0 over the steps after the warm-up.
+    Cosine,
+    /// Multiplied by `lr_gamma` every `lr_step_epochs` epochs.
+    Step,
+}
+
+impl fmt::Display for LrSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Constant => "constant",
+            Self::Cosine => "cosine",
+            Self::Step => "step",
+        })
+    }
+}
+
+fn default_huber_delta() -> f64 {
+    1.0
+}
+
+fn default_lr_gamma() -> f64 {
+    0.5
+}
+
+fn default_lr_step_epochs() -> u64 {
+    1
+}
+
 /// Where validation streams start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -320,6 +378,51 @@ pub struct TrainSpec {
     /// but with both biases).
     #[serde(default)]
     pub compat: Compat,
+    /// The loss per output.
+    #[serde(default)]
+    pub loss: LossKind,
+    /// Where the Huber loss turns from quadratic to linear.
+    #[serde(default = "default_huber_delta")]
+    pub huber_delta: f64,
+    /// Learning-rate schedule.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Steps of linear warm-up from `lr / warmup_steps` to `lr`.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// Factor of the `step` schedule.
+    #[serde(default = "default_lr_gamma")]
+    pub lr_gamma: f64,
+    /// Epochs between the `step` schedule's decays.
+    #[serde(default = "default_lr_step_epochs")]
+    pub lr_step_epochs: u64,
+    /// How a table of series becomes training data (`None`: `.npz` windows or synthetic data).
+    #[serde(default)]
+    pub series: Option<crate::series::SeriesSpec>,
+}
+
+impl Default for TrainSpec {
+    fn default() -> Self {
+        Self {
+            model: ModelConfig::seed(),
+            adam: AdamConfig::default(),
+            batch_size: 10,
+            epochs: 1,
+            max_steps: None,
+            seed: 0,
+            reset: ResetPolicy::default(),
+            val_state: ValState::default(),
+            clip_norm: None,
+            compat: Compat::default(),
+            loss: LossKind::default(),
+            huber_delta: default_huber_delta(),
+            lr_schedule: LrSchedule::default(),
+            warmup_steps: 0,
+            lr_gamma: default_lr_gamma(),
+            lr_step_epochs: default_lr_step_epochs(),
+            series: None,
+        }
+    }
 }
 
 impl TrainSpec {
@@ -353,7 +456,75 @@ impl TrainSpec {
                 format!("expected a positive finite norm, got {c}"),
             );
         }
+        if !(self.huber_delta.is_finite() && self.huber_delta > 0.0) {
+            return bad(
+                "huber_delta",
+                format!("expected a positive finite value, got {}", self.huber_delta),
+            );
+        }
+        if !(self.lr_gamma.is_finite() && self.lr_gamma > 0.0 && self.lr_gamma <= 1.0) {
+            return bad(
+                "lr_gamma",
+                format!("expected a factor in (0, 1], got {}", self.lr_gamma),
+            );
+        }
+        if self.lr_step_epochs == 0 {
+            return bad("lr_step_epochs", "expected at least 1 epoch, got 0".into());
+        }
+        if self.loss != LossKind::Mse && self.model.head == Head::Softmax {
+            return bad(
+                "loss",
+                format!(
+                    "the softmax head is trained with squared error; `{}` needs the linear head",
+                    self.loss
+                ),
+            );
+        }
+        if let Some(s) = &self.series {
+            if s.timesteps == 0 {
+                return bad(
+                    "timesteps",
+                    "expected at least 1 step per chunk, got 0".into(),
+                );
+            }
+            if self.model.cond.is_some() {
+                return bad(
+                    "init_from_cond",
+                    "series data has no conditioning vectors; series start from zero states".into(),
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The per-output loss of the run.
+    pub fn loss_fn(&self) -> crate::engine::Loss {
+        match self.loss {
+            LossKind::Mse => crate::engine::Loss::Mse,
+            LossKind::Mae => crate::engine::Loss::Mae,
+            LossKind::Huber => crate::engine::Loss::Huber(self.huber_delta as f32),
+        }
+    }
+
+    /// The learning rate of global step `step` in epoch `epoch` of a run of `total` steps.
+    pub fn lr_at(&self, step: u64, epoch: u64, total: u64) -> f64 {
+        let base = self.adam.lr;
+        let w = self.warmup_steps;
+        if step < w {
+            return base * (step + 1) as f64 / w as f64;
+        }
+        match self.lr_schedule {
+            LrSchedule::Constant => base,
+            LrSchedule::Cosine => {
+                let span = total.saturating_sub(w).max(1) as f64;
+                let p = ((step - w) as f64 / span).min(1.0);
+                base * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+            }
+            LrSchedule::Step => {
+                let k = (epoch / self.lr_step_epochs).min(i32::MAX as u64) as i32;
+                base * self.lr_gamma.powi(k)
+            }
+        }
     }
 
     /// Checks that a run saved with `saved` can continue under these settings: everything that
@@ -397,7 +568,32 @@ impl TrainSpec {
         )?;
         let clip = |c: Option<f64>| c.map_or("none".into(), |c| c.to_string());
         differs("clip_norm", clip(self.clip_norm), clip(saved.clip_norm))?;
-        differs("compat", self.compat.to_string(), saved.compat.to_string())
+        differs("compat", self.compat.to_string(), saved.compat.to_string())?;
+        differs("loss", self.loss.to_string(), saved.loss.to_string())?;
+        differs(
+            "huber_delta",
+            self.huber_delta.to_string(),
+            saved.huber_delta.to_string(),
+        )?;
+        differs(
+            "lr_schedule",
+            self.lr_schedule.to_string(),
+            saved.lr_schedule.to_string(),
+        )?;
+        differs(
+            "warmup_steps",
+            self.warmup_steps.to_string(),
+            saved.warmup_steps.to_string(),
+        )?;
+        let series = |s: &Option<crate::series::SeriesSpec>| {
+            s.as_ref().map_or("windows".to_string(), |s| {
+                format!(
+                    "series (inputs {:?}, targets {:?}, scale {}, val_steps {}, timesteps {}, shuffle {})",
+                    s.input_columns, s.target_columns, s.scale, s.val_steps, s.timesteps, s.shuffle
+                )
+            })
+        };
+        differs("data", series(&self.series), series(&saved.series))
     }
 }
 
@@ -435,6 +631,7 @@ mod tests {
             val_state: ValState::Carry,
             clip_norm: None,
             compat: Compat::Keras,
+            ..Default::default()
         }
     }
 
@@ -474,6 +671,34 @@ mod tests {
         assert!(other.check_resume(&saved).is_err());
         let other = TrainSpec { seed: 2, ..spec() };
         assert!(other.check_resume(&saved).is_err());
+    }
+
+    #[test]
+    fn learning_rate_schedules_and_warmup() {
+        let mut s = spec();
+        s.adam.lr = 0.1;
+        assert_eq!(s.lr_at(0, 0, 100), 0.1);
+        assert_eq!(s.lr_at(99, 3, 100), 0.1);
+        s.warmup_steps = 4;
+        for (g, want) in [0.025, 0.05, 0.075, 0.1, 0.1].into_iter().enumerate() {
+            assert!((s.lr_at(g as u64, 0, 100) - want).abs() < 1e-15, "step {g}");
+        }
+        s.lr_schedule = LrSchedule::Cosine;
+        assert_eq!(s.lr_at(4, 0, 104), 0.1);
+        assert!((s.lr_at(54, 0, 104) - 0.05).abs() < 1e-12, "half way");
+        assert!(s.lr_at(103, 0, 104) < 1e-4 && s.lr_at(103, 0, 104) > 0.0);
+        s.warmup_steps = 0;
+        s.lr_schedule = LrSchedule::Step;
+        s.lr_gamma = 0.5;
+        s.lr_step_epochs = 2;
+        let by_epoch: Vec<f64> = (0..5).map(|e| s.lr_at(e * 10, e, 100)).collect();
+        assert_eq!(by_epoch, [0.1, 0.1, 0.05, 0.05, 0.025]);
+        s.lr_gamma = 1.5;
+        assert!(s.validate().unwrap_err().to_string().contains("lr_gamma"));
+        s.lr_gamma = 0.5;
+        s.loss = LossKind::Mae;
+        s.model.head = Head::Softmax;
+        assert!(s.validate().unwrap_err().to_string().contains("softmax"));
     }
 
     #[test]

@@ -31,9 +31,11 @@ pub mod net;
 pub mod npy;
 pub mod params;
 pub mod rng;
+pub mod series;
 pub mod st;
 pub mod state;
 pub mod stream;
+pub mod table;
 pub mod trainer;
 
 #[cfg(test)]

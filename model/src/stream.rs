@@ -57,10 +57,10 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// The cursor after the current step.
-    pub fn next(self, streams: &Streams) -> Self {
+    /// The cursor after the current step of an epoch of `steps_in_epoch` steps.
+    pub fn next(self, steps_in_epoch: u64) -> Self {
         let step = self.step + 1;
-        if step == streams.steps_per_epoch {
+        if step >= steps_in_epoch {
             Self {
                 epoch: self.epoch + 1,
                 step: 0,
@@ -126,7 +126,7 @@ mod tests {
         let mut seen = vec![];
         for _ in 0..7 {
             seen.push((c.epoch, c.step, c.global));
-            c = c.next(&s);
+            c = c.next(s.steps_per_epoch);
         }
         assert_eq!(
             seen,

@@ -245,6 +245,8 @@ fn gradients_match_finite_differences() {
                 epoch: 0,
                 step: 2,
             }),
+            valid: None,
+            loss: Default::default(),
         };
         let mut e = CpuEngine::new(&cfg, 1);
         for start in [
@@ -343,6 +345,8 @@ fn fused_cpu_engine_matches_burns_stock_lstm_across_shapes() {
                     y: &y,
                     slots: &slots,
                     dropout: Some(key),
+                    valid: None,
+                    loss: Default::default(),
                 };
                 let what = format!("n={n} H={hidden} T={t} {head:?}");
                 let a = fused.train_step(&p, &batch, &init, true).unwrap();
@@ -384,6 +388,8 @@ fn results_do_not_depend_on_how_slots_are_split() {
                 y: &y,
                 slots: &slots,
                 dropout: key,
+                valid: None,
+                loss: Default::default(),
             },
             &init,
             false,
@@ -402,6 +408,8 @@ fn results_do_not_depend_on_how_slots_are_split() {
             y: &y[part.start * t * 2..part.end * t * 2],
             slots: &slots[part.clone()],
             dropout: key,
+            valid: None,
+            loss: Default::default(),
         };
         let out = e.train_step(&p, &b, &init.gather(&idx), false).unwrap();
         for (g, v) in grad.iter_mut().zip(&out.grad) {
@@ -431,6 +439,7 @@ fn spec(batch: usize, reset: ResetPolicy) -> TrainSpec {
         val_state: ValState::Carry,
         clip_norm: None,
         compat: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -477,12 +486,11 @@ fn state_carries_slot_by_slot_and_resets_by_policy() {
             }
             // slot s holds sequence step*B + s
             let want: Vec<f32> = (0..b)
-                .flat_map(|s| {
-                    tr.data()
-                        .train
-                        .x
-                        .seq(plan.cursor.step as usize * b + s)
-                        .to_vec()
+                .flat_map(|s| match tr.data() {
+                    crate::trainer::Data::Windows(d) => {
+                        d.train.x.seq(plan.cursor.step as usize * b + s).to_vec()
+                    }
+                    crate::trainer::Data::Series(_) => unreachable!("windows"),
                 })
                 .collect();
             assert_eq!(shard.x, want);
@@ -732,6 +740,8 @@ fn fused_wgpu_matches_the_cpu_engine() {
                         y: &y,
                         slots: &slots,
                         dropout,
+                        valid: None,
+                        loss: Default::default(),
                     };
                     let what = format!(
                         "n={n} H={hidden} T={t} {head:?} dropout={}",
@@ -792,6 +802,8 @@ fn fused_wgpu_matches_the_cpu_engine_on_wide_layers() {
                 epoch: 1,
                 step: 1,
             }),
+            valid: None,
+            loss: Default::default(),
         };
         let a = CpuEngine::new(&cfg, 1)
             .train_step(&p, &batch, &init, true)
@@ -874,6 +886,8 @@ fn fused_wgpu_rejects_bad_shapes_without_panicking() {
         y: &y,
         slots: &slots,
         dropout: None,
+        valid: None,
+        loss: Default::default(),
     };
     assert!(
         e.train_step(&p[1..], &batch, &init, false).is_err(),
@@ -990,6 +1004,8 @@ fn bench_train_step() {
                 epoch: 0,
                 step: 0,
             }),
+            valid: None,
+            loss: Default::default(),
         };
         let engines: Vec<(Box<dyn Engine>, usize)> = vec![
             (Box::new(CpuEngine::new(&cfg, 0)), 50),

@@ -14,12 +14,101 @@ use crate::checkpoint::Checkpoint;
 use crate::config::{Compat, ModelConfig, TrainSpec, ValState};
 use crate::data::{Dataset, Split};
 use crate::dropout::DropoutKey;
-use crate::engine::{Batch, Engine};
+use crate::engine::{Batch, Engine, Loss};
 use crate::error::{ModelError, check_finite};
 use crate::net::{self, Start};
 use crate::params::{ParamLayout, init_params};
+use crate::series::SeriesData;
+use crate::series::schedule::{EpochPlan, SlotWork, epoch_order};
 use crate::state::SlotStates;
 use crate::stream::{Cursor, Streams, total_steps};
+
+/// What a trainer trains on.
+#[derive(Debug, Clone)]
+pub enum Data {
+    /// Equal windows in the Keras stateful layout (`.npz` or synthetic).
+    Windows(Arc<Dataset>),
+    /// Many series of any length, scheduled over the slots.
+    Series(Arc<SeriesData>),
+}
+
+impl From<Arc<Dataset>> for Data {
+    fn from(d: Arc<Dataset>) -> Self {
+        Self::Windows(d)
+    }
+}
+
+impl From<Arc<SeriesData>> for Data {
+    fn from(d: Arc<SeriesData>) -> Self {
+        Self::Series(d)
+    }
+}
+
+impl Data {
+    /// Where it came from.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Windows(d) => &d.name,
+            Self::Series(d) => &d.name,
+        }
+    }
+
+    /// A digest of the data.
+    pub fn fingerprint(&self) -> String {
+        match self {
+            Self::Windows(d) => d.fingerprint(),
+            Self::Series(d) => d.fingerprint(),
+        }
+    }
+
+    /// Input features.
+    pub fn input_features(&self) -> usize {
+        match self {
+            Self::Windows(d) => d.input_features(),
+            Self::Series(d) => d.fi,
+        }
+    }
+
+    /// Target features.
+    pub fn output_features(&self) -> usize {
+        match self {
+            Self::Windows(d) => d.output_features(),
+            Self::Series(d) => d.fo,
+        }
+    }
+
+    /// Width of the conditioning vectors, if any.
+    pub fn cond_width(&self) -> Option<usize> {
+        match self {
+            Self::Windows(d) => d.cond_width(),
+            Self::Series(_) => None,
+        }
+    }
+
+    /// The series, when the data is series.
+    pub fn series(&self) -> Option<&Arc<SeriesData>> {
+        match self {
+            Self::Series(d) => Some(d),
+            Self::Windows(_) => None,
+        }
+    }
+}
+
+/// How steps are laid out over the slots.
+#[derive(Debug, Clone)]
+enum Layout {
+    /// Sequence `step * B + slot`.
+    Windows(Streams),
+    /// The epoch's series schedule.
+    Series {
+        /// Chunks in each series' training part.
+        chunks: Vec<u64>,
+        /// The plan of the cursor's epoch.
+        plan: Arc<EpochPlan>,
+        /// Its epoch.
+        epoch: u64,
+    },
+}
 
 /// What the next step is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,9 +140,40 @@ pub struct ShardData {
     pub reset: bool,
     /// Dropout key of the step.
     pub dropout: Option<DropoutKey>,
+    /// Valid steps of each slot (`None`: all `t`); the rest is padding.
+    pub valid: Option<Vec<u32>>,
+    /// Slots that start a new series: their initial state is zero whatever `init` holds.
+    pub resets: Option<Vec<bool>>,
+    /// The loss per output.
+    pub loss: Loss,
 }
 
 impl ShardData {
+    /// The `(h, c)` the shard's slots start from: the reset state (zero, or the projection of
+    /// the conditioning vectors) at a reset, zero for slots that start a new series, else `init`.
+    pub fn initial_states(
+        &self,
+        model: &ModelConfig,
+        params: &[f32],
+    ) -> Result<SlotStates, ModelError> {
+        if self.reset {
+            return net::initial_states(
+                model,
+                params,
+                self.slots.len(),
+                Start::Reset {
+                    cond: self.cond.as_deref(),
+                },
+            );
+        }
+        Ok(
+            match self.resets.as_ref().filter(|r| r.iter().any(|&b| b)) {
+                Some(r) => zero_rows(&self.init, r),
+                None => self.init.clone(),
+            },
+        )
+    }
+
     /// Computes the shard on `engine`: `(loss_sum, gradient of loss_sum, final states)`.
     pub fn compute(
         &self,
@@ -68,11 +188,17 @@ impl ShardData {
             y: &self.y,
             slots: &self.slots,
             dropout: self.dropout,
+            valid: self.valid.as_deref(),
+            loss: self.loss,
         };
+        let reset_rows;
         let start = if self.reset {
             Start::Reset {
                 cond: self.cond.as_deref(),
             }
+        } else if let Some(r) = self.resets.as_ref().filter(|r| r.iter().any(|&b| b)) {
+            reset_rows = zero_rows(&self.init, r);
+            Start::Carry(&reset_rows)
         } else {
             Start::Carry(&self.init)
         };
@@ -114,8 +240,8 @@ pub struct Committed {
 #[derive(Debug, Clone)]
 pub struct Trainer {
     spec: TrainSpec,
-    data: Arc<Dataset>,
-    streams: Streams,
+    data: Data,
+    layout_: Layout,
     layout: ParamLayout,
     params: Vec<f32>,
     adam: AdamState,
@@ -132,28 +258,55 @@ pub struct Trainer {
 
 impl Trainer {
     /// A fresh run of `spec` on `data`, parameters initialized from the seed.
-    pub fn new(spec: TrainSpec, data: Arc<Dataset>) -> Result<Self, ModelError> {
+    pub fn new(spec: TrainSpec, data: impl Into<Data>) -> Result<Self, ModelError> {
+        let data = data.into();
         let fingerprint = data.fingerprint();
         Self::with_fingerprint(spec, data, fingerprint)
     }
 
     fn with_fingerprint(
         spec: TrainSpec,
-        data: Arc<Dataset>,
+        data: Data,
         fingerprint: String,
     ) -> Result<Self, ModelError> {
         check_spec_fits_data(&spec, &data)?;
         let params = init_params(&spec.model, spec.seed);
         let layout = ParamLayout::new(&spec.model);
-        let streams = Streams::new(data.train.x.n, spec.batch_size, &data.name)?;
+        let (layout_, total) = match &data {
+            Data::Windows(d) => {
+                let streams = Streams::new(d.train.x.n, spec.batch_size, &d.name)?;
+                let total = total_steps(&streams, spec.epochs, spec.max_steps);
+                (Layout::Windows(streams), total)
+            }
+            Data::Series(d) => {
+                let t = series_timesteps(&spec);
+                let chunks = d.chunks(t);
+                let mut total = 0u64;
+                for e in 0..spec.epochs {
+                    total += series_plan(&spec, d, &chunks, e).steps;
+                    if spec.max_steps.is_some_and(|m| total >= m) {
+                        break;
+                    }
+                }
+                let total = spec.max_steps.map_or(total, |m| m.min(total));
+                let plan = Arc::new(series_plan(&spec, d, &chunks, 0));
+                (
+                    Layout::Series {
+                        chunks,
+                        plan,
+                        epoch: 0,
+                    },
+                    total,
+                )
+            }
+        };
         let states = SlotStates::zeros(spec.model.layers, spec.batch_size, spec.model.hidden);
-        let total = total_steps(&streams, spec.epochs, spec.max_steps);
         Ok(Self {
             fingerprint,
             adam: AdamState::new(layout.len()),
             spec,
             data,
-            streams,
+            layout_,
             layout,
             params,
             cursor: Cursor::default(),
@@ -164,14 +317,17 @@ impl Trainer {
     }
 
     /// Continues the run saved in `ck`; refused when `data` is not the data it was trained on.
-    pub fn resume(ck: Checkpoint, data: Arc<Dataset>) -> Result<Self, ModelError> {
+    pub fn resume(ck: Checkpoint, data: impl Into<Data>) -> Result<Self, ModelError> {
+        let data = data.into();
         let fp = data.fingerprint();
         if fp != ck.fingerprint {
             return Err(ModelError::Checkpoint {
                 path: ck.path.clone(),
                 msg: format!(
                     "the checkpoint was trained on other data (fingerprint {}, from {}); the given data `{}` has fingerprint {fp}",
-                    ck.fingerprint, ck.data_name, data.name
+                    ck.fingerprint,
+                    ck.data_name,
+                    data.name()
                 ),
             });
         }
@@ -189,6 +345,7 @@ impl Trainer {
         t.params = ck.params;
         t.adam = ck.adam;
         t.cursor = ck.cursor;
+        t.refresh_epoch_plan();
         t.states = ck.states;
         t.explicit_states = ck.explicit_states;
         Ok(t)
@@ -200,13 +357,68 @@ impl Trainer {
     }
 
     /// The data.
-    pub fn data(&self) -> &Arc<Dataset> {
+    pub fn data(&self) -> &Data {
         &self.data
     }
 
-    /// The stream layout of the training data.
-    pub fn streams(&self) -> &Streams {
-        &self.streams
+    /// Time steps per chunk.
+    pub fn timesteps(&self) -> usize {
+        match &self.data {
+            Data::Windows(d) => d.timesteps(),
+            Data::Series(_) => series_timesteps(&self.spec),
+        }
+    }
+
+    /// Steps in the cursor's epoch.
+    pub fn steps_in_epoch(&self) -> u64 {
+        match &self.layout_ {
+            Layout::Windows(s) => s.steps_per_epoch,
+            Layout::Series { plan, .. } => plan.steps,
+        }
+    }
+
+    /// What slot `slot` holds in the step `plan`, for messages: `sequence N`, or the series id
+    /// and chunk.
+    pub fn slot_label(&self, plan: &StepPlan, slot: usize) -> String {
+        match (&self.layout_, &self.data) {
+            (Layout::Windows(s), _) => format!("sequence {}", s.sequence(plan.cursor.step, slot)),
+            (Layout::Series { plan: p, .. }, Data::Series(d)) => match p.at(plan.cursor.step, slot)
+            {
+                SlotWork::Chunk { series, chunk } => {
+                    format!("series `{}` chunk {chunk}", d.ids[series])
+                }
+                SlotWork::Idle => "idle".into(),
+            },
+            _ => unreachable!("series layout with series data"),
+        }
+    }
+
+    /// What every slot does in the step `plan` (series data), for tests and logs.
+    pub fn slot_work(&self, plan: &StepPlan) -> Option<Vec<SlotWork>> {
+        match &self.layout_ {
+            Layout::Series { plan: p, .. } => Some(
+                (0..self.spec.batch_size)
+                    .map(|s| p.at(plan.cursor.step, s))
+                    .collect(),
+            ),
+            Layout::Windows(_) => None,
+        }
+    }
+
+    fn refresh_epoch_plan(&mut self) {
+        if let (
+            Layout::Series {
+                chunks,
+                plan,
+                epoch,
+            },
+            Data::Series(d),
+        ) = (&mut self.layout_, &self.data)
+            && *epoch != self.cursor.epoch
+        {
+            *plan = Arc::new(series_plan(&self.spec, d, chunks, self.cursor.epoch));
+            *epoch = self.cursor.epoch;
+        }
     }
 
     /// Current parameters.
@@ -278,9 +490,18 @@ impl Trainer {
         self.cursor.global >= self.total
     }
 
-    /// Outputs per step: the divisor that turns sums into the batch mean.
-    pub fn outputs_per_step(&self) -> usize {
-        self.spec.batch_size * self.data.timesteps() * self.data.output_features()
+    /// Valid outputs of the step `plan`: the divisor that turns sums into the batch mean.
+    pub fn outputs_in(&self, plan: &StepPlan) -> usize {
+        let fo = self.data.output_features();
+        match (&self.layout_, &self.data) {
+            (Layout::Windows(_), _) => self.spec.batch_size * self.timesteps() * fo,
+            (Layout::Series { .. }, Data::Series(d)) => {
+                let t = self.timesteps();
+                let works = self.slot_work(plan).unwrap_or_default();
+                works.iter().map(|w| chunk_valid(d, w, t)).sum::<usize>() * fo
+            }
+            _ => unreachable!("series layout with series data"),
+        }
     }
 
     /// The next step, or `None` when the run is complete.
@@ -296,19 +517,61 @@ impl Trainer {
         });
         Some(StepPlan {
             cursor: c,
-            reset: self.spec.reset.resets_at(c.step) && !self.explicit_states,
+            // series reset slot by slot, at their boundaries ([`ShardData::resets`])
+            reset: matches!(self.layout_, Layout::Windows(_))
+                && self.spec.reset.resets_at(c.step)
+                && !self.explicit_states,
             dropout,
         })
     }
 
     /// The data and initial states of `slots` for the next step.
     pub fn shard(&self, plan: &StepPlan, slots: Range<usize>) -> ShardData {
-        let split = &self.data.train;
-        let seqs: Vec<usize> = slots
-            .clone()
-            .map(|s| self.streams.sequence(plan.cursor.step, s))
-            .collect();
-        gather_shard(split, &seqs, slots, plan, &self.states)
+        let loss = self.spec.loss_fn();
+        match (&self.layout_, &self.data) {
+            (Layout::Windows(streams), Data::Windows(d)) => {
+                let seqs: Vec<usize> = slots
+                    .clone()
+                    .map(|s| streams.sequence(plan.cursor.step, s))
+                    .collect();
+                let mut shard = gather_shard(&d.train, &seqs, slots, plan, &self.states);
+                shard.loss = loss;
+                shard
+            }
+            (Layout::Series { plan: p, .. }, Data::Series(d)) => {
+                let t = self.timesteps();
+                let works: Vec<SlotWork> =
+                    slots.clone().map(|s| p.at(plan.cursor.step, s)).collect();
+                let slot_list: Vec<usize> = slots.collect();
+                let (mut x, mut y) = (Vec::new(), Vec::new());
+                let mut valid = Vec::with_capacity(works.len());
+                for w in &works {
+                    let len = chunk_valid(d, w, t);
+                    if let SlotWork::Chunk { series, chunk } = *w {
+                        let a = chunk * t;
+                        x.extend_from_slice(&d.x_of(series)[a * d.fi..(a + len) * d.fi]);
+                        y.extend_from_slice(&d.y_of(series)[a * d.fo..(a + len) * d.fo]);
+                    }
+                    x.resize(x.len() + (t - len) * d.fi, 0.0);
+                    y.resize(y.len() + (t - len) * d.fo, 0.0);
+                    valid.push(len as u32);
+                }
+                ShardData {
+                    slots: slot_list.iter().map(|&s| s as u64).collect(),
+                    t,
+                    x,
+                    y,
+                    cond: None,
+                    init: self.states.gather(&slot_list),
+                    reset: false,
+                    dropout: plan.dropout,
+                    valid: Some(valid),
+                    resets: Some(works.iter().map(SlotWork::resets).collect()),
+                    loss,
+                }
+            }
+            _ => unreachable!("the layout follows the data"),
+        }
     }
 
     /// Applies the summed gradient of a step, stores the final states of every slot, advances.
@@ -353,7 +616,7 @@ impl Trainer {
                 &[covered],
             ));
         }
-        let count = self.outputs_per_step() as f32;
+        let count = self.outputs_in(plan) as f32;
         let mut grad: Vec<f32> = grad_sum.iter().map(|g| g / count).collect();
         if self.spec.compat == Compat::Keras {
             // one bias per layer, as Keras has: bias_hh stays what it is (zero)
@@ -369,7 +632,11 @@ impl Trainer {
         // that would poison the model is refused whole, and nothing non-finite is ever stored.
         let mut params = self.params.clone();
         let mut adam = self.adam.clone();
-        adam.step(&self.spec.adam, self.spec.compat, &mut params, &grad);
+        let mut rule = self.spec.adam;
+        rule.lr = self
+            .spec
+            .lr_at(self.cursor.global, self.cursor.epoch, self.total);
+        adam.step(&rule, self.spec.compat, &mut params, &grad);
         let step = self.cursor.global;
         check_finite(
             &format!("parameters after the update of step {step}"),
@@ -385,7 +652,8 @@ impl Trainer {
             self.states.scatter(&slots, st);
         }
         let cursor = self.cursor;
-        self.cursor = cursor.next(&self.streams);
+        self.cursor = cursor.next(self.steps_in_epoch());
+        self.refresh_epoch_plan();
         Ok(Committed {
             cursor,
             loss: loss_sum / f64::from(count),
@@ -406,20 +674,64 @@ impl Trainer {
             .map(Some)
     }
 
-    /// Mean squared error on the validation split, laid out as `B` streams like training and
-    /// starting from the final training states (or zero, per `val_state`); no dropout, no update.
+    /// Mean loss (the run's loss per output) on the validation data; no dropout, no update.
+    ///
+    /// Windows are laid out as `B` streams like training and start from the final training states
+    /// (or zero, per `val_state`). Series continue from their state at the end of their training
+    /// part: each series is run from zero over its training steps, and its last `--val-steps`
+    /// steps are scored.
     pub fn validate(&self, engine: &mut dyn Engine) -> Result<Option<f64>, ModelError> {
-        let Some(val) = &self.data.val else {
+        match &self.data {
+            Data::Windows(d) => self.validate_windows(d, engine),
+            Data::Series(d) => self.validate_series(d, engine),
+        }
+    }
+
+    fn validate_series(
+        &self,
+        d: &SeriesData,
+        engine: &mut dyn Engine,
+    ) -> Result<Option<f64>, ModelError> {
+        let k = d.spec.val_steps;
+        if k == 0 {
+            return Ok(None);
+        }
+        let rows: Vec<&[f32]> = (0..d.len()).map(|i| d.x_of(i)).collect();
+        let (preds, _) = crate::series::packed::forward_rows(
+            engine,
+            &self.spec.model,
+            &self.params,
+            &rows,
+            None,
+            self.spec.batch_size,
+        )?;
+        let loss = self.spec.loss_fn();
+        let mut total = 0.0f64;
+        for (i, p) in preds.iter().enumerate() {
+            let y = d.y_of(i);
+            let a = d.train_steps[i] * d.fo;
+            total += loss_sum(loss, &p[a..], &y[a..]);
+        }
+        Ok(Some(total / (d.len() * k * d.fo) as f64))
+    }
+
+    fn validate_windows(
+        &self,
+        data: &Dataset,
+        engine: &mut dyn Engine,
+    ) -> Result<Option<f64>, ModelError> {
+        let Some(val) = &data.val else {
             return Ok(None);
         };
         let b = self.spec.batch_size;
-        let streams = Streams::new(val.x.n, b, &format!("{} (validation)", self.data.name))?;
+        let streams = Streams::new(val.x.n, b, &format!("{} (validation)", data.name))?;
         let model = &self.spec.model;
         let t = val.x.t;
         let mut states = match self.spec.val_state {
             ValState::Carry => Some(self.states.clone()),
             ValState::Zero => None,
         };
+        let loss = self.spec.loss_fn();
         let mut total = 0.0f64;
         let (mut x, mut y) = (Vec::new(), Vec::new());
         for step in 0..streams.steps_per_epoch {
@@ -437,11 +749,7 @@ impl Trainer {
                 },
             };
             let (pred, fin) = net::forward(engine, model, &self.params, &x, b, t, start)?;
-            total += pred
-                .iter()
-                .zip(&y)
-                .map(|(p, q)| f64::from(p - q).powi(2))
-                .sum::<f64>();
+            total += loss_sum(loss, &pred, &y);
             states = Some(fin);
         }
         let count = streams.steps_per_epoch as f64 * (b * t * val.y.f) as f64;
@@ -458,11 +766,58 @@ impl Trainer {
             adam: self.adam.clone(),
             states: self.states.clone(),
             fingerprint: self.fingerprint.clone(),
-            data_name: self.data.name.clone(),
+            data_name: self.data.name().to_string(),
             total_steps: self.total,
             explicit_states: self.explicit_states,
+            scaler: self.data.series().map(|d| d.scaler.clone()),
         }
     }
+}
+
+/// Sum of the loss over predictions `p` and targets `y`, in f64.
+pub fn loss_sum(loss: Loss, p: &[f32], y: &[f32]) -> f64 {
+    p.iter()
+        .zip(y)
+        .map(|(&a, &b)| match loss {
+            Loss::Mse => f64::from(a - b).powi(2),
+            _ => f64::from(loss.value_and_grad(a, b).0),
+        })
+        .sum()
+}
+
+/// Steps per chunk of a series run.
+fn series_timesteps(spec: &TrainSpec) -> usize {
+    spec.series.as_ref().map_or(1, |s| s.timesteps.max(1))
+}
+
+/// The schedule of epoch `epoch` of a series run.
+fn series_plan(spec: &TrainSpec, d: &SeriesData, chunks: &[u64], epoch: u64) -> EpochPlan {
+    let shuffle = d.spec.shuffle;
+    let order = epoch_order(d.len(), spec.seed, epoch, shuffle);
+    EpochPlan::new(chunks, &order, spec.batch_size)
+}
+
+/// Valid steps of a slot's work in chunks of `t`.
+fn chunk_valid(d: &SeriesData, w: &SlotWork, t: usize) -> usize {
+    match *w {
+        SlotWork::Chunk { series, chunk } => (d.train_steps[series] - chunk * t).min(t),
+        SlotWork::Idle => 0,
+    }
+}
+
+/// `states` with the rows where `reset` is set put to zero.
+fn zero_rows(states: &SlotStates, reset: &[bool]) -> SlotStates {
+    let mut out = states.clone();
+    let (n, hd) = (states.slots(), states.hidden());
+    let (h, c) = out.hc_mut();
+    for k in 0..states.layers() {
+        for (r, _) in reset.iter().enumerate().filter(|(_, z)| **z) {
+            let a = (k * n + r) * hd;
+            h[a..a + hd].fill(0.0);
+            c[a..a + hd].fill(0.0);
+        }
+    }
+    out
 }
 
 /// Scales `grad` so that its global L2 norm is at most `max`, as
@@ -522,11 +877,14 @@ fn gather_shard(
         init,
         reset: plan.reset,
         dropout: plan.dropout,
+        valid: None,
+        resets: None,
+        loss: Loss::Mse,
     }
 }
 
 /// Checks that the model's input, output and conditioning widths fit the data.
-pub fn check_spec_fits_data(spec: &TrainSpec, data: &Dataset) -> Result<(), ModelError> {
+pub fn check_spec_fits_data(spec: &TrainSpec, data: &Data) -> Result<(), ModelError> {
     spec.validate()?;
     let m = &spec.model;
     let err = |field: &str, msg: String| {

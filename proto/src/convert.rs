@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use model::config::{Head, ModelConfig};
 use model::dropout::DropoutKey;
-use model::engine::TrainOut;
+use model::engine::{Loss, TrainOut};
 use model::error::{ModelError, fmt_shape};
 use model::state::SlotStates;
 use model::trainer::{ShardData, StepPlan, Submission};
@@ -240,7 +240,85 @@ pub fn assignment(a: &AssignmentOut<'_>, params: pb::Tensor) -> pb::Assignment {
         h: Some(tensor(&[l, n, h], d.init.h())),
         c: Some(tensor(&[l, n, h], d.init.c())),
         deadline_ms: a.deadline.as_millis().try_into().unwrap_or(u64::MAX),
+        valid_steps: d.valid.clone().unwrap_or_default(),
+        slot_reset: d.resets.clone().unwrap_or_default(),
+        loss: match d.loss {
+            Loss::Mse => pb::Loss::Mse,
+            Loss::Mae => pb::Loss::Mae,
+            Loss::Huber(_) => pb::Loss::Huber,
+        } as i32,
+        huber_delta: match d.loss {
+            Loss::Huber(delta) => delta,
+            _ => 0.0,
+        },
     }
+}
+
+/// The loss an assignment asks for.
+fn loss(a: &pb::Assignment) -> Result<Loss, WireError> {
+    match pb::Loss::try_from(a.loss) {
+        Ok(pb::Loss::Unspecified | pb::Loss::Mse) => Ok(Loss::Mse),
+        Ok(pb::Loss::Mae) => Ok(Loss::Mae),
+        Ok(pb::Loss::Huber) if a.huber_delta.is_finite() && a.huber_delta > 0.0 => {
+            Ok(Loss::Huber(a.huber_delta))
+        }
+        Ok(pb::Loss::Huber) => Err(shape_error(
+            "huber_delta",
+            "a positive finite value".into(),
+            a.huber_delta.to_string(),
+        )),
+        Err(_) => Err(shape_error(
+            "loss",
+            "LOSS_MSE, LOSS_MAE or LOSS_HUBER".into(),
+            a.loss.to_string(),
+        )),
+    }
+}
+
+/// Per-slot valid lengths and reset flags of an assignment of `n` slots of `t` steps.
+#[allow(clippy::type_complexity)]
+fn slot_masks(
+    a: &pb::Assignment,
+    n: usize,
+    t: usize,
+) -> Result<(Option<Vec<u32>>, Option<Vec<bool>>), WireError> {
+    let valid = match a.valid_steps.len() {
+        0 => None,
+        len if len == n => {
+            if let Some((i, v)) = a
+                .valid_steps
+                .iter()
+                .enumerate()
+                .find(|(_, v)| **v as usize > t)
+            {
+                return Err(shape_error(
+                    "valid_steps",
+                    format!("at most {t} steps per slot"),
+                    format!("{v} for slot {i}"),
+                ));
+            }
+            Some(a.valid_steps.clone())
+        }
+        len => {
+            return Err(shape_error(
+                "valid_steps",
+                format!("none or one per slot ({n})"),
+                format!("{len} values"),
+            ));
+        }
+    };
+    let resets = match a.slot_reset.len() {
+        0 => None,
+        len if len == n => Some(a.slot_reset.clone()),
+        len => {
+            return Err(shape_error(
+                "slot_reset",
+                format!("none or one per slot ({n})"),
+                format!("{len} values"),
+            ));
+        }
+    };
+    Ok((valid, resets))
 }
 
 /// A decoded assignment: what a worker computes.
@@ -285,6 +363,8 @@ pub fn work(a: &pb::Assignment, cfg: &ModelConfig) -> Result<Work, WireError> {
         (true, Some(w)) => Some(decode(a.cond.as_ref(), "cond", &[n, w])?),
         _ => None,
     };
+    let (valid, resets) = slot_masks(a, n, t)?;
+    let loss = loss(a)?;
     let end = a.first_slot.checked_add(n as u64).ok_or_else(|| {
         shape_error(
             "first_slot",
@@ -309,6 +389,9 @@ pub fn work(a: &pb::Assignment, cfg: &ModelConfig) -> Result<Work, WireError> {
                 epoch: d.epoch,
                 step: d.step,
             }),
+            valid,
+            resets,
+            loss,
         },
         deadline: (a.deadline_ms > 0).then(|| Duration::from_millis(a.deadline_ms)),
     })
@@ -635,6 +718,9 @@ mod tests {
                 epoch: 2,
                 step: 3,
             }),
+            valid: Some(vec![3, 1]),
+            resets: Some(vec![false, true]),
+            loss: Loss::Huber(0.25),
         };
         let plan = StepPlan {
             cursor: Cursor {
@@ -669,6 +755,40 @@ mod tests {
         );
         assert_eq!(w.data.cond, data.cond);
         assert_eq!(w.data.dropout, data.dropout);
+        assert_eq!(
+            (&w.data.valid, &w.data.resets, w.data.loss),
+            (&data.valid, &data.resets, data.loss)
+        );
+        let mut bad = wire.clone();
+        bad.valid_steps = vec![4, 1];
+        let e = work(&bad, &cfg).unwrap_err().to_string();
+        assert!(
+            e.contains("valid_steps") && e.contains("4 for slot 0"),
+            "{e}"
+        );
+        bad.valid_steps = vec![1];
+        assert!(
+            work(&bad, &cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("one per slot")
+        );
+        let mut bad = wire.clone();
+        bad.loss = 9;
+        assert!(
+            work(&bad, &cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("LOSS_MSE")
+        );
+        bad.loss = pb::Loss::Huber as i32;
+        bad.huber_delta = f32::NAN;
+        assert!(
+            work(&bad, &cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("huber_delta")
+        );
         let mut missing = wire.clone();
         missing.cond = None;
         assert_eq!(

@@ -32,7 +32,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use model::net::{self, Start};
 use model::state::SlotStates;
 use model::trainer::{Committed, ShardData, StepPlan, Submission, Trainer};
 
@@ -922,15 +921,10 @@ impl Job {
                 let seqs: Vec<String> = s
                     .range
                     .clone()
-                    .map(|slot| {
-                        self.trainer
-                            .streams()
-                            .sequence(run.plan.cursor.step, slot)
-                            .to_string()
-                    })
+                    .map(|slot| self.trainer.slot_label(&run.plan, slot))
                     .collect();
                 failure = Some(format!(
-                    "shard {shard} of step {step} (slots {}..{}, sequences {}) failed on {} different workers ({}); the data of those sequences is the likely cause; last error: {why}",
+                    "shard {shard} of step {step} (slots {}..{}, {}) failed on {} different workers ({}); the data there is the likely cause; last error: {why}",
                     s.range.start,
                     s.range.end,
                     seqs.join(", "),
@@ -958,15 +952,8 @@ impl Job {
     /// The states shard `range` of the running step started from.
     fn initial_states(&self, plan: &StepPlan, range: Range<usize>) -> SlotStates {
         let data = self.trainer.shard(plan, range);
-        let m = &self.trainer.spec().model;
-        let start = if data.reset {
-            Start::Reset {
-                cond: data.cond.as_deref(),
-            }
-        } else {
-            Start::Carry(&data.init)
-        };
-        net::initial_states(m, self.trainer.params(), data.slots.len(), start).unwrap_or(data.init)
+        data.initial_states(&self.trainer.spec().model, self.trainer.params())
+            .unwrap_or(data.init)
     }
 
     /// Hands in a decoded result. It is checked for sizes and for bounds no LSTM can break
@@ -1028,7 +1015,7 @@ impl Job {
         let run = self.running.as_ref().expect("admitted");
         let range = run.shards[sub.shard as usize].range.clone();
         let init = self.initial_states(&run.plan, range);
-        screen::check_bounds(sub, &init, self.trainer.data().timesteps())
+        screen::check_bounds(sub, &init, self.trainer.timesteps())
     }
 
     /// Why `sub` needs a second opinion before it can count, if it does.

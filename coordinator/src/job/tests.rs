@@ -24,6 +24,7 @@ fn spec(batch: usize, steps: u64) -> TrainSpec {
         val_state: Default::default(),
         clip_norm: None,
         compat: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -361,7 +362,7 @@ fn the_job_fails_only_when_one_shard_fails_on_several_workers() {
     let f = job.failure().expect("the shard failed on 3 workers");
     assert!(
         f.contains("failed on 3 different workers")
-            && f.contains("sequences 0, 1")
+            && f.contains("sequence 0, sequence 1")
             && f.contains("out of memory"),
         "{f}"
     );

@@ -6,5 +6,6 @@ mod faults;
 mod product;
 mod refusals;
 mod security;
+mod series;
 mod serving;
 mod ui;

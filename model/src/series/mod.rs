@@ -1,0 +1,403 @@
+//! Many real series of any length: built from a long-format [`Table`], scaled, split in time, and
+//! scheduled over the stateful slots ([`schedule`]).
+//!
+//! Series `i` with `r` rows gives `r - 1` steps: the input at step `s` is the input columns of
+//! row `s`, the target the target columns of row `s + 1`. With `--val-steps K`, the last `K` steps
+//! of every series are held out for validation, which continues each series from its state at the
+//! end of its training part.
+
+pub mod packed;
+pub mod schedule;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::ModelError;
+use crate::table::Table;
+
+/// How values are scaled before the model sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scale {
+    /// Each series by its own mean and standard deviation per column.
+    #[default]
+    Series,
+    /// Every series by the mean and standard deviation of all series per column.
+    Global,
+    /// As given.
+    None,
+}
+
+impl std::fmt::Display for Scale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Series => "series",
+            Self::Global => "global",
+            Self::None => "none",
+        })
+    }
+}
+
+/// How a table becomes training series (saved in the checkpoint, so `forecast` and `evaluate`
+/// read new data the same way).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesSpec {
+    /// Column naming the series (`None`: the whole file is one series).
+    pub id_column: Option<String>,
+    /// Column ordering the rows of a series (`None`: file order).
+    pub time_column: Option<String>,
+    /// Input columns, in model input order.
+    pub input_columns: Vec<String>,
+    /// Target columns (the target at step `t` is their value at step `t + 1`).
+    pub target_columns: Vec<String>,
+    /// Scaling.
+    pub scale: Scale,
+    /// Steps held out at the end of every series for validation.
+    pub val_steps: usize,
+    /// Shuffle the order series are taken in, per epoch.
+    pub shuffle: bool,
+    /// Steps per chunk (`--timesteps`).
+    pub timesteps: usize,
+}
+
+impl SeriesSpec {
+    /// The value columns to read: inputs then targets not among them.
+    pub fn columns(&self) -> Vec<String> {
+        let mut cols = self.input_columns.clone();
+        for c in &self.target_columns {
+            if !cols.contains(c) {
+                cols.push(c.clone());
+            }
+        }
+        cols
+    }
+
+    /// Whether targets are the inputs (what an autoregressive forecast needs).
+    pub fn targets_are_inputs(&self) -> bool {
+        self.input_columns == self.target_columns
+    }
+}
+
+/// Mean and standard deviation of one column.
+pub type Stat = [f64; 2];
+
+/// Scaling statistics per column: global, and per series id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scaler {
+    /// The kind.
+    pub kind: Scale,
+    /// Column names the statistics are in order of.
+    pub columns: Vec<String>,
+    /// Statistics over all series.
+    pub global: Vec<Stat>,
+    /// Statistics per series id.
+    pub series: BTreeMap<String, Vec<Stat>>,
+}
+
+/// A standard deviation below this scales by 1 (a constant column).
+const MIN_STD: f64 = 1e-8;
+
+fn stats(rows: impl Iterator<Item = f64> + Clone) -> Stat {
+    let (mut n, mut sum) = (0usize, 0.0f64);
+    for v in rows.clone() {
+        n += 1;
+        sum += v;
+    }
+    if n == 0 {
+        return [0.0, 1.0];
+    }
+    let mean = sum / n as f64;
+    let var = rows.map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+    let sd = var.sqrt();
+    [mean, if sd < MIN_STD { 1.0 } else { sd }]
+}
+
+impl Scaler {
+    /// Fits statistics on the first `fit_rows[i]` rows of every series of `table`.
+    pub fn fit(kind: Scale, table: &Table, fit_rows: &[usize]) -> Self {
+        let k = table.columns.len();
+        let col = |c: usize, rows: &[(usize, usize)]| {
+            let vals = rows
+                .iter()
+                .flat_map(move |&(a, b)| (a..b).map(move |r| f64::from(table.values[r * k + c])));
+            stats(vals)
+        };
+        let ranges: Vec<(usize, usize)> = (0..table.ids.len())
+            .map(|i| (table.offsets[i], table.offsets[i] + fit_rows[i]))
+            .collect();
+        let global = (0..k).map(|c| col(c, &ranges)).collect();
+        let series = if kind == Scale::Series {
+            table
+                .ids
+                .iter()
+                .zip(&ranges)
+                .map(|(id, r)| (id.clone(), (0..k).map(|c| col(c, &[*r])).collect()))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        Self {
+            kind,
+            columns: table.columns.clone(),
+            global,
+            series,
+        }
+    }
+
+    /// Adds statistics for series of `table` this scaler has not seen, from all their rows.
+    pub fn extend(&mut self, table: &Table) {
+        if self.kind != Scale::Series {
+            return;
+        }
+        let k = table.columns.len();
+        for (i, id) in table.ids.iter().enumerate() {
+            if self.series.contains_key(id) {
+                continue;
+            }
+            let (a, b) = (table.offsets[i], table.offsets[i + 1]);
+            let st = self
+                .columns
+                .iter()
+                .map(|name| match table.columns.iter().position(|c| c == name) {
+                    Some(c) => stats((a..b).map(|r| f64::from(table.values[r * k + c]))),
+                    None => [0.0, 1.0],
+                })
+                .collect();
+            self.series.insert(id.clone(), st);
+        }
+    }
+
+    /// `(mean, std)` of column `name` for series `id`.
+    pub fn stat(&self, id: &str, name: &str) -> Stat {
+        let Some(c) = self.columns.iter().position(|n| n == name) else {
+            return [0.0, 1.0];
+        };
+        match self.kind {
+            Scale::None => [0.0, 1.0],
+            Scale::Global => self.global[c],
+            Scale::Series => self.series.get(id).map_or(self.global[c], |s| s[c]),
+        }
+    }
+
+    /// Scaled value.
+    pub fn apply(s: Stat, v: f32) -> f32 {
+        ((f64::from(v) - s[0]) / s[1]) as f32
+    }
+
+    /// Value in the user's units.
+    pub fn invert(s: Stat, v: f32) -> f64 {
+        f64::from(v) * s[1] + s[0]
+    }
+}
+
+/// Training series: scaled inputs and next-step targets, laid out series after series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesData {
+    /// Where it came from, for messages.
+    pub name: String,
+    /// Series ids.
+    pub ids: Vec<String>,
+    /// Input features.
+    pub fi: usize,
+    /// Target features.
+    pub fo: usize,
+    /// Series `i` has steps `starts[i]..starts[i + 1]`.
+    pub starts: Vec<usize>,
+    /// Scaled inputs `[steps, fi]`.
+    pub x: Vec<f32>,
+    /// Scaled targets `[steps, fo]`.
+    pub y: Vec<f32>,
+    /// Training steps of each series (the rest is validation).
+    pub train_steps: Vec<usize>,
+    /// Scaling statistics (fitted on the training part).
+    pub scaler: Scaler,
+    /// The settings it was built with.
+    pub spec: SeriesSpec,
+}
+
+/// Reads the table at `path` the way `spec` says; empty column lists in `spec` are filled in (the
+/// inputs: every value column; the targets: the inputs). Returns the table and the full spec.
+pub fn read(
+    path: &std::path::Path,
+    spec: &SeriesSpec,
+    max_bytes: Option<u64>,
+) -> Result<(Table, SeriesSpec), ModelError> {
+    let mut spec = spec.clone();
+    let columns = if spec.input_columns.is_empty() {
+        Vec::new()
+    } else {
+        spec.columns()
+    };
+    let table = crate::table::read_table(
+        path,
+        &crate::table::TableSpec {
+            id_column: spec.id_column.clone(),
+            time_column: spec.time_column.clone(),
+            columns,
+        },
+        max_bytes,
+    )?;
+    if spec.input_columns.is_empty() {
+        spec.input_columns = table.columns.clone();
+    }
+    if spec.target_columns.is_empty() {
+        spec.target_columns = spec.input_columns.clone();
+    }
+    Ok((table, spec))
+}
+
+/// Column indices of `names` in `table`, or an error naming the missing one.
+pub fn column_indices(table: &Table, names: &[String]) -> Result<Vec<usize>, ModelError> {
+    names
+        .iter()
+        .map(|n| {
+            table
+                .columns
+                .iter()
+                .position(|c| c == n)
+                .ok_or_else(|| ModelError::Data {
+                    source_name: table.source.clone(),
+                    msg: format!(
+                        "expected a column `{n}`, the file has {}",
+                        table.columns.join(", ")
+                    ),
+                })
+        })
+        .collect()
+}
+
+/// Scaled values of `cols` for rows `a..b` of series `id`.
+pub fn scaled_rows(
+    table: &Table,
+    scaler: &Scaler,
+    id: &str,
+    cols: &[usize],
+    rows: std::ops::Range<usize>,
+    out: &mut Vec<f32>,
+) {
+    let k = table.columns.len();
+    let st: Vec<Stat> = cols
+        .iter()
+        .map(|&c| scaler.stat(id, &table.columns[c]))
+        .collect();
+    for r in rows {
+        for (j, &c) in cols.iter().enumerate() {
+            out.push(Scaler::apply(st[j], table.values[r * k + c]));
+        }
+    }
+}
+
+impl SeriesData {
+    /// Builds training series from `table` per `spec`; statistics are fitted on the training
+    /// part unless `scaler` is given. A series too short to learn from is an error that names it.
+    pub fn new(
+        table: &Table,
+        spec: &SeriesSpec,
+        scaler: Option<Scaler>,
+    ) -> Result<Self, ModelError> {
+        let icols = column_indices(table, &spec.input_columns)?;
+        let tcols = column_indices(table, &spec.target_columns)?;
+        if icols.is_empty() || tcols.is_empty() {
+            return Err(ModelError::Data {
+                source_name: table.source.clone(),
+                msg: "expected at least one input and one target column, got none".into(),
+            });
+        }
+        let k = spec.val_steps;
+        let mut train_steps = Vec::with_capacity(table.ids.len());
+        for (i, id) in table.ids.iter().enumerate() {
+            let rows = table.offsets[i + 1] - table.offsets[i];
+            if rows < k + 2 {
+                return Err(ModelError::Data {
+                    source_name: table.source.clone(),
+                    msg: format!(
+                        "series {id:?} has {rows} rows; at least {} are needed to learn from it (one input and its next-step target{})",
+                        k + 2,
+                        if k > 0 {
+                            format!(", plus the {k} steps --val-steps holds out")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                });
+            }
+            train_steps.push(rows - 1 - k);
+        }
+        let scaler = match scaler {
+            Some(s) => s,
+            None => {
+                let fit: Vec<usize> = train_steps.iter().map(|s| s + 1).collect();
+                Scaler::fit(spec.scale, table, &fit)
+            }
+        };
+        let (mut x, mut y, mut starts) = (Vec::new(), Vec::new(), vec![0]);
+        for (i, id) in table.ids.iter().enumerate() {
+            let (a, b) = (table.offsets[i], table.offsets[i + 1]);
+            scaled_rows(table, &scaler, id, &icols, a..b - 1, &mut x);
+            scaled_rows(table, &scaler, id, &tcols, a + 1..b, &mut y);
+            starts.push(starts[i] + (b - a - 1));
+        }
+        Ok(Self {
+            name: table.source.clone(),
+            ids: table.ids.clone(),
+            fi: icols.len(),
+            fo: tcols.len(),
+            starts,
+            x,
+            y,
+            train_steps,
+            scaler,
+            spec: spec.clone(),
+        })
+    }
+
+    /// Number of series.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether there are no series.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Chunks of `t` steps in each series' training part.
+    pub fn chunks(&self, t: usize) -> Vec<u64> {
+        self.train_steps
+            .iter()
+            .map(|s| s.div_ceil(t) as u64)
+            .collect()
+    }
+
+    /// Inputs `[steps, fi]` of series `i`, all steps.
+    pub fn x_of(&self, i: usize) -> &[f32] {
+        &self.x[self.starts[i] * self.fi..self.starts[i + 1] * self.fi]
+    }
+
+    /// Targets `[steps, fo]` of series `i`, all steps.
+    pub fn y_of(&self, i: usize) -> &[f32] {
+        &self.y[self.starts[i] * self.fo..self.starts[i + 1] * self.fo]
+    }
+
+    /// A digest of the series, their split and scaling: resuming on other data is refused with it.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"series");
+        for id in &self.ids {
+            h.update((id.len() as u64).to_le_bytes());
+            h.update(id.as_bytes());
+        }
+        for v in self.starts.iter().chain(&self.train_steps) {
+            h.update((*v as u64).to_le_bytes());
+        }
+        for v in self.x.iter().chain(&self.y) {
+            h.update(v.to_le_bytes());
+        }
+        let digest = h.finalize();
+        digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    }
+}

@@ -1,0 +1,240 @@
+//! Series through the trainer: what every slot holds at every step, resets exactly at series
+//! boundaries, states carried between a series' chunks, masked losses equal to a per-series loop.
+
+use std::sync::Arc;
+
+use super::schedule::SlotWork;
+use super::*;
+use crate::config::TrainSpec;
+use crate::engine::Loss;
+use crate::engine::cpu::CpuEngine;
+use crate::table::{Table, TimeKind};
+use crate::trainer::Trainer;
+
+/// A table of series with the given lengths; values differ per series, row and column.
+fn table(lens: &[usize]) -> Table {
+    let mut offsets = vec![0];
+    let (mut times, mut values, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, &n) in lens.iter().enumerate() {
+        ids.push(format!("s{i}"));
+        for r in 0..n {
+            times.push(r as f64);
+            let a = (i as f32 + 1.0) * 0.1;
+            values.push((a * r as f32 * 0.7).sin() + a);
+            values.push((a * r as f32 * 0.3).cos() * 2.0 - a);
+        }
+        offsets.push(offsets[i] + n);
+    }
+    Table {
+        source: "test.csv".into(),
+        ids,
+        offsets,
+        time_kind: TimeKind::Index,
+        times,
+        columns: vec!["a".into(), "b".into()],
+        values,
+    }
+}
+
+fn series_spec(val_steps: usize, timesteps: usize, scale: Scale) -> SeriesSpec {
+    SeriesSpec {
+        id_column: Some("id".into()),
+        time_column: None,
+        input_columns: vec!["a".into(), "b".into()],
+        target_columns: vec!["a".into(), "b".into()],
+        scale,
+        val_steps,
+        shuffle: true,
+        timesteps,
+    }
+}
+
+fn train_spec(b: usize, s: &SeriesSpec) -> TrainSpec {
+    let mut spec = TrainSpec {
+        batch_size: b,
+        epochs: 2,
+        seed: 5,
+        series: Some(s.clone()),
+        ..TrainSpec::default()
+    };
+    spec.model.hidden = 4;
+    spec.model.dropout = 0.0;
+    spec
+}
+
+#[test]
+fn steps_targets_and_scaling_follow_the_rows() {
+    let t = table(&[6, 4]);
+    let s = series_spec(1, 3, Scale::Series);
+    let d = SeriesData::new(&t, &s, None).unwrap();
+    assert_eq!(d.starts, [0, 5, 8]);
+    assert_eq!(d.train_steps, [4, 2]);
+    // statistics of series 0 come from its first 5 rows (training steps + 1)
+    let col: Vec<f64> = (0..5).map(|r| f64::from(t.values[r * 2])).collect();
+    let mean = col.iter().sum::<f64>() / 5.0;
+    let sd = (col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 5.0).sqrt();
+    let st = d.scaler.stat("s0", "a");
+    assert!((st[0] - mean).abs() < 1e-12 && (st[1] - sd).abs() < 1e-12);
+    // the target of step s is row s + 1, scaled
+    let want = Scaler::apply(st, t.values[3 * 2]);
+    assert_eq!(d.y_of(0)[2 * 2], want);
+    assert_eq!(d.x_of(0)[3 * 2], want);
+    // back in the user's units
+    assert!((Scaler::invert(st, want) - f64::from(t.values[6])).abs() < 1e-5);
+}
+
+#[test]
+fn a_series_too_short_is_named() {
+    let t = table(&[6, 3]);
+    let e = SeriesData::new(&t, &series_spec(2, 3, Scale::None), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("test.csv") && e.contains("\"s1\"") && e.contains("3 rows") && e.contains("4"),
+        "{e}"
+    );
+}
+
+#[test]
+fn resets_happen_exactly_at_series_boundaries_slot_by_slot() {
+    let lens = [9, 3, 14, 5, 2, 7, 11];
+    let t = table(&lens);
+    let s = series_spec(0, 4, Scale::Global);
+    let d = Arc::new(SeriesData::new(&t, &s, None).unwrap());
+    let mut tr = Trainer::new(train_spec(3, &s), d.clone()).unwrap();
+    let mut engine = CpuEngine::new(&tr.spec().model, 1);
+    let mut seen = vec![0usize; lens.len()];
+    while let Some(plan) = tr.plan() {
+        let works = tr.slot_work(&plan).unwrap();
+        let shard = tr.shard(&plan, 0..3);
+        let valid = shard.valid.clone().unwrap();
+        let resets = shard.resets.clone().unwrap();
+        for (slot, w) in works.iter().enumerate() {
+            match *w {
+                SlotWork::Chunk { series, chunk } => {
+                    assert_eq!(resets[slot], chunk == 0, "reset only at a series' start");
+                    let left = d.train_steps[series] - chunk * 4;
+                    assert_eq!(valid[slot] as usize, left.min(4));
+                    let v = valid[slot] as usize;
+                    assert_eq!(
+                        &shard.x[slot * 4 * 2..(slot * 4 + v) * 2],
+                        &d.x_of(series)[chunk * 4 * 2..(chunk * 4 + v) * 2],
+                        "slot {slot} holds its series' chunk"
+                    );
+                    assert!(
+                        shard.x[(slot * 4 + v) * 2..(slot + 1) * 4 * 2]
+                            .iter()
+                            .all(|&x| x == 0.0),
+                        "padding"
+                    );
+                    seen[series] += v;
+                }
+                SlotWork::Idle => {
+                    assert_eq!((valid[slot], resets[slot]), (0, false));
+                }
+            }
+        }
+        tr.step_local(&mut engine).unwrap();
+        if tr.cursor().step == 0 {
+            // an epoch covers every training step of every series exactly once
+            assert_eq!(seen, d.train_steps, "epoch {}", plan.cursor.epoch);
+            seen.iter_mut().for_each(|v| *v = 0);
+        }
+    }
+    assert!(tr.is_done());
+}
+
+#[test]
+fn masked_training_equals_running_each_series_alone() {
+    // one epoch, no shuffle: the loss of every step equals the per-series loss of its chunks,
+    // computed chunk by chunk for each series alone, carrying its own state
+    let lens = [8, 3, 6, 5];
+    let t = table(&lens);
+    let mut s = series_spec(0, 3, Scale::None);
+    s.shuffle = false;
+    let d = Arc::new(SeriesData::new(&t, &s, None).unwrap());
+    for loss in [crate::config::LossKind::Mse, crate::config::LossKind::Huber] {
+        let mut spec = train_spec(2, &s);
+        spec.epochs = 1;
+        spec.loss = loss;
+        spec.adam.lr = 1e-12; // the weights stay put (Adam moves each by at most lr)
+        let mut tr = Trainer::new(spec.clone(), d.clone()).unwrap();
+        let params = tr.params().to_vec();
+        let mut engine = CpuEngine::new(&spec.model, 1);
+        let mut total = 0.0f64;
+        let mut outputs = 0usize;
+        while let Some(plan) = tr.plan() {
+            let n = tr.outputs_in(&plan);
+            let c = tr.step_local(&mut engine).unwrap().unwrap();
+            total += c.loss * n as f64;
+            outputs += n;
+        }
+        // each series alone, whole, from zero, with the same loss
+        let mut want = 0.0f64;
+        for i in 0..lens.len() {
+            let x = d.x_of(i);
+            let steps = d.train_steps[i];
+            let init = crate::state::SlotStates::zeros(spec.model.layers, 1, spec.model.hidden);
+            use crate::engine::Engine;
+            let (p, _) = engine.forward(&params, x, 1, steps, &init).unwrap();
+            want += crate::trainer::loss_sum(spec.loss_fn(), &p, d.y_of(i));
+        }
+        let count: usize = d.train_steps.iter().sum::<usize>() * 2;
+        assert_eq!(outputs, count, "every valid output counted once");
+        assert!(
+            (total - want).abs() <= 1e-5 * want.abs().max(1.0),
+            "{loss:?}: {total} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn validation_continues_each_series_after_its_training_part() {
+    let lens = [9, 12, 7];
+    let t = table(&lens);
+    let s = series_spec(3, 4, Scale::Series);
+    let d = Arc::new(SeriesData::new(&t, &s, None).unwrap());
+    let tr = Trainer::new(train_spec(2, &s), d.clone()).unwrap();
+    let mut engine = CpuEngine::new(&tr.spec().model, 1);
+    let got = tr.validate(&mut engine).unwrap().unwrap();
+    // by hand: each series run whole from zero, the last 3 steps scored
+    use crate::engine::Engine;
+    let mut sum = 0.0;
+    for (i, len) in lens.iter().enumerate() {
+        let steps = len - 1;
+        let init = crate::state::SlotStates::zeros(2, 1, 4);
+        let (p, _) = engine
+            .forward(tr.params(), d.x_of(i), 1, steps, &init)
+            .unwrap();
+        let a = (steps - 3) * 2;
+        sum += crate::trainer::loss_sum(Loss::Mse, &p[a..], &d.y_of(i)[a..]);
+    }
+    let want = sum / (3 * 3 * 2) as f64;
+    assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+}
+
+#[test]
+fn the_learning_rate_schedule_reaches_the_update() {
+    let t = table(&[9, 7, 8]);
+    let s = series_spec(0, 4, Scale::Series);
+    let d = Arc::new(SeriesData::new(&t, &s, None).unwrap());
+    let moved = |warmup: u64| {
+        let mut spec = train_spec(3, &s);
+        spec.adam.lr = 0.01;
+        spec.warmup_steps = warmup;
+        let mut tr = Trainer::new(spec.clone(), d.clone()).unwrap();
+        let p0 = tr.params().to_vec();
+        let mut e = CpuEngine::new(&spec.model, 1);
+        for _ in 0..3 {
+            tr.step_local(&mut e).unwrap();
+        }
+        p0.iter()
+            .zip(tr.params())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let (plain, warm) = (moved(0), moved(1000));
+    // Adam moves a weight by about lr per step: 3 * 0.01 without warm-up, 6 * 1e-5 with it
+    assert!(plain > 0.01, "{plain}");
+    assert!(warm < 1e-4, "{warm}");
+}
