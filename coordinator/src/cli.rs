@@ -29,6 +29,11 @@ pub(crate) enum Command {
     Export(ExportArgs),
     /// Serve a trained model online: every stream's (h, c) is kept between requests.
     Serve(Box<crate::serve::ServeArgs>),
+    /// Forecast H steps of every series of a table with a model trained on series data.
+    Forecast(Box<crate::forecast::ForecastArgs>),
+    /// Hold out the last H steps of every series, forecast them, and score the forecast (MAE,
+    /// RMSE, sMAPE, MASE) against persistence and seasonal-naive baselines.
+    Evaluate(Box<crate::forecast::EvaluateArgs>),
 }
 
 /// Resolves train arguments (flags > env > TOML > defaults).
@@ -111,6 +116,27 @@ async fn dispatch(command: Command) -> Result<(), CoordError> {
                 s.0.t,
                 s.1.display()
             ));
+            Ok(())
+        }
+        Command::Forecast(a) => {
+            let (s, out) = tokio::task::spawn_blocking(move || {
+                crate::forecast::forecast(&a).map(|s| (s, a.out.clone()))
+            })
+            .await
+            .map_err(|e| CoordError::JobFailed(format!("forecast panicked: {e}")))??;
+            say(&format!(
+                "wrote the forecast of {} series to {} and a plot to {}",
+                s.series,
+                out.display(),
+                s.svg.display()
+            ));
+            Ok(())
+        }
+        Command::Evaluate(a) => {
+            let scores = tokio::task::spawn_blocking(move || crate::forecast::evaluate(&a))
+                .await
+                .map_err(|e| CoordError::JobFailed(format!("evaluate panicked: {e}")))??;
+            say(&scores.table());
             Ok(())
         }
         Command::Export(a) => {

@@ -15,17 +15,20 @@
 //! - `report`: the one writer of the run's files (metrics.csv, checkpoints), validation,
 //!   progress, Prometheus, the plot.
 //! - `predict`: `predict` and `export`.
+//! - `forecast`: `forecast` and `evaluate` on series data; `scores` the metrics and baselines.
 //! - `serve`: online prediction with stateful streams over gRPC and HTTP.
 //! - `ui`: the live status page of a training job (`--ui-listen`).
 
 pub mod cli;
 mod config;
 mod error;
+mod forecast;
 mod job;
 mod local;
 mod predict;
 mod report;
 mod rundir;
+pub mod scores;
 mod serve;
 mod server;
 mod service;

@@ -16,6 +16,7 @@
 //! - [`status`]: the live view served by `--ui-listen`.
 
 pub(crate) mod csv;
+mod forecast_plot;
 pub(crate) mod plot;
 pub(crate) mod progress;
 pub(crate) mod prom;
@@ -38,6 +39,7 @@ use crate::error::CoordError;
 use crate::job::CommitReport;
 
 pub(crate) use self::csv::METRICS_FILE;
+pub(crate) use self::forecast_plot::{PlotSeries, forecast_svg};
 pub(crate) use self::progress::LogWriter;
 
 /// The loss plot.
@@ -106,7 +108,14 @@ pub(crate) struct ReportConfig {
     pub(crate) start_step: u64,
     /// Sequences per step.
     pub(crate) batch_size: usize,
+    /// Early stopping: epochs without a better validation loss before `early` is cancelled.
+    pub(crate) patience: Option<u64>,
+    /// Cancelled when early stopping ends the run.
+    pub(crate) early: CancellationToken,
 }
+
+/// The best epoch's checkpoint, kept beside the last one when validation runs.
+pub(crate) const BEST_FILE: &str = "best.safetensors";
 
 /// The end of a run as the reporter saw it.
 #[derive(Debug, Clone, Default)]
@@ -168,6 +177,10 @@ struct Reporter {
     last_checkpoint: Option<u64>,
     /// The live view.
     status: Status,
+    /// Best validation loss so far and its epoch.
+    best: Option<(f64, u64)>,
+    /// Validations since the best one.
+    since_best: u64,
 }
 
 impl Reporter {
@@ -184,6 +197,8 @@ impl Reporter {
             last_log: Instant::now(),
             rate: 0.0,
             last_checkpoint: None,
+            best: None,
+            since_best: 0,
         }
     }
 
@@ -250,6 +265,48 @@ impl Reporter {
         })
     }
 
+    /// Keeps the best epoch's weights in `best.safetensors`, and ends the run when the validation
+    /// loss has not improved for `patience` epochs.
+    async fn track_best(&mut self, val: f64, epoch: u64, ck: Checkpoint) -> Result<(), CoordError> {
+        if self.best.is_none_or(|(b, _)| val < b) {
+            self.best = Some((val, epoch));
+            self.since_best = 0;
+            let path = self.cfg.out.join(BEST_FILE);
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || {
+                runtime::fs::retry(CHECKPOINT_ATTEMPTS, Duration::from_millis(200), || {
+                    ck.save(&p)
+                })
+            })
+            .await
+            .map_err(|e| CoordError::JobFailed(format!("checkpoint writer panicked: {e}")))?
+            .map_err(|e| {
+                CoordError::JobFailed(format!(
+                    "writing the best weights to {} failed ({e}); the job stops",
+                    path.display()
+                ))
+            })?;
+            tracing::debug!(epoch, val_loss = val, "best weights written");
+            return Ok(());
+        }
+        self.since_best += 1;
+        if let (Some(p), Some((best, best_epoch))) = (self.cfg.patience, self.best)
+            && self.since_best >= p
+            && !self.cfg.early.is_cancelled()
+        {
+            info!(
+                epoch,
+                val_loss = val,
+                best_epoch,
+                best_val_loss = best,
+                patience = p,
+                "early stopping: no better validation loss for {p} epochs; the best weights are in {BEST_FILE}"
+            );
+            self.cfg.early.cancel();
+        }
+        Ok(())
+    }
+
     /// Writes a checkpoint, retrying briefly; a write that keeps failing stops the job.
     async fn save(&mut self, ck: Checkpoint) -> Result<(), CoordError> {
         let path = self.cfg.out.join(CHECKPOINT_FILE);
@@ -300,10 +357,16 @@ impl Reporter {
         };
         self.summary.steps += 1;
         self.summary.last_loss = Some(c.loss);
-        let val = match validate {
-            Some(t) => self.validate(t).await?,
-            None => None,
+        let (val, snapshot) = match validate {
+            Some(t) => {
+                let ck = t.checkpoint();
+                (self.validate(t).await?, Some(ck))
+            }
+            None => (None, None),
         };
+        if let (Some(v), Some(ck)) = (val, snapshot) {
+            self.track_best(v, c.cursor.epoch, ck).await?;
+        }
         if let Some(v) = val {
             self.summary.last_val_loss = Some(v);
             prom::validated(v);
