@@ -15,12 +15,14 @@ use crate::rng::Rng;
 use crate::state::SlotStates;
 use crate::trainer::Trainer;
 
-fn random(n: usize, seed: u64, scale: f64) -> Vec<f32> {
+/// `n` normal values of standard deviation `scale`, seeded.
+pub(crate) fn random(n: usize, seed: u64, scale: f64) -> Vec<f32> {
     let mut r = Rng::new(seed, "test");
     (0..n).map(|_| (r.normal() * scale) as f32).collect()
 }
 
-fn random_states(cfg: &ModelConfig, n: usize, seed: u64) -> SlotStates {
+/// Random `(h, c)` of `n` slots for `cfg`, seeded.
+pub(crate) fn random_states(cfg: &ModelConfig, n: usize, seed: u64) -> SlotStates {
     let len = cfg.layers * n * cfg.hidden;
     SlotStates::from_flat(
         cfg.layers,

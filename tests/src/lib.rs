@@ -449,6 +449,22 @@ pub fn train_small(dir: &TempDir, name: &str, out: &Path, extra: &[&str]) -> Pro
     p
 }
 
+/// Runs `coordinator args` in `dir` to success (within two minutes).
+pub fn coordinator_ok(dir: &TempDir, name: &str, args: &[&str]) -> Proc {
+    let mut p = Proc::coordinator(name, args, &[], dir.path());
+    p.success(Duration::from_secs(120));
+    p
+}
+
+/// Runs `coordinator args` in `dir`, expects it to fail (within a minute), returns its log.
+pub fn coordinator_fails(dir: &TempDir, name: &str, args: &[&str]) -> String {
+    let mut p = Proc::coordinator(name, args, &[], dir.path());
+    let st = p.wait(Duration::from_secs(60));
+    let log = p.log();
+    assert!(!st.success(), "{name} should fail: {log}");
+    log
+}
+
 /// A worker computing on one CPU thread, named `name`, with `extra` arguments.
 pub fn worker(name: &str, url: &str, extra: &[&str], dir: &TempDir) -> Proc {
     let mut args = vec![

@@ -12,25 +12,9 @@ use crate::error::ModelError;
 use crate::params::ParamLayout;
 use crate::rng::Rng;
 use crate::state::SlotStates;
+use crate::tests::{random, random_states};
 
 const LOSSES: [Loss; 3] = [Loss::Mse, Loss::Mae, Loss::Huber(0.5)];
-
-fn random(n: usize, seed: u64, scale: f64) -> Vec<f32> {
-    let mut r = Rng::new(seed, "masked-test");
-    (0..n).map(|_| (r.normal() * scale) as f32).collect()
-}
-
-fn random_states(cfg: &ModelConfig, n: usize, seed: u64) -> SlotStates {
-    let len = cfg.layers * n * cfg.hidden;
-    SlotStates::from_flat(
-        cfg.layers,
-        n,
-        cfg.hidden,
-        random(len, seed, 0.5),
-        random(len, seed + 1, 0.5),
-    )
-    .unwrap()
-}
 
 /// The small model of these tests: input 2, hidden 4, 2 layers, output 2.
 fn config(head: Head, dropout: f32) -> ModelConfig {

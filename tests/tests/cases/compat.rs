@@ -5,9 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use carry_it::{Proc, TempDir, max_diff, params};
+use carry_it::{TempDir, max_diff, params};
 use model::npy::{Array, read_npy, read_npz, write_npy};
 use model::params::ParamLayout;
 
@@ -23,22 +22,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-/// Runs `coordinator args` to success.
-fn run(dir: &TempDir, name: &str, args: &[&str]) -> Proc {
-    let mut p = Proc::coordinator(name, args, &[], dir.path());
-    p.success(Duration::from_secs(120));
-    p
-}
-
-/// Runs `coordinator args`, expects it to fail, and returns its log.
-fn fails(dir: &TempDir, name: &str, args: &[&str]) -> String {
-    let mut p = Proc::coordinator(name, args, &[], dir.path());
-    let st = p.wait(Duration::from_secs(60));
-    let log = p.log();
-    assert!(!st.success(), "{name} should fail: {log}");
-    log
 }
 
 /// Largest difference between a model file and PyTorch-layout tensors from a fixture, per tensor.
@@ -98,7 +81,7 @@ fn keras_and_pytorch_weights_in_and_out_and_both_trajectories() {
     // Keras -> carry -> Keras is lossless, from either Keras file
     for (i, from) in [seed.clone(), fixture("seed.keras")].iter().enumerate() {
         let back = dir.join(&format!("back{i}.weights.h5"));
-        run(
+        carry_it::coordinator_ok(
             &dir,
             &format!("export-keras-{i}"),
             &["export", "--model", s(from), "--out", s(&back)],
@@ -113,7 +96,7 @@ fn keras_and_pytorch_weights_in_and_out_and_both_trajectories() {
     let want = read_npy(&fixture("keras_pred.npy")).unwrap();
     for from in [seed.clone(), fixture("seed.keras")] {
         let out = dir.join("pred.npz");
-        run(
+        carry_it::coordinator_ok(
             &dir,
             "predict-keras",
             &[
@@ -142,11 +125,11 @@ fn keras_and_pytorch_weights_in_and_out_and_both_trajectories() {
         let out = dir.join(&format!("fit-{compat}"));
         let mut args = fit_args(s(&out), s(&data), s(&seed), compat);
         args.extend_from_slice(&["--spawn-workers", "0"]);
-        let p = run(&dir, &format!("fit-{compat}"), &args);
+        let p = carry_it::coordinator_ok(&dir, &format!("fit-{compat}"), &args);
         let log = p.log();
         assert!(log.contains("DONE steps=40"), "{log}");
         let exported = dir.join(&format!("fit-{compat}.safetensors"));
-        run(
+        carry_it::coordinator_ok(
             &dir,
             &format!("export-{compat}"),
             &[
@@ -183,7 +166,7 @@ fn keras_and_pytorch_weights_in_and_out_and_both_trajectories() {
             let out = dir.join(&format!("fit-{compat}-{k}"));
             let mut args = fit_args(s(&out), s(&data), s(&seed), compat);
             args.extend_from_slice(&["--spawn-workers", k, "--listen", "127.0.0.1:0"]);
-            let p = run(&dir, &format!("fit-{compat}-{k}"), &args);
+            let p = carry_it::coordinator_ok(&dir, &format!("fit-{compat}-{k}"), &args);
             let d = max_diff(&params(&out), &reference);
             p.check(
                 d <= 1e-5,
@@ -194,7 +177,7 @@ fn keras_and_pytorch_weights_in_and_out_and_both_trajectories() {
 
     // a model trained here goes to Keras and back without loss
     let keras_out = dir.join("trained.weights.h5");
-    run(
+    carry_it::coordinator_ok(
         &dir,
         "export-trained",
         &[
@@ -222,7 +205,7 @@ fn bad_files_and_mismatched_shapes_are_clear_errors() {
         a.iter().map(|x| x.to_string()).collect::<Vec<_>>()
     };
     // sizes that disagree with the file name the layer and both shapes
-    let log = fails(&dir, "hidden-16", &refs(&base(&["--hidden", "16"])));
+    let log = carry_it::coordinator_fails(&dir, "hidden-16", &refs(&base(&["--hidden", "16"])));
     assert!(
         log.contains("--hidden") && log.contains("16") && log.contains("8") && log.contains("lstm"),
         "{log}"
@@ -235,12 +218,12 @@ fn bad_files_and_mismatched_shapes_are_clear_errors() {
     let mut a = base(&[]);
     let i = a.iter().position(|x| x == "--init-from").unwrap();
     a[i + 1] = s(&fixture("gru.weights.h5")).to_string();
-    let log = fails(&dir, "gru", &refs(&a));
+    let log = carry_it::coordinator_fails(&dir, "gru", &refs(&a));
     assert!(log.contains("gru") && log.contains("LSTM"), "{log}");
     // a file that is not HDF5 at all
     let junk = dir.join("junk.weights.h5");
     std::fs::write(&junk, b"not an hdf5 file").unwrap();
-    let log = fails(
+    let log = carry_it::coordinator_fails(
         &dir,
         "junk",
         &[
@@ -260,7 +243,7 @@ fn bad_files_and_mismatched_shapes_are_clear_errors() {
     // input width that disagrees with the file
     let x3 = dir.join("x3.npy");
     write_npy(&x3, &[1, 4, 3], &[0.0; 12]).unwrap();
-    let log = fails(
+    let log = carry_it::coordinator_fails(
         &dir,
         "width",
         &[
@@ -278,7 +261,7 @@ fn bad_files_and_mismatched_shapes_are_clear_errors() {
         "{log}"
     );
     // Keras weights files must be named *.weights.h5 (Keras refuses others)
-    let log = fails(
+    let log = carry_it::coordinator_fails(
         &dir,
         "export-name",
         &[
@@ -293,7 +276,8 @@ fn bad_files_and_mismatched_shapes_are_clear_errors() {
     );
     assert!(log.contains(".weights.h5"), "{log}");
     // given weights and a resumed run are two different starts
-    let log = fails(&dir, "with-resume", &refs(&base(&["--resume", s(&out)])));
+    let log =
+        carry_it::coordinator_fails(&dir, "with-resume", &refs(&base(&["--resume", s(&out)])));
     assert!(
         log.contains("--init-from") && log.contains("--resume"),
         "{log}"

@@ -3,9 +3,8 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use carry_it::{Proc, TempDir, max_diff, metrics, params};
+use carry_it::{TempDir, max_diff, metrics, params};
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -73,20 +72,6 @@ fn series_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     ]
 }
 
-fn run(dir: &TempDir, name: &str, args: &[&str]) -> Proc {
-    let mut p = Proc::coordinator(name, args, &[], dir.path());
-    p.success(Duration::from_secs(120));
-    p
-}
-
-fn fails(dir: &TempDir, name: &str, args: &[&str]) -> String {
-    let mut p = Proc::coordinator(name, args, &[], dir.path());
-    let st = p.wait(Duration::from_secs(60));
-    let log = p.log();
-    assert!(!st.success(), "{name} should fail: {log}");
-    log
-}
-
 #[test]
 fn ragged_series_with_1_2_3_workers_equal_the_in_process_reference() {
     let dir = TempDir::new("series-dist");
@@ -95,7 +80,7 @@ fn ragged_series_with_1_2_3_workers_equal_the_in_process_reference() {
     let reference = dir.join("ref");
     let mut args = series_args(s(&data), s(&reference));
     args.extend(["--spawn-workers", "0", "--epochs", "2"]);
-    let p = run(&dir, "series-ref", &args);
+    let p = carry_it::coordinator_ok(&dir, "series-ref", &args);
     let want = params(&reference);
     let rows = metrics(&reference);
     assert!(
@@ -114,7 +99,7 @@ fn ragged_series_with_1_2_3_workers_equal_the_in_process_reference() {
             "--epochs",
             "2",
         ]);
-        let p = run(&dir, &format!("series-w{k}"), &args);
+        let p = carry_it::coordinator_ok(&dir, &format!("series-w{k}"), &args);
         let d = max_diff(&params(&out), &want);
         p.check(d <= 1e-5, &format!("{k} workers: max difference {d}"));
         let got = metrics(&out);
@@ -130,10 +115,10 @@ fn forecast_and_evaluate_in_the_users_units() {
     let out = dir.join("run");
     let mut args = series_args(s(&data), s(&out));
     args.extend(["--spawn-workers", "0", "--epochs", "2"]);
-    run(&dir, "series-train", &args);
+    carry_it::coordinator_ok(&dir, "series-train", &args);
 
     let fc = dir.join("forecast.csv");
-    run(
+    carry_it::coordinator_ok(
         &dir,
         "series-forecast",
         &[
@@ -168,7 +153,7 @@ fn forecast_and_evaluate_in_the_users_units() {
     assert!(svg.contains("<svg") && svg.contains("st-0"), "plot");
 
     let json = dir.join("scores.json");
-    let p = run(
+    let p = carry_it::coordinator_ok(
         &dir,
         "series-evaluate",
         &[
@@ -219,7 +204,7 @@ fn forecast_and_evaluate_in_the_users_units() {
     let got = row["persistence"]["mae"].as_f64().unwrap();
     assert!((got - mae).abs() < 1e-6, "{got} vs {mae}");
 
-    let e = fails(
+    let e = carry_it::coordinator_fails(
         &dir,
         "series-holdout",
         &[
@@ -254,7 +239,7 @@ fn early_stopping_keeps_the_best_epochs_weights() {
         "--shuffle-series",
         "false",
     ]);
-    let p = run(&dir, "series-early", &args);
+    let p = carry_it::coordinator_ok(&dir, "series-early", &args);
     let log = p.log();
     assert!(log.contains("early stopping"), "{log}");
     let rows = metrics(&out);
@@ -315,7 +300,7 @@ fn malformed_tables_are_refused_with_file_row_and_column() {
     ];
     for (name, text, want) in cases {
         let p = bad_csv(&dir, name, text);
-        let e = fails(
+        let e = carry_it::coordinator_fails(
             &dir,
             name,
             &[
@@ -341,7 +326,7 @@ fn malformed_tables_are_refused_with_file_row_and_column() {
         "ok.csv",
         "store,date,v\na,2024-01-01,1\na,2024-01-02,2\n",
     );
-    let e = fails(
+    let e = carry_it::coordinator_fails(
         &dir,
         "missing-column",
         &[
@@ -390,7 +375,7 @@ fn csv_parquet_and_ragged_npz_train_the_same_model() {
             s(&out),
         ];
         args.extend_from_slice(cols);
-        run(&dir, name, &args);
+        carry_it::coordinator_ok(&dir, name, &args);
         params(&out)
     };
     let by_name = ["--id-column", "shop", "--time-column", "date"];
