@@ -96,7 +96,7 @@ impl Data {
 
 /// How steps are laid out over the slots.
 #[derive(Debug, Clone)]
-enum Layout {
+enum Schedule {
     /// Sequence `step * B + slot`.
     Windows(Streams),
     /// The epoch's series schedule.
@@ -241,7 +241,7 @@ pub struct Committed {
 pub struct Trainer {
     spec: TrainSpec,
     data: Data,
-    layout_: Layout,
+    schedule: Schedule,
     layout: ParamLayout,
     params: Vec<f32>,
     adam: AdamState,
@@ -272,11 +272,11 @@ impl Trainer {
         check_spec_fits_data(&spec, &data)?;
         let params = init_params(&spec.model, spec.seed);
         let layout = ParamLayout::new(&spec.model);
-        let (layout_, total) = match &data {
+        let (schedule, total) = match &data {
             Data::Windows(d) => {
                 let streams = Streams::new(d.train.x.n, spec.batch_size, &d.name)?;
                 let total = total_steps(&streams, spec.epochs, spec.max_steps);
-                (Layout::Windows(streams), total)
+                (Schedule::Windows(streams), total)
             }
             Data::Series(d) => {
                 let t = series_timesteps(&spec);
@@ -291,7 +291,7 @@ impl Trainer {
                 let total = spec.max_steps.map_or(total, |m| m.min(total));
                 let plan = Arc::new(series_plan(&spec, d, &chunks, 0));
                 (
-                    Layout::Series {
+                    Schedule::Series {
                         chunks,
                         plan,
                         epoch: 0,
@@ -306,7 +306,7 @@ impl Trainer {
             adam: AdamState::new(layout.len()),
             spec,
             data,
-            layout_,
+            schedule,
             layout,
             params,
             cursor: Cursor::default(),
@@ -371,49 +371,50 @@ impl Trainer {
 
     /// Steps in the cursor's epoch.
     pub fn steps_in_epoch(&self) -> u64 {
-        match &self.layout_ {
-            Layout::Windows(s) => s.steps_per_epoch,
-            Layout::Series { plan, .. } => plan.steps,
+        match &self.schedule {
+            Schedule::Windows(s) => s.steps_per_epoch,
+            Schedule::Series { plan, .. } => plan.steps,
         }
     }
 
     /// What slot `slot` holds in the step `plan`, for messages: `sequence N`, or the series id
     /// and chunk.
     pub fn slot_label(&self, plan: &StepPlan, slot: usize) -> String {
-        match (&self.layout_, &self.data) {
-            (Layout::Windows(s), _) => format!("sequence {}", s.sequence(plan.cursor.step, slot)),
-            (Layout::Series { plan: p, .. }, Data::Series(d)) => match p.at(plan.cursor.step, slot)
-            {
-                SlotWork::Chunk { series, chunk } => {
-                    format!("series `{}` chunk {chunk}", d.ids[series])
+        match (&self.schedule, &self.data) {
+            (Schedule::Windows(s), _) => format!("sequence {}", s.sequence(plan.cursor.step, slot)),
+            (Schedule::Series { plan: p, .. }, Data::Series(d)) => {
+                match p.at(plan.cursor.step, slot) {
+                    SlotWork::Chunk { series, chunk } => {
+                        format!("series `{}` chunk {chunk}", d.ids[series])
+                    }
+                    SlotWork::Idle => "idle".into(),
                 }
-                SlotWork::Idle => "idle".into(),
-            },
+            }
             _ => unreachable!("series layout with series data"),
         }
     }
 
     /// What every slot does in the step `plan` (series data), for tests and logs.
     pub fn slot_work(&self, plan: &StepPlan) -> Option<Vec<SlotWork>> {
-        match &self.layout_ {
-            Layout::Series { plan: p, .. } => Some(
+        match &self.schedule {
+            Schedule::Series { plan: p, .. } => Some(
                 (0..self.spec.batch_size)
                     .map(|s| p.at(plan.cursor.step, s))
                     .collect(),
             ),
-            Layout::Windows(_) => None,
+            Schedule::Windows(_) => None,
         }
     }
 
     fn refresh_epoch_plan(&mut self) {
         if let (
-            Layout::Series {
+            Schedule::Series {
                 chunks,
                 plan,
                 epoch,
             },
             Data::Series(d),
-        ) = (&mut self.layout_, &self.data)
+        ) = (&mut self.schedule, &self.data)
             && *epoch != self.cursor.epoch
         {
             *plan = Arc::new(series_plan(&self.spec, d, chunks, self.cursor.epoch));
@@ -493,9 +494,9 @@ impl Trainer {
     /// Valid outputs of the step `plan`: the divisor that turns sums into the batch mean.
     pub fn outputs_in(&self, plan: &StepPlan) -> usize {
         let fo = self.data.output_features();
-        match (&self.layout_, &self.data) {
-            (Layout::Windows(_), _) => self.spec.batch_size * self.timesteps() * fo,
-            (Layout::Series { .. }, Data::Series(d)) => {
+        match (&self.schedule, &self.data) {
+            (Schedule::Windows(_), _) => self.spec.batch_size * self.timesteps() * fo,
+            (Schedule::Series { .. }, Data::Series(d)) => {
                 let t = self.timesteps();
                 let works = self.slot_work(plan).unwrap_or_default();
                 works.iter().map(|w| chunk_valid(d, w, t)).sum::<usize>() * fo
@@ -518,7 +519,7 @@ impl Trainer {
         Some(StepPlan {
             cursor: c,
             // series reset slot by slot, at their boundaries ([`ShardData::resets`])
-            reset: matches!(self.layout_, Layout::Windows(_))
+            reset: matches!(self.schedule, Schedule::Windows(_))
                 && self.spec.reset.resets_at(c.step)
                 && !self.explicit_states,
             dropout,
@@ -528,8 +529,8 @@ impl Trainer {
     /// The data and initial states of `slots` for the next step.
     pub fn shard(&self, plan: &StepPlan, slots: Range<usize>) -> ShardData {
         let loss = self.spec.loss_fn();
-        match (&self.layout_, &self.data) {
-            (Layout::Windows(streams), Data::Windows(d)) => {
+        match (&self.schedule, &self.data) {
+            (Schedule::Windows(streams), Data::Windows(d)) => {
                 let seqs: Vec<usize> = slots
                     .clone()
                     .map(|s| streams.sequence(plan.cursor.step, s))
@@ -538,7 +539,7 @@ impl Trainer {
                 shard.loss = loss;
                 shard
             }
-            (Layout::Series { plan: p, .. }, Data::Series(d)) => {
+            (Schedule::Series { plan: p, .. }, Data::Series(d)) => {
                 let t = self.timesteps();
                 let works: Vec<SlotWork> =
                     slots.clone().map(|s| p.at(plan.cursor.step, s)).collect();
