@@ -139,6 +139,12 @@ pub(crate) fn trainer(cfg: &TrainConfig, data: Data) -> Result<Trainer, CoordErr
             t.set_params(params)?;
             info!(from = %p.display(), hidden = t.spec().model.hidden, layers = t.spec().model.layers, compat = %t.spec().compat, "starting from given weights with a fresh optimizer");
         }
+        if cfg.initial_state.is_some() && t.data().series().is_some() {
+            return Err(CoordError::Config {
+                field: "initial_state".into(),
+                msg: "series data starts every series from a zero state at its first chunk, so --initial-state has nothing to set; it applies to .npz windows and synthetic data".into(),
+            });
+        }
         if let Some(s) = initial_states(cfg, &t)? {
             t.set_states(s)?;
             info!("the first step starts from the given initial state");

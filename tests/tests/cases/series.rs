@@ -342,6 +342,22 @@ fn malformed_tables_are_refused_with_file_row_and_column() {
         ],
     );
     assert!(e.contains("shop") && e.contains("store"), "{e}");
+    let e = carry_it::coordinator_fails(
+        &dir,
+        "initial-state",
+        &[
+            "train",
+            "--data",
+            s(&p),
+            "--initial-state",
+            s(&p),
+            "--spawn-workers",
+            "0",
+            "--out",
+            s(&out),
+        ],
+    );
+    assert!(e.contains("initial_state") && e.contains("series"), "{e}");
 }
 
 #[test]
