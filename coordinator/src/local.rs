@@ -50,12 +50,21 @@ pub(crate) fn run(
             wall,
             compute_ms: wall.as_secs_f64() * 1e3,
         };
-        if events
-            .blocking_send(commit_event(&trainer, report, cfg.checkpoint_every))
-            .is_err()
-        {
+        let mut event = commit_event(&trainer, report, cfg.checkpoint_every);
+        // under early stopping, an epoch's validation decides whether the next step runs
+        let wait = (cfg.patience.is_some() && c.epoch_end).then(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if let Event::Committed { ack, .. } = &mut event {
+                *ack = Some(tx);
+            }
+            rx
+        });
+        if events.blocking_send(event).is_err() {
             // the reporter stopped: it could not write a file, and says why
             break;
+        }
+        if let Some(rx) = wait {
+            let _ = rx.blocking_recv();
         }
     }
     Ok(trainer)

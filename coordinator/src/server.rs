@@ -315,9 +315,10 @@ pub(crate) async fn run(
     }
     // cancelled by the reporter when a file cannot be written: the job stops at once
     let fatal = CancellationToken::new();
-    // cancelled by the reporter when early stopping ends the run: it stops like a signal, and
+    // cancelled by a signal, a file that cannot be written, or the reporter when early stopping
+    // ends the run (then the checkpoint of where the run stands is written, as for a signal)
+    let stop = CancellationToken::new();
     // the checkpoint of where it stands is written
-    let early = CancellationToken::new();
     let (events, reporter, status) = report::spawn(
         ReportConfig {
             out: run_dir.path().to_path_buf(),
@@ -326,14 +327,13 @@ pub(crate) async fn run(
             start_step: trainer.cursor().global,
             batch_size: cfg.spec.batch_size,
             patience: cfg.patience,
-            early: early.clone(),
+            early: stop.clone(),
         },
         fatal.clone(),
     )?;
     if trainer.is_done() {
         info!("the run in the checkpoint is already complete; workers that join are told so");
     }
-    let stop = CancellationToken::new();
     let ui = match cfg.ui_listen {
         Some(addr) => {
             let l = bind(addr).await?;
@@ -353,12 +353,10 @@ pub(crate) async fn run(
     };
     let watch = {
         let (stop, shutdown, fatal) = (stop.clone(), shutdown.clone(), fatal.clone());
-        let early = early.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = fatal.cancelled() => {}
-                _ = early.cancelled() => {}
             }
             stop.cancel();
         })

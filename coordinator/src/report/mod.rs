@@ -60,6 +60,9 @@ pub(crate) enum Event {
         checkpoint: Option<Box<Checkpoint>>,
         /// A snapshot to validate, at epoch ends.
         validate: Option<Box<Trainer>>,
+        /// Told once the commit is recorded and validated (the in-process trainer waits for it at
+        /// epoch ends under early stopping, so where the run stops does not depend on timing).
+        ack: Option<tokio::sync::oneshot::Sender<()>>,
     },
     /// A worker registered.
     Joined {
@@ -92,6 +95,7 @@ pub(crate) fn commit_event(trainer: &Trainer, report: CommitReport, every: u64) 
         report,
         checkpoint,
         validate,
+        ack: None,
     }
 }
 
@@ -224,9 +228,13 @@ impl Reporter {
                     report,
                     checkpoint,
                     validate,
+                    ack,
                 } => {
                     self.committed(report, checkpoint, validate, bar.as_ref())
                         .await?;
+                    if let Some(a) = ack {
+                        let _ = a.send(());
+                    }
                 }
                 Event::Interrupted(ck) => {
                     let step = ck.cursor.global;
