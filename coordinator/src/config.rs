@@ -62,7 +62,8 @@ pub(crate) struct TrainArgs {
     /// Series data: hold out the last K steps of every series for validation [default: 0].
     #[arg(long, env = "CARRY_VAL_STEPS")]
     pub val_steps: Option<usize>,
-    /// Series data: shuffle the order series are taken in, seeded, per epoch [default: true].
+    /// Series data: take series longest first, in a seeded random order per epoch among series of
+    /// as many chunks; false takes them in file order [default: true].
     #[arg(long, env = "CARRY_SHUFFLE_SERIES", num_args = 0..=1, default_missing_value = "true", value_parser = boolish!())]
     pub shuffle_series: Option<bool>,
     /// Loss per output: mse, mae or huber [default: mse].

@@ -791,10 +791,16 @@ fn series_timesteps(spec: &TrainSpec) -> usize {
     spec.series.as_ref().map_or(1, |s| s.timesteps.max(1))
 }
 
-/// The schedule of epoch `epoch` of a series run.
+/// The schedule of epoch `epoch` of a series run. Shuffled, series are taken longest first, in
+/// a seeded random order among series of as many chunks: the slots then finish the epoch together
+/// instead of idling while the last long series runs (bucketing by length, as
+/// `bucket_by_sequence_length` does). Unshuffled, they are taken in file order.
 fn series_plan(spec: &TrainSpec, d: &SeriesData, chunks: &[u64], epoch: u64) -> EpochPlan {
     let shuffle = d.spec.shuffle;
-    let order = epoch_order(d.len(), spec.seed, epoch, shuffle);
+    let mut order = epoch_order(d.len(), spec.seed, epoch, shuffle);
+    if shuffle {
+        order.sort_by_key(|&s| std::cmp::Reverse(chunks[s]));
+    }
     EpochPlan::new(chunks, &order, spec.batch_size)
 }
 

@@ -58,7 +58,8 @@ pub struct SeriesSpec {
     pub scale: Scale,
     /// Steps held out at the end of every series for validation.
     pub val_steps: usize,
-    /// Shuffle the order series are taken in, per epoch.
+    /// Take series longest first, shuffled (seeded, per epoch) among series of as many chunks;
+    /// otherwise in file order.
     pub shuffle: bool,
     /// Steps per chunk (`--timesteps`).
     pub timesteps: usize,
