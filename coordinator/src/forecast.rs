@@ -7,7 +7,7 @@
 //! the user's units. `evaluate` holds out the last `H` steps of every series and scores the
 //! forecast of them against persistence and seasonal-naive baselines.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 use model::checkpoint::Checkpoint;
@@ -44,22 +44,15 @@ pub(crate) struct ColumnArgs {
     pub target_columns: Option<Vec<String>>,
 }
 
-/// Options of `coordinator forecast`.
+/// The model and the table `forecast` and `evaluate` apply it to.
 #[derive(Debug, Clone, Args)]
-pub(crate) struct ForecastArgs {
+pub(crate) struct SeriesModelArgs {
     /// A checkpoint (file or run directory) of a model trained on series data.
     #[arg(long, env = "CARRY_MODEL")]
     pub model: PathBuf,
-    /// The series' history: .csv, .csv.gz, .parquet or a ragged .npz.
+    /// The series: .csv, .csv.gz, .parquet or a ragged .npz.
     #[arg(long, env = "CARRY_DATA")]
     pub data: PathBuf,
-    /// Steps to forecast.
-    #[arg(long)]
-    pub horizon: usize,
-    /// Output CSV (long format: id, time, one column per target); a plot of a few series is
-    /// written beside it with the extension .svg.
-    #[arg(long, env = "CARRY_FORECAST_OUT")]
-    pub out: PathBuf,
     /// Columns.
     #[command(flatten)]
     pub columns: ColumnArgs,
@@ -71,15 +64,27 @@ pub(crate) struct ForecastArgs {
     pub engine: EngineKind,
 }
 
+/// Options of `coordinator forecast`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ForecastArgs {
+    /// Model, data, columns, device.
+    #[command(flatten)]
+    pub from: SeriesModelArgs,
+    /// Steps to forecast.
+    #[arg(long)]
+    pub horizon: usize,
+    /// Output CSV (long format: id, time, one column per target); a plot of a few series is
+    /// written beside it with the extension .svg.
+    #[arg(long, env = "CARRY_FORECAST_OUT")]
+    pub out: PathBuf,
+}
+
 /// Options of `coordinator evaluate`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct EvaluateArgs {
-    /// A checkpoint (file or run directory) of a model trained on series data.
-    #[arg(long, env = "CARRY_MODEL")]
-    pub model: PathBuf,
-    /// The series: .csv, .csv.gz, .parquet or a ragged .npz.
-    #[arg(long, env = "CARRY_DATA")]
-    pub data: PathBuf,
+    /// Model, data, columns, device.
+    #[command(flatten)]
+    pub from: SeriesModelArgs,
     /// Steps held out at the end of every series and forecast from the rest.
     #[arg(long)]
     pub holdout: usize,
@@ -90,15 +95,6 @@ pub(crate) struct EvaluateArgs {
     /// Also write the scores as JSON here.
     #[arg(long)]
     pub json_out: Option<PathBuf>,
-    /// Columns.
-    #[command(flatten)]
-    pub columns: ColumnArgs,
-    /// Device.
-    #[arg(long, env = "CARRY_DEVICE", value_enum, default_value_t = DeviceChoice::Cpu)]
-    pub device: DeviceChoice,
-    /// Engine.
-    #[arg(long, env = "CARRY_ENGINE", value_enum, default_value_t = EngineKind::Fused)]
-    pub engine: EngineKind,
 }
 
 /// A model and the table it is applied to.
@@ -119,13 +115,8 @@ fn config_err(field: &str, msg: String) -> CoordError {
     }
 }
 
-fn load(
-    model_path: &Path,
-    data: &Path,
-    cols: &ColumnArgs,
-    device: DeviceChoice,
-    engine: EngineKind,
-) -> Result<Loaded, CoordError> {
+fn load(a: &SeriesModelArgs) -> Result<Loaded, CoordError> {
+    let (model_path, data, cols) = (&a.model, &a.data, &a.columns);
     let ck = Checkpoint::load(model_path)?;
     let Some(mut spec) = ck.spec.series.clone() else {
         return Err(config_err(
@@ -178,8 +169,8 @@ fn load(
     scaler.extend(&table);
     let inputs = column_indices(&table, &spec.input_columns)?;
     let targets = column_indices(&table, &spec.target_columns)?;
-    let compute = resolve(device)?;
-    let engine = make_engine(engine, &compute, m, 1)?;
+    let compute = resolve(a.device)?;
+    let engine = make_engine(a.engine, &compute, m, 1)?;
     Ok(Loaded {
         ck,
         spec,
@@ -280,7 +271,7 @@ pub(crate) fn forecast(a: &ForecastArgs) -> Result<ForecastSummary, CoordError> 
             "expected at least 1 step, got 0".into(),
         ));
     }
-    let mut l = load(&a.model, &a.data, &a.columns, a.device, a.engine)?;
+    let mut l = load(&a.from)?;
     let hist: Vec<usize> = (0..l.table.ids.len()).map(|i| l.rows(i)).collect();
     let fc = l.forecast(&hist, a.horizon)?;
     let t = &l.table;
@@ -355,7 +346,7 @@ pub(crate) fn evaluate(a: &EvaluateArgs) -> Result<Scores, CoordError> {
             "expected at least 1 step, got 0".into(),
         ));
     }
-    let mut l = load(&a.model, &a.data, &a.columns, a.device, a.engine)?;
+    let mut l = load(&a.from)?;
     let h = a.holdout;
     let mut hist = Vec::with_capacity(l.table.ids.len());
     for (i, id) in l.table.ids.iter().enumerate() {
