@@ -233,9 +233,18 @@ pub(crate) struct TrainArgs {
     /// eviction [default: 5000].
     #[arg(long, env = "CARRY_EVICT_BACKOFF_MS")]
     pub evict_backoff_ms: Option<u64>,
-    /// Fraction of shard results recomputed by another worker and compared [default: 0].
+    /// Fraction of shard results the coordinator recomputes and compares [default: 0].
     #[arg(long, env = "CARRY_VERIFY_FRACTION")]
     pub verify_fraction: Option<f64>,
+    /// Steps of work handed to the workers past the last committed one, so that they never wait
+    /// for the coordinator between steps; a fault recomputes at most this many [default: 8].
+    #[arg(long, env = "CARRY_PIPELINE_DEPTH")]
+    pub pipeline_depth: Option<usize>,
+    /// Benchmark aid (scripts/simulate.sh): workers sleep this many milliseconds per slot
+    /// instead of computing, and report a zero gradient and unchanged states; everything else
+    /// (views, the gradient sum among workers, updates, commits) runs for real [default: off].
+    #[arg(long, env = "CARRY_SIMULATE_MS_PER_SLOT", hide = true)]
+    pub simulate_ms_per_slot: Option<f64>,
     /// Device for in-process training and for spawned workers: auto (a GPU through wgpu if there
     /// is one, else the CPU), wgpu, vulkan, metal, dx12, cpu [default: auto].
     #[arg(long, env = "CARRY_DEVICE", value_enum)]
@@ -284,7 +293,8 @@ impl TrainArgs {
             health_listen, metrics_listen, ui_listen, workers, max_workers, spawn_workers, worker_args, out,
             resume, auto_resume, overwrite, linger, checkpoint_every, lease_ms, shard_deadline_ms,
             deadline_floor_ms, max_deadline_misses, max_refusals, evict_backoff_ms,
-            verify_fraction, device, engine, threads, token, token_file, tls_cert, tls_key,
+            verify_fraction, pipeline_depth, simulate_ms_per_slot, device, engine, threads, token,
+            token_file, tls_cert, tls_key,
             tls_client_ca, insecure, max_message_mb, progress);
     }
 
@@ -628,6 +638,10 @@ impl TrainArgs {
                 evict_backoff: Duration::from_millis(self.evict_backoff_ms.unwrap_or(5000)),
                 deadline,
                 verify_fraction: self.verify_fraction.unwrap_or(0.0),
+                depth: self.pipeline_depth.unwrap_or(8),
+                max_message_bytes: self.max_message_mb.unwrap_or(64).saturating_mul(1 << 20),
+                simulate_ms_per_slot: self.simulate_ms_per_slot.unwrap_or(0.0),
+                checkpoint_every: self.checkpoint_every.unwrap_or(50),
                 ..JobConfig::default()
             },
             spawn_workers,
@@ -729,6 +743,18 @@ impl TrainConfig {
         }
         if j.max_deadline_misses == 0 {
             return bad("max_deadline_misses", "expected at least 1, got 0".into());
+        }
+        if j.depth == 0 || j.depth > 1024 {
+            return bad(
+                "pipeline_depth",
+                format!("expected 1 to 1024 steps, got {}", j.depth),
+            );
+        }
+        if !(j.simulate_ms_per_slot.is_finite() && j.simulate_ms_per_slot >= 0.0) {
+            return bad(
+                "simulate_ms_per_slot",
+                format!("expected milliseconds >= 0, got {}", j.simulate_ms_per_slot),
+            );
         }
         if !(0.0..=1.0).contains(&j.verify_fraction) {
             return bad(

@@ -25,6 +25,7 @@ mod error;
 mod forecast;
 mod job;
 mod local;
+mod pki;
 mod predict;
 mod report;
 mod rundir;

@@ -49,6 +49,8 @@ pub(crate) fn run(
             workers: 0,
             wall,
             compute_ms: wall.as_secs_f64() * 1e3,
+            breakdown: Default::default(),
+            at: Instant::now(),
         };
         let mut event = commit_event(&trainer, report, cfg.checkpoint_every);
         // under early stopping, an epoch's validation decides whether the next step runs

@@ -480,11 +480,10 @@ async fn serve(
         ServiceConfig {
             job_id,
             heartbeat: cfg.job.lease / 3,
-            lease: cfg.job.lease,
-            checkpoint_every: cfg.checkpoint_every,
             max_message_bytes: cfg.max_message_bytes,
+            tls: cfg.tls.is_some(),
         },
-    ));
+    )?);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<CoordinatorServer<CoordinatorService>>()
@@ -524,7 +523,7 @@ async fn serve(
     );
     info!(%addr, tls = cfg.tls.is_some(), token = cfg.token.is_some(), workers = cfg.job.min_workers, "serving the job");
 
-    // leases, deadlines and second opinions
+    // leases, deadlines, views and second opinions
     let ticker = {
         let (shared, stop) = (shared.clone(), server_stop.clone());
         let period =

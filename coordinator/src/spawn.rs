@@ -9,10 +9,7 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
-};
+use rcgen::ExtendedKeyUsagePurpose;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -54,24 +51,14 @@ impl SpawnTls {
         if let Some(ca) = &tls.client_ca {
             bundle.push(b'\n');
             bundle.extend(read(ca)?);
-            let err =
-                |e: rcgen::Error| CoordError::Spawn(format!("making client certificates: {e}"));
-            let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-            ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            ca_params.distinguished_name.push(
-                DnType::CommonName,
-                "carry spawned workers (one coordinator only)",
-            );
-            let issuer = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(err)?)
-                .map_err(err)?;
-            let key = KeyPair::generate().map_err(err)?;
-            let mut p =
-                CertificateParams::new(vec!["carry-spawned-worker".to_string()]).map_err(err)?;
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            let cert = p.signed_by(&key, &issuer).map_err(err)?;
-            std::fs::write(dir.join("client.pem"), cert.pem()).map_err(io)?;
-            std::fs::write(dir.join("client.key"), key.serialize_pem()).map_err(io)?;
-            client_ca = Some(issuer.pem().into_bytes());
+            let ca = crate::pki::Ca::new("carry spawned workers (one coordinator only)")?;
+            let (cert, key) = ca.issue(
+                &["carry-spawned-worker"],
+                vec![ExtendedKeyUsagePurpose::ClientAuth],
+            )?;
+            std::fs::write(dir.join("client.pem"), cert).map_err(io)?;
+            std::fs::write(dir.join("client.key"), key).map_err(io)?;
+            client_ca = Some(ca.pem().into_bytes());
         }
         std::fs::write(dir.join("ca-bundle.pem"), bundle).map_err(io)?;
         Ok(Self { dir, client_ca })

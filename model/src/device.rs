@@ -99,8 +99,45 @@ fn probe(api: WgpuBackend) -> Probe {
     Ok((device, desc, software))
 }
 
+/// Whether wgpu sees a hardware adapter (anything but a software rasterizer), asked without
+/// bringing a device up: a device that is not used would keep a server thread waking up in this
+/// process for nothing.
+fn hardware_adapter() -> bool {
+    use burn::tensor::wgpu::wgpu;
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::all(),
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .iter()
+        .any(|a| a.get_info().device_type != DeviceType::Cpu)
+}
+
+/// Runs a future to completion on this thread.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
 /// Resolves `choice`, probing wgpu at most once per graphics API in this process.
 pub fn resolve(choice: DeviceChoice) -> Result<Compute, ModelError> {
+    if choice == DeviceChoice::Auto && !hardware_adapter() {
+        tracing::info!("device auto: no hardware GPU adapter, using the CPU");
+        return Ok(Compute::Cpu);
+    }
     static CACHE: OnceLock<Mutex<HashMap<DeviceChoice, Probe>>> = OnceLock::new();
     let api = match choice {
         DeviceChoice::Cpu => return Ok(Compute::Cpu),

@@ -13,6 +13,8 @@
 //! - [`net`]: how a step starts (carried, reset, or the learned initial-state projection).
 //! - [`adam`], [`trainer`]: the optimizer and the training state machine; the in-process
 //!   reference trainer is [`trainer::Trainer::step_local`].
+//! - [`replica`]: replicated training: views, the replica every worker holds, gradient chunks
+//!   and what members report about each step.
 //! - [`checkpoint`], [`export`], [`keras`]: checkpoints, PyTorch-layout safetensors and Keras 3
 //!   weights, exported and imported;
 //!   [`st`] reads and writes the safetensors files they are made of.
@@ -30,6 +32,7 @@ pub mod keras;
 pub mod net;
 pub mod npy;
 pub mod params;
+pub mod replica;
 pub mod rng;
 pub mod series;
 pub mod st;

@@ -121,6 +121,21 @@ pub struct StepPlan {
     pub dropout: Option<DropoutKey>,
 }
 
+/// A step planned ahead of the commits before it ([`Trainer::plan_after`]).
+#[derive(Debug, Clone)]
+pub struct Ahead {
+    /// Its position, reset and dropout key.
+    pub plan: StepPlan,
+    /// Steps in its epoch.
+    pub steps_in_epoch: u64,
+    /// Its learning rate (after warm-up and schedule).
+    pub lr: f64,
+    /// Its valid outputs: the divisor that turns the summed loss and gradient into the mean.
+    pub outputs: usize,
+    /// Series data: its epoch and that epoch's schedule.
+    series: Option<(u64, Arc<EpochPlan>)>,
+}
+
 /// Everything needed to compute one shard of a step, anywhere.
 #[derive(Debug, Clone)]
 pub struct ShardData {
@@ -172,6 +187,22 @@ impl ShardData {
                 None => self.init.clone(),
             },
         )
+    }
+
+    /// What a simulated computation of the shard returns (a benchmark aid that keeps everything
+    /// but the compute real): no loss, a zero gradient, and final states equal to the initial
+    /// ones, which pass every bound a real result must.
+    pub fn simulated(
+        &self,
+        model: &ModelConfig,
+        params: &[f32],
+    ) -> Result<crate::engine::TrainOut, ModelError> {
+        Ok(crate::engine::TrainOut {
+            loss_sum: 0.0,
+            grad: vec![0.0; params.len()],
+            final_state: self.initial_states(model, params)?,
+            init_grad: None,
+        })
     }
 
     /// Computes the shard on `engine`: `(loss_sum, gradient of loss_sum, final states)`.
@@ -380,16 +411,21 @@ impl Trainer {
     /// What slot `slot` holds in the step `plan`, for messages: `sequence N`, or the series id
     /// and chunk.
     pub fn slot_label(&self, plan: &StepPlan, slot: usize) -> String {
-        match (&self.schedule, &self.data) {
-            (Schedule::Windows(s), _) => format!("sequence {}", s.sequence(plan.cursor.step, slot)),
-            (Schedule::Series { plan: p, .. }, Data::Series(d)) => {
-                match p.at(plan.cursor.step, slot) {
-                    SlotWork::Chunk { series, chunk } => {
-                        format!("series `{}` chunk {chunk}", d.ids[series])
-                    }
-                    SlotWork::Idle => "idle".into(),
-                }
+        self.slot_label_of(&self.at_cursor_epoch(plan), slot)
+    }
+
+    /// What slot `slot` holds in the step `a` (planned ahead), for messages.
+    pub fn slot_label_of(&self, a: &Ahead, slot: usize) -> String {
+        match (&self.schedule, &a.series, &self.data) {
+            (Schedule::Windows(s), _, _) => {
+                format!("sequence {}", s.sequence(a.plan.cursor.step, slot))
             }
+            (_, Some((_, p)), Data::Series(d)) => match p.at(a.plan.cursor.step, slot) {
+                SlotWork::Chunk { series, chunk } => {
+                    format!("series `{}` chunk {chunk}", d.ids[series])
+                }
+                SlotWork::Idle => "idle".into(),
+            },
             _ => unreachable!("series layout with series data"),
         }
     }
@@ -430,6 +466,20 @@ impl Trainer {
     /// The parameter layout.
     pub fn layout(&self) -> &ParamLayout {
         &self.layout
+    }
+
+    /// How a summed gradient becomes this run's update, for replicas of the parameters.
+    pub fn update_rule(&self) -> UpdateRule {
+        UpdateRule {
+            adam: self.spec.adam,
+            compat: self.spec.compat,
+            clip_norm: self.spec.clip_norm,
+        }
+    }
+
+    /// Adam's state.
+    pub fn adam(&self) -> &AdamState {
+        &self.adam
     }
 
     /// The next step's position.
@@ -493,53 +543,148 @@ impl Trainer {
 
     /// Valid outputs of the step `plan`: the divisor that turns sums into the batch mean.
     pub fn outputs_in(&self, plan: &StepPlan) -> usize {
+        self.at_cursor_epoch(plan).outputs
+    }
+
+    /// Valid outputs of the step `a`.
+    fn outputs_of(&self, a: &Ahead) -> usize {
         let fo = self.data.output_features();
-        match (&self.schedule, &self.data) {
-            (Schedule::Windows(_), _) => self.spec.batch_size * self.timesteps() * fo,
-            (Schedule::Series { .. }, Data::Series(d)) => {
+        match (&a.series, &self.data) {
+            (None, _) => self.spec.batch_size * self.timesteps() * fo,
+            (Some((_, p)), Data::Series(d)) => {
                 let t = self.timesteps();
-                let works = self.slot_work(plan).unwrap_or_default();
-                works.iter().map(|w| chunk_valid(d, w, t)).sum::<usize>() * fo
+                (0..self.spec.batch_size)
+                    .map(|s| chunk_valid(d, &p.at(a.plan.cursor.step, s), t))
+                    .sum::<usize>()
+                    * fo
             }
-            _ => unreachable!("series layout with series data"),
+            _ => unreachable!("series plans with series data"),
         }
+    }
+
+    /// `plan` with the schedule of the cursor's epoch.
+    fn at_cursor_epoch(&self, plan: &StepPlan) -> Ahead {
+        let mut a = Ahead {
+            plan: *plan,
+            steps_in_epoch: self.steps_in_epoch(),
+            lr: self
+                .spec
+                .lr_at(plan.cursor.global, plan.cursor.epoch, self.total),
+            outputs: 0,
+            series: match &self.schedule {
+                Schedule::Series { plan, epoch, .. } => Some((*epoch, plan.clone())),
+                Schedule::Windows(_) => None,
+            },
+        };
+        a.outputs = self.outputs_of(&a);
+        a
     }
 
     /// The next step, or `None` when the run is complete.
     pub fn plan(&self) -> Option<StepPlan> {
-        if self.is_done() {
+        self.plan_after(None).map(|a| a.plan)
+    }
+
+    /// The step after `prev` (the next step to commit when `None`), planned ahead of the commits
+    /// before it: everything its shards need that does not depend on the parameters or on the
+    /// states the step starts from. `None` past the end of the run. The coordinator hands out a
+    /// few steps ahead this way, so that workers never wait for their next step's data.
+    pub fn plan_after(&self, prev: Option<&Ahead>) -> Option<Ahead> {
+        let c = match prev {
+            None => self.cursor,
+            Some(p) => p.plan.cursor.next(p.steps_in_epoch),
+        };
+        if c.global >= self.total {
             return None;
         }
-        let c = self.cursor;
+        let series = match (&self.schedule, &self.data) {
+            (Schedule::Windows(_), _) => None,
+            (
+                Schedule::Series {
+                    plan,
+                    epoch,
+                    chunks,
+                },
+                Data::Series(d),
+            ) => Some(match prev.and_then(|p| p.series.clone()) {
+                Some(p) if p.0 == c.epoch => p,
+                _ if *epoch == c.epoch => (c.epoch, plan.clone()),
+                _ => (
+                    c.epoch,
+                    Arc::new(series_plan(&self.spec, d, chunks, c.epoch)),
+                ),
+            }),
+            _ => unreachable!("the layout follows the data"),
+        };
+        let steps_in_epoch = match (&self.schedule, &series) {
+            (Schedule::Windows(s), _) => s.steps_per_epoch,
+            (_, Some((_, p))) => p.steps,
+            _ => unreachable!("series layout with a series plan"),
+        };
         let dropout = (self.spec.model.dropout > 0.0).then_some(DropoutKey {
             seed: self.spec.seed,
             epoch: c.epoch,
             step: c.step,
         });
-        Some(StepPlan {
+        let explicit = self.explicit_states && c == self.cursor;
+        let plan = StepPlan {
             cursor: c,
             // series reset slot by slot, at their boundaries ([`ShardData::resets`])
             reset: matches!(self.schedule, Schedule::Windows(_))
                 && self.spec.reset.resets_at(c.step)
-                && !self.explicit_states,
+                && !explicit,
             dropout,
-        })
+        };
+        let mut a = Ahead {
+            plan,
+            steps_in_epoch,
+            lr: self.spec.lr_at(c.global, c.epoch, self.total),
+            outputs: 0,
+            series,
+        };
+        a.outputs = self.outputs_of(&a);
+        Some(a)
     }
 
     /// The data and initial states of `slots` for the next step.
     pub fn shard(&self, plan: &StepPlan, slots: Range<usize>) -> ShardData {
+        self.shard_of(&self.at_cursor_epoch(plan), slots)
+    }
+
+    /// The data of `slots` in the step `a` (planned with [`Trainer::plan_after`]); their initial
+    /// states are the committed ones when `a` is the next step to commit, else zero (whoever
+    /// computes a later step starts it from the states its previous step ended with).
+    pub fn shard_of(&self, a: &Ahead, slots: Range<usize>) -> ShardData {
+        let plan = &a.plan;
         let loss = self.spec.loss_fn();
+        let at_cursor = plan.cursor == self.cursor;
+        let zeros;
+        let states = if at_cursor {
+            &self.states
+        } else {
+            zeros = SlotStates::zeros(
+                self.spec.model.layers,
+                self.spec.batch_size,
+                self.spec.model.hidden,
+            );
+            &zeros
+        };
         match (&self.schedule, &self.data) {
             (Schedule::Windows(streams), Data::Windows(d)) => {
                 let seqs: Vec<usize> = slots
                     .clone()
                     .map(|s| streams.sequence(plan.cursor.step, s))
                     .collect();
-                let mut shard = gather_shard(&d.train, &seqs, slots, plan, &self.states);
+                let mut shard = gather_shard(&d.train, &seqs, slots, plan, states);
                 shard.loss = loss;
                 shard
             }
-            (Schedule::Series { plan: p, .. }, Data::Series(d)) => {
+            (Schedule::Series { .. }, Data::Series(d)) => {
+                let p = &a
+                    .series
+                    .as_ref()
+                    .expect("series steps carry their epoch plan")
+                    .1;
                 let t = self.timesteps();
                 let works: Vec<SlotWork> =
                     slots.clone().map(|s| p.at(plan.cursor.step, s)).collect();
@@ -563,7 +708,7 @@ impl Trainer {
                     x,
                     y,
                     cond: None,
-                    init: self.states.gather(&slot_list),
+                    init: states.gather(&slot_list),
                     reset: false,
                     dropout: plan.dropout,
                     valid: Some(valid),
@@ -617,27 +762,20 @@ impl Trainer {
                 &[covered],
             ));
         }
-        let count = self.outputs_in(plan) as f32;
-        let mut grad: Vec<f32> = grad_sum.iter().map(|g| g / count).collect();
-        if self.spec.compat == Compat::Keras {
-            // one bias per layer, as Keras has: bias_hh stays what it is (zero)
-            for k in 0..self.spec.model.layers {
-                let b = self.layout.layer(k).b_hh;
-                grad[b..b + 4 * self.spec.model.hidden].fill(0.0);
-            }
-        }
-        if let Some(max) = self.spec.clip_norm {
-            clip_to_norm(&mut grad, max);
-        }
+        let a = self.at_cursor_epoch(plan);
         // The update is computed aside and committed only when every value is finite: a step
         // that would poison the model is refused whole, and nothing non-finite is ever stored.
         let mut params = self.params.clone();
         let mut adam = self.adam.clone();
-        let mut rule = self.spec.adam;
-        rule.lr = self
-            .spec
-            .lr_at(self.cursor.global, self.cursor.epoch, self.total);
-        adam.step(&rule, self.spec.compat, &mut params, &grad);
+        self.update_rule().apply(
+            &self.spec.model,
+            &self.layout,
+            a.lr,
+            a.outputs,
+            grad_sum,
+            &mut params,
+            &mut adam,
+        );
         let step = self.cursor.global;
         check_finite(
             &format!("parameters after the update of step {step}"),
@@ -657,7 +795,7 @@ impl Trainer {
         self.refresh_epoch_plan();
         Ok(Committed {
             cursor,
-            loss: loss_sum / f64::from(count),
+            loss: loss_sum / a.outputs as f64,
             epoch_end: self.cursor.epoch != cursor.epoch,
             done: self.is_done(),
         })
@@ -773,6 +911,67 @@ impl Trainer {
             scaler: self.data.series().map(|d| d.scaler.clone()),
         }
     }
+}
+
+/// How a step's summed gradient becomes its update: the part of a run's settings that every
+/// replica of the parameters applies, so that replicas given the same summed gradient stay
+/// identical bit for bit ([`Trainer::commit`] and the workers' replicas both call
+/// [`UpdateRule::apply`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateRule {
+    /// Adam's decays and epsilon (its `lr` is replaced by each step's).
+    pub adam: crate::config::AdamConfig,
+    /// Whose biases and Adam rule.
+    pub compat: Compat,
+    /// Global gradient norm to clip to.
+    pub clip_norm: Option<f64>,
+}
+
+impl UpdateRule {
+    /// Applies the update of a step with learning rate `lr` whose `outputs` valid outputs summed
+    /// to `grad_sum`: the mean gradient (with `bias_hh` left alone under [`Compat::Keras`]),
+    /// clipped to `clip_norm`, through Adam, into `params` and `adam`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply(
+        &self,
+        model: &ModelConfig,
+        layout: &ParamLayout,
+        lr: f64,
+        outputs: usize,
+        grad_sum: &[f32],
+        params: &mut [f32],
+        adam: &mut AdamState,
+    ) {
+        let count = outputs as f32;
+        let mut grad: Vec<f32> = grad_sum.iter().map(|g| g / count).collect();
+        if self.compat == Compat::Keras {
+            // one bias per layer, as Keras has: bias_hh stays what it is (zero)
+            for k in 0..model.layers {
+                let b = layout.layer(k).b_hh;
+                grad[b..b + 4 * model.hidden].fill(0.0);
+            }
+        }
+        if let Some(max) = self.clip_norm {
+            clip_to_norm(&mut grad, max);
+        }
+        let mut rule = self.adam;
+        rule.lr = lr;
+        adam.step(&rule, self.compat, params, &grad);
+    }
+}
+
+/// A digest of parameters, to check that replicas are identical bit for bit (xxh3 of their
+/// little-endian bytes).
+pub fn digest(values: &[f32]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = [0u8; 4096];
+    for chunk in values.chunks(buf.len() / 4) {
+        for (b, v) in buf.chunks_exact_mut(4).zip(chunk) {
+            b.copy_from_slice(&v.to_le_bytes());
+        }
+        h.update(&buf[..chunk.len() * 4]);
+    }
+    h.digest()
 }
 
 /// Sum of the loss over predictions `p` and targets `y`, in f64.

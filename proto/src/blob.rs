@@ -48,33 +48,52 @@ pub fn move_out(t: &mut pb::Tensor, max: usize, store: impl FnOnce(Bytes) -> Str
     }
 }
 
-/// The tensors of an assignment, for [`offload`].
+/// The tensors of a message that [`offload`] may move out: every one of them, in a fixed order.
+pub type Tensors<M> = fn(&mut M) -> Vec<&mut pb::Tensor>;
+
+/// The tensors of a step's work.
 pub fn assignment_tensors(a: &mut pb::Assignment) -> Vec<&mut pb::Tensor> {
+    [a.x.as_mut(), a.y.as_mut(), a.cond.as_mut()]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The tensors of a view.
+pub fn view_tensors(v: &mut pb::View) -> Vec<&mut pb::Tensor> {
     [
-        a.params.as_mut(),
-        a.x.as_mut(),
-        a.y.as_mut(),
-        a.cond.as_mut(),
-        a.h.as_mut(),
-        a.c.as_mut(),
+        v.params.as_mut(),
+        v.adam_m.as_mut(),
+        v.adam_v.as_mut(),
+        v.h.as_mut(),
+        v.c.as_mut(),
     ]
     .into_iter()
     .flatten()
     .collect()
 }
 
-/// The tensors of a shard result, for [`offload`].
-pub fn result_tensors(r: &mut pb::ShardResult) -> Vec<&mut pb::Tensor> {
-    [r.grad.as_mut(), r.h.as_mut(), r.c.as_mut()]
-        .into_iter()
-        .flatten()
-        .collect()
+/// The tensors of a report, record after record.
+pub fn report_tensors(r: &mut pb::ReportRequest) -> Vec<&mut pb::Tensor> {
+    use pb::record::Kind;
+    let mut out = Vec::new();
+    for rec in &mut r.records {
+        match rec.kind.as_mut() {
+            Some(Kind::Computed(c)) => {
+                out.extend([c.h.as_mut(), c.c.as_mut()].into_iter().flatten())
+            }
+            Some(Kind::Reduced(d)) => out.extend(d.chunks.iter_mut()),
+            Some(Kind::Gradient(g)) => out.extend(g.grad.as_mut()),
+            _ => {}
+        }
+    }
+    out
 }
 
-/// A blob an assignment refers to, still to be fetched.
+/// A blob a message refers to, still to be fetched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
-    /// Which of the assignment's tensors (see [`assignment_tensors`]).
+    /// Which of the message's tensors (in the order of its [`Tensors`] function).
     pub index: usize,
     /// The blob's id.
     pub id: String,
@@ -82,10 +101,10 @@ pub struct Pending {
     pub bytes: usize,
 }
 
-/// The blobs `a` refers to; an error when a shape's size does not fit in memory addresses.
-pub fn pending(a: &mut pb::Assignment) -> Result<Vec<Pending>, String> {
+/// The blobs `m` refers to; an error when a shape's size does not fit in memory addresses.
+pub fn pending<M>(m: &mut M, tensors: Tensors<M>) -> Result<Vec<Pending>, String> {
     let mut out = Vec::new();
-    for (index, t) in assignment_tensors(a).into_iter().enumerate() {
+    for (index, t) in tensors(m).into_iter().enumerate() {
         if t.blob.is_empty() {
             continue;
         }
@@ -104,19 +123,19 @@ pub fn pending(a: &mut pb::Assignment) -> Result<Vec<Pending>, String> {
     Ok(out)
 }
 
-/// Puts the fetched bytes of `p` into `a`.
-pub fn fill(a: &mut pb::Assignment, p: &Pending, data: Bytes) {
-    if let Some(t) = assignment_tensors(a).into_iter().nth(p.index) {
+/// Puts the fetched bytes of `p` into `m`.
+pub fn fill<M>(m: &mut M, tensors: Tensors<M>, p: &Pending, data: Bytes) {
+    if let Some(t) = tensors(m).into_iter().nth(p.index) {
         t.data = data;
         t.blob.clear();
     }
 }
 
-/// Moves the largest tensors of a result out until it fits in `limit` bytes; returns their
-/// bytes, to upload in order and name with [`name_uploads`].
-pub fn split_result(r: &mut pb::ShardResult, limit: usize) -> Vec<Bytes> {
+/// Moves the largest tensors of `m` out until it fits in `limit` bytes; returns their bytes, to
+/// upload in order and name with [`name_uploads`].
+pub fn split<M: Message>(m: &mut M, limit: usize, tensors: Tensors<M>) -> Vec<Bytes> {
     let mut out = Vec::new();
-    offload(r, limit, result_tensors, |data| {
+    offload(m, limit, tensors, |data| {
         out.push(data);
         format!("{PENDING}{}", out.len() - 1)
     });
@@ -126,9 +145,9 @@ pub fn split_result(r: &mut pb::ShardResult, limit: usize) -> Vec<Bytes> {
 /// Placeholder of an upload not yet named by the coordinator.
 const PENDING: &str = "pending-";
 
-/// Replaces the placeholders [`split_result`] left in `r` by the ids the uploads got.
-pub fn name_uploads(r: &mut pb::ShardResult, ids: &[String]) {
-    for t in result_tensors(r) {
+/// Replaces the placeholders [`split`] left in `m` by the ids the uploads got.
+pub fn name_uploads<M>(m: &mut M, tensors: Tensors<M>, ids: &[String]) {
+    for t in tensors(m) {
         if let Some(id) = t
             .blob
             .strip_prefix(PENDING)
@@ -140,12 +159,13 @@ pub fn name_uploads(r: &mut pb::ShardResult, ids: &[String]) {
     }
 }
 
-/// Replaces the blob references of a result by the uploaded bytes `take` returns for each id.
-pub fn resolve(
-    r: &mut pb::ShardResult,
+/// Replaces the blob references of `m` by the uploaded bytes `take` returns for each id.
+pub fn resolve<M>(
+    m: &mut M,
+    tensors: Tensors<M>,
     mut take: impl FnMut(&str) -> Option<Bytes>,
 ) -> Result<(), String> {
-    for t in result_tensors(r) {
+    for t in tensors(m) {
         if t.blob.is_empty() {
             continue;
         }
@@ -256,26 +276,30 @@ mod tests {
 
     #[test]
     fn the_largest_tensors_move_out_until_the_message_fits() {
-        let mut r = pb::ShardResult {
-            grad: Some(tensor(&[300_000], &vec![1.0; 300_000])),
+        let mut v = pb::View {
+            params: Some(tensor(&[300_000], &vec![1.0; 300_000])),
             h: Some(tensor(&[2, 10, 8], &[0.5; 160])),
             c: Some(tensor(&[2, 10, 8], &[0.5; 160])),
             ..Default::default()
         };
         let mut stored = Vec::new();
-        let moved = offload(&mut r, 1 << 20, result_tensors, |b| {
+        let moved = offload(&mut v, 1 << 20, view_tensors, |b| {
             stored.push(b);
             format!("blob-{}", stored.len())
         });
         assert_eq!(moved, 1);
-        assert!(r.encoded_len() <= 1 << 20);
-        let g = r.grad.as_ref().unwrap();
+        assert!(v.encoded_len() <= 1 << 20);
+        let g = v.params.as_ref().unwrap();
         assert_eq!((g.blob.as_str(), g.data.len()), ("blob-1", 0));
         assert_eq!(stored[0].len(), 1_200_000);
         assert!(
-            r.h.as_ref().unwrap().blob.is_empty(),
+            v.h.as_ref().unwrap().blob.is_empty(),
             "small tensors stay inline"
         );
+        let p = pending(&mut v, view_tensors).unwrap();
+        assert_eq!(p.len(), 1);
+        fill(&mut v, view_tensors, &p[0], stored[0].clone());
+        assert!(v.params.as_ref().unwrap().blob.is_empty());
         // chunks put back together give the same bytes
         let mut a = Assembler::new(1_200_000);
         for c in chunks(&stored[0], CHUNK_BYTES) {

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use model::config::{Head, ModelConfig};
 use model::dropout::DropoutKey;
-use model::engine::{Loss, TrainOut};
+use model::engine::Loss;
 use model::error::{ModelError, fmt_shape};
 use model::state::SlotStates;
-use model::trainer::{ShardData, StepPlan, Submission};
+use model::trainer::{ShardData, StepPlan};
 use prost::bytes::Bytes;
 
 use crate::pb;
@@ -193,35 +193,39 @@ pub fn model_config(spec: Option<&pb::ModelSpec>) -> Result<ModelConfig, WireErr
     Ok(cfg)
 }
 
-/// One shard of a step as the coordinator hands it out.
+/// The work of one step for one member of a view, as the coordinator hands it out.
 #[derive(Debug, Clone, Copy)]
 pub struct AssignmentOut<'a> {
+    /// The view.
+    pub view: u64,
     /// The step.
     pub plan: &'a StepPlan,
-    /// Shard index within the step.
-    pub shard: u32,
-    /// First global slot of the shard.
+    /// The member's index in the view.
+    pub member: u32,
+    /// First global slot of the member's shard.
     pub first_slot: usize,
-    /// Data and initial states.
+    /// The shard's data (its `init` is not sent: members carry their states).
     pub data: &'a ShardData,
     /// The model (feature widths).
     pub model: &'a ModelConfig,
-    /// Hand the result in within this time.
+    /// Report the step computed within this time of starting it.
     pub deadline: Duration,
+    /// The step's learning rate.
+    pub lr: f64,
+    /// The step's valid outputs.
+    pub outputs: usize,
 }
 
-/// The wire form of an assignment; `params` is the step's encoded parameter tensor (encoded once
-/// per step and shared by every assignment).
-pub fn assignment(a: &AssignmentOut<'_>, params: pb::Tensor) -> pb::Assignment {
+/// The wire form of a step's work.
+pub fn assignment(a: &AssignmentOut<'_>) -> pb::Assignment {
     let d = a.data;
     let n = d.slots.len();
     let m = a.model;
-    let (l, h) = (d.init.layers(), d.init.hidden());
     pb::Assignment {
         step: a.plan.cursor.global,
         epoch: a.plan.cursor.epoch,
         step_in_epoch: a.plan.cursor.step,
-        shard: a.shard,
+        shard: a.member,
         first_slot: a.first_slot as u64,
         slots: n as u32,
         reset: d.reset,
@@ -230,15 +234,15 @@ pub fn assignment(a: &AssignmentOut<'_>, params: pb::Tensor) -> pb::Assignment {
             epoch: k.epoch,
             step: k.step,
         }),
-        params: Some(params),
+        params: None,
         x: Some(tensor(&[n, d.t, m.input], &d.x)),
         y: Some(tensor(&[n, d.t, m.output], &d.y)),
         cond: match (&d.cond, m.cond) {
             (Some(c), Some(w)) => Some(tensor(&[n, w], c)),
             _ => None,
         },
-        h: Some(tensor(&[l, n, h], d.init.h())),
-        c: Some(tensor(&[l, n, h], d.init.c())),
+        h: None,
+        c: None,
         deadline_ms: a.deadline.as_millis().try_into().unwrap_or(u64::MAX),
         valid_steps: d.valid.clone().unwrap_or_default(),
         slot_reset: d.resets.clone().unwrap_or_default(),
@@ -251,6 +255,9 @@ pub fn assignment(a: &AssignmentOut<'_>, params: pb::Tensor) -> pb::Assignment {
             Loss::Huber(delta) => delta,
             _ => 0.0,
         },
+        view: a.view,
+        lr: a.lr,
+        outputs: a.outputs as u64,
     }
 }
 
@@ -321,22 +328,33 @@ fn slot_masks(
     Ok((valid, resets))
 }
 
-/// A decoded assignment: what a worker computes.
+/// A decoded step of work: what a member computes.
 #[derive(Debug, Clone)]
 pub struct Work {
-    /// Global step id.
-    pub step: u64,
-    /// Shard index within the step.
-    pub shard: u32,
-    /// Parameters to compute with.
-    pub params: Vec<f32>,
-    /// The shard's data and initial states.
+    /// The view.
+    pub view: u64,
+    /// Global step id, epoch and step within the epoch.
+    pub cursor: model::stream::Cursor,
+    /// The member's index in the view.
+    pub member: u32,
+    /// The shard's data; its `init` is zero (the member starts from its carried states).
     pub data: ShardData,
-    /// Hand the result in within this time (`None`: no deadline given).
+    /// Report the step computed within this time of starting it (`None`: no deadline given).
     pub deadline: Option<Duration>,
+    /// The step's learning rate.
+    pub lr: f64,
+    /// The step's valid outputs.
+    pub outputs: usize,
 }
 
-/// Decodes an assignment for a model `cfg`; every tensor is checked for shape and finiteness.
+impl Work {
+    /// Global step id.
+    pub fn step(&self) -> u64 {
+        self.cursor.global
+    }
+}
+
+/// Decodes a step's work for a model `cfg`; every tensor is checked for shape and finiteness.
 pub fn work(a: &pb::Assignment, cfg: &ModelConfig) -> Result<Work, WireError> {
     let n = a.slots as usize;
     let t =
@@ -351,14 +369,8 @@ pub fn work(a: &pb::Assignment, cfg: &ModelConfig) -> Result<Work, WireError> {
             format!("{n} slots, {t} steps"),
         ));
     }
-    let n_params = model::params::ParamLayout::new(cfg).len();
-    let params = decode(a.params.as_ref(), "params", &[n_params])?;
     let x = decode(a.x.as_ref(), "x", &[n, t, cfg.input])?;
     let y = decode(a.y.as_ref(), "y", &[n, t, cfg.output])?;
-    let st = [cfg.layers, n, cfg.hidden];
-    let h = decode(a.h.as_ref(), "h", &st)?;
-    let c = decode(a.c.as_ref(), "c", &st)?;
-    let init = SlotStates::from_flat(cfg.layers, n, cfg.hidden, h, c)?;
     let cond = match (a.reset, cfg.cond) {
         (true, Some(w)) => Some(decode(a.cond.as_ref(), "cond", &[n, w])?),
         _ => None,
@@ -372,17 +384,35 @@ pub fn work(a: &pb::Assignment, cfg: &ModelConfig) -> Result<Work, WireError> {
             a.first_slot.to_string(),
         )
     })?;
+    if !a.lr.is_finite() || a.lr < 0.0 {
+        return Err(shape_error(
+            "lr",
+            "a finite learning rate >= 0".into(),
+            a.lr.to_string(),
+        ));
+    }
+    if a.outputs == 0 {
+        return Err(shape_error(
+            "outputs",
+            "at least 1 valid output".into(),
+            "0".into(),
+        ));
+    }
     Ok(Work {
-        step: a.step,
-        shard: a.shard,
-        params,
+        view: a.view,
+        cursor: model::stream::Cursor {
+            epoch: a.epoch,
+            step: a.step_in_epoch,
+            global: a.step,
+        },
+        member: a.shard,
         data: ShardData {
             slots: (a.first_slot..end).collect(),
             t,
             x,
             y,
             cond,
-            init,
+            init: SlotStates::zeros(cfg.layers, n, cfg.hidden),
             reset: a.reset,
             dropout: a.dropout.as_ref().map(|d| DropoutKey {
                 seed: d.seed,
@@ -394,48 +424,8 @@ pub fn work(a: &pb::Assignment, cfg: &ModelConfig) -> Result<Work, WireError> {
             loss,
         },
         deadline: (a.deadline_ms > 0).then(|| Duration::from_millis(a.deadline_ms)),
-    })
-}
-
-/// The wire form of a computed shard.
-pub fn shard_result(step: u64, shard: u32, out: &TrainOut, compute_ms: f64) -> pb::ShardResult {
-    let f = &out.final_state;
-    let st = [f.layers(), f.slots(), f.hidden()];
-    pb::ShardResult {
-        step,
-        shard,
-        loss_sum: out.loss_sum,
-        grad: Some(tensor(&[out.grad.len()], &out.grad)),
-        h: Some(tensor(&st, f.h())),
-        c: Some(tensor(&st, f.c())),
-        compute_ms,
-    }
-}
-
-/// The `(step, shard)` a result is for.
-pub fn result_key(r: &pb::ShardResult) -> (u64, u32) {
-    (r.step, r.shard)
-}
-
-/// Decodes a shard result whose gradient must have `grad_len` values and whose final states the
-/// shape `state` (`[layers, slots, hidden]`).
-pub fn submission(
-    r: &pb::ShardResult,
-    grad_len: usize,
-    state: [usize; 3],
-) -> Result<Submission, WireError> {
-    let grad = decode(r.grad.as_ref(), "grad", &[grad_len])?;
-    let h = decode(r.h.as_ref(), "h", &state)?;
-    let c = decode(r.c.as_ref(), "c", &state)?;
-    let [l, n, hd] = state;
-    let finals = SlotStates::from_flat(l, n, hd, h, c)?;
-    Ok(Submission {
-        step: r.step,
-        shard: r.shard,
-        loss_sum: r.loss_sum,
-        grad,
-        finals,
-        compute_ms: r.compute_ms,
+        lr: a.lr,
+        outputs: usize::try_from(a.outputs).unwrap_or(usize::MAX),
     })
 }
 
@@ -448,14 +438,18 @@ pub struct Joining {
     pub device: String,
     /// The protocol version it speaks.
     pub protocol: u32,
+    /// Where it accepts connections from the other workers.
+    pub peer_address: String,
 }
 
-/// The registration of a worker named `name` computing on `device`, in this build's protocol.
-pub fn register_request(name: &str, device: &str) -> pb::RegisterRequest {
+/// The registration of a worker named `name` computing on `device` and accepting peer connections
+/// at `peer_address`, in this build's protocol.
+pub fn register_request(name: &str, device: &str, peer_address: &str) -> pb::RegisterRequest {
     pb::RegisterRequest {
         name: name.to_string(),
         device: device.to_string(),
         protocol: crate::PROTOCOL_VERSION,
+        peer_address: peer_address.to_string(),
     }
 }
 
@@ -465,8 +459,30 @@ pub fn joining(r: pb::RegisterRequest) -> Joining {
         name: r.name,
         device: r.device,
         protocol: r.protocol,
+        peer_address: r.peer_address,
     }
 }
+
+/// The identity a worker accepts peer connections with, and the CA its peers' identities are
+/// signed by (PEM), when the job uses TLS.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerTls {
+    /// Certificate chain for the name [`PEER_TLS_NAME`].
+    pub cert: Vec<u8>,
+    /// Its private key.
+    pub key: Vec<u8>,
+    /// The CA that signs every member's certificate.
+    pub ca: Vec<u8>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerTls(<redacted>)")
+    }
+}
+
+/// The name in every peer certificate.
+pub const PEER_TLS_NAME: &str = "carry-peer";
 
 /// What the coordinator tells a worker it registered.
 #[derive(Debug, Clone, PartialEq)]
@@ -481,120 +497,56 @@ pub struct Registered {
     pub model: ModelConfig,
     /// Largest message the coordinator accepts (`None`: not said).
     pub max_message_bytes: Option<usize>,
+    /// The peer connections' TLS identity, when the job uses TLS.
+    pub peer_tls: Option<PeerTls>,
 }
 
 /// The wire form of a registration's answer.
 pub fn register_reply(r: &Registered) -> pb::RegisterReply {
+    let (cert, key, ca) = match &r.peer_tls {
+        Some(t) => (t.cert.clone(), t.key.clone(), t.ca.clone()),
+        None => Default::default(),
+    };
     pb::RegisterReply {
         worker_id: r.worker_id.clone(),
         job_id: r.job_id.clone(),
         heartbeat_ms: r.heartbeat.as_millis().try_into().unwrap_or(u64::MAX),
         model: Some(model_spec(&r.model)),
         max_message_bytes: r.max_message_bytes.map_or(0, |n| n as u64),
+        peer_cert: Bytes::from(cert),
+        peer_key: Bytes::from(key),
+        peer_ca: Bytes::from(ca),
     }
 }
 
 /// Reads a registration's answer; the model spec is validated.
 pub fn registered(r: pb::RegisterReply) -> Result<Registered, WireError> {
+    let peer_tls = match (
+        r.peer_cert.is_empty(),
+        r.peer_key.is_empty(),
+        r.peer_ca.is_empty(),
+    ) {
+        (true, true, true) => None,
+        (false, false, false) => Some(PeerTls {
+            cert: r.peer_cert.to_vec(),
+            key: r.peer_key.to_vec(),
+            ca: r.peer_ca.to_vec(),
+        }),
+        _ => {
+            return Err(shape_error(
+                "peer_cert, peer_key, peer_ca",
+                "all three or none".into(),
+                "some of them".into(),
+            ));
+        }
+    };
     Ok(Registered {
         model: model_config(r.model.as_ref())?,
         worker_id: r.worker_id,
         job_id: r.job_id,
         heartbeat: Duration::from_millis(r.heartbeat_ms),
         max_message_bytes: usize::try_from(r.max_message_bytes).ok().filter(|&n| n > 0),
-    })
-}
-
-/// What a `Step` call hands in.
-#[derive(Debug, Clone)]
-pub enum Handing {
-    /// Nothing (the first call, or after a refusal).
-    Nothing,
-    /// The result of the previous assignment.
-    Result(Box<pb::ShardResult>),
-    /// Why the previous assignment could not be computed.
-    Failure {
-        /// Its step.
-        step: u64,
-        /// Its shard.
-        shard: u32,
-        /// Why.
-        reason: String,
-    },
-}
-
-/// A `Step` call of worker `id` handing in `h`.
-pub fn step_request(id: &str, h: Handing) -> pb::StepRequest {
-    let (result, failure) = match h {
-        Handing::Nothing => (None, None),
-        Handing::Result(r) => (Some(*r), None),
-        Handing::Failure {
-            step,
-            shard,
-            reason,
-        } => (
-            None,
-            Some(pb::ShardFailure {
-                step,
-                shard,
-                reason,
-            }),
-        ),
-    };
-    pb::StepRequest {
-        worker_id: id.to_string(),
-        result,
-        failure,
-    }
-}
-
-/// Reads a `Step` call: the caller's id and what it hands in (a result wins over a failure).
-pub fn handing(r: pb::StepRequest) -> (String, Handing) {
-    let h = match (r.result, r.failure) {
-        (Some(res), _) => Handing::Result(Box::new(res)),
-        (None, Some(f)) => Handing::Failure {
-            step: f.step,
-            shard: f.shard,
-            reason: f.reason,
-        },
-        (None, None) => Handing::Nothing,
-    };
-    (r.worker_id, h)
-}
-
-/// What a `Step` call gets back.
-#[derive(Debug, Clone)]
-pub enum Reply {
-    /// A shard to compute (tensors may still be blobs; see [`crate::blob`]).
-    Assignment(Box<pb::Assignment>),
-    /// Nothing yet, and why.
-    Wait(String),
-    /// The job is over, and how it ended.
-    Finished(String),
-}
-
-/// The wire form of a `Step` reply.
-pub fn step_reply(r: Reply) -> pb::StepReply {
-    pb::StepReply {
-        kind: Some(match r {
-            Reply::Assignment(a) => pb::step_reply::Kind::Assignment(*a),
-            Reply::Wait(reason) => pb::step_reply::Kind::Wait(pb::Wait { reason }),
-            Reply::Finished(message) => pb::step_reply::Kind::Finished(pb::Finished { message }),
-        }),
-    }
-}
-
-/// Reads a `Step` reply.
-pub fn reply(r: pb::StepReply) -> Result<Reply, WireError> {
-    Ok(match r.kind {
-        Some(pb::step_reply::Kind::Assignment(a)) => Reply::Assignment(Box::new(a)),
-        Some(pb::step_reply::Kind::Wait(w)) => Reply::Wait(w.reason),
-        Some(pb::step_reply::Kind::Finished(f)) => Reply::Finished(f.message),
-        None => {
-            return Err(WireError::Missing {
-                what: "step reply".into(),
-            });
-        }
+        peer_tls,
     })
 }
 
@@ -665,39 +617,40 @@ mod tests {
     }
 
     #[test]
-    fn registrations_and_steps_round_trip() {
-        let j = joining(register_request("w", "cpu"));
+    fn registrations_round_trip() {
+        let j = joining(register_request("w", "cpu", "10.0.0.2:7000"));
         assert_eq!(
             (j.name.as_str(), j.device.as_str(), j.protocol),
             ("w", "cpu", crate::PROTOCOL_VERSION)
         );
-        let reg = Registered {
+        assert_eq!(j.peer_address, "10.0.0.2:7000");
+        let mut reg = Registered {
             worker_id: "id".into(),
             job_id: "job".into(),
             heartbeat: Duration::from_millis(250),
             model: ModelConfig::seed(),
             max_message_bytes: Some(1 << 20),
+            peer_tls: None,
         };
         assert_eq!(registered(register_reply(&reg)).unwrap(), reg);
-        let (id, h) = handing(step_request(
-            "id",
-            Handing::Failure {
-                step: 3,
-                shard: 1,
-                reason: "oom".into(),
-            },
-        ));
-        assert_eq!(id, "id");
-        assert!(matches!(h, Handing::Failure { step: 3, shard: 1, ref reason } if reason == "oom"));
-        assert!(matches!(
-            reply(step_reply(Reply::Wait("later".into()))).unwrap(),
-            Reply::Wait(r) if r == "later"
-        ));
-        assert!(reply(pb::StepReply { kind: None }).is_err());
+        reg.peer_tls = Some(PeerTls {
+            cert: b"c".to_vec(),
+            key: b"k".to_vec(),
+            ca: b"a".to_vec(),
+        });
+        assert_eq!(registered(register_reply(&reg)).unwrap(), reg);
+        let mut half = register_reply(&reg);
+        half.peer_key = Bytes::new();
+        assert!(
+            registered(half)
+                .unwrap_err()
+                .to_string()
+                .contains("all three or none")
+        );
     }
 
     #[test]
-    fn assignments_and_results_round_trip() {
+    fn assignments_round_trip_and_are_checked() {
         use model::stream::Cursor;
         let cfg = ModelConfig {
             cond: Some(3),
@@ -731,23 +684,28 @@ mod tests {
             reset: true,
             dropout: data.dropout,
         };
-        let np = model::params::ParamLayout::new(&cfg).len();
-        let params: Vec<f32> = (0..np).map(|i| i as f32 * 1e-3).collect();
         let out = AssignmentOut {
+            view: 4,
             plan: &plan,
-            shard: 1,
+            member: 1,
             first_slot: 4,
             data: &data,
             model: &cfg,
             deadline: Duration::from_secs(7),
+            lr: 0.25,
+            outputs: 12,
         };
-        let wire = assignment(&out, tensor(&[np], &params));
+        let wire = assignment(&out);
+        assert!(
+            wire.params.is_none() && wire.h.is_none(),
+            "members carry these"
+        );
         let w = work(&wire, &cfg).unwrap();
         assert_eq!(
-            (w.step, w.shard, w.deadline),
-            (9, 1, Some(Duration::from_secs(7)))
+            (w.view, w.step(), w.member, w.deadline, w.lr, w.outputs),
+            (4, 9, 1, Some(Duration::from_secs(7)), 0.25, 12)
         );
-        assert_eq!(w.params, params);
+        assert_eq!(w.cursor, plan.cursor);
         assert_eq!(w.data.slots, data.slots);
         assert_eq!(
             (w.data.x.clone(), w.data.y.clone()),
@@ -795,22 +753,16 @@ mod tests {
             work(&missing, &cfg).unwrap_err().to_string(),
             "cond: missing"
         );
-        let trained = TrainOut {
-            loss_sum: 1.5,
-            grad: vec![0.25; np],
-            final_state: SlotStates::zeros(cfg.layers, n, cfg.hidden),
-            init_grad: None,
-        };
-        let r = shard_result(9, 1, &trained, 3.0);
-        let s = submission(&r, np, [cfg.layers, n, cfg.hidden]).unwrap();
-        assert_eq!(
-            (s.step, s.shard, s.loss_sum, s.compute_ms),
-            (9, 1, 1.5, 3.0)
+        let mut bad = wire.clone();
+        bad.lr = f64::NAN;
+        assert!(work(&bad, &cfg).unwrap_err().to_string().contains("lr"));
+        let mut bad = wire;
+        bad.outputs = 0;
+        assert!(
+            work(&bad, &cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("outputs")
         );
-        assert_eq!(s.grad, trained.grad);
-        let e = submission(&r, np + 1, [cfg.layers, n, cfg.hidden])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("grad: expected shape"), "{e}");
     }
 }

@@ -2,9 +2,11 @@
 //! types convert to and from domain types.
 //!
 //! # Layout
-//! - [`pb`]: code generated from `proto/carry/v1/coordinator.proto`.
+//! - [`pb`]: code generated from `proto/carry/v1/coordinator.proto` and `predictor.proto`.
 //! - [`convert`]: tensors (little-endian f32 bytes with a shape, checked for shape and
-//!   finiteness on the way in), the model spec, assignments and shard results.
+//!   finiteness on the way in), the model spec, registration, each step's work.
+//! - [`step`]: the step path: views, the directive stream, reports, and the chunks members
+//!   exchange over their direct connections.
 //! - [`blob`]: tensors larger than one message, moved out of it and sent in chunks.
 //! - [`security`]: the shared token (checked in constant time), secret ids, PEM files.
 
@@ -17,6 +19,7 @@ pub mod pb {
 pub mod blob;
 pub mod convert;
 pub mod security;
+pub mod step;
 
 /// Protocol version spoken by this build; registration with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use proto::pb;
 use proto::pb::coordinator_client::CoordinatorClient;
 use proto::security::{AddToken, read_pem};
 use tokio_util::sync::CancellationToken;
@@ -134,13 +133,14 @@ pub(crate) fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-/// Fetches every tensor of `a` that the coordinator sent as a blob.
-pub(crate) async fn fetch_blobs(
+/// Fetches every tensor of `m` that the coordinator sent as a blob.
+pub(crate) async fn fetch_blobs<M>(
     client: &mut Client,
     id: &str,
-    a: &mut pb::Assignment,
+    m: &mut M,
+    tensors: proto::blob::Tensors<M>,
 ) -> Result<(), String> {
-    for p in proto::blob::pending(a)? {
+    for p in proto::blob::pending(m, tensors)? {
         let fail = |s: tonic::Status| format!("reading blob `{}`: {}", p.id, s.message());
         let mut stream = client
             .read_blob(proto::blob::read_request(id, &p.id))
@@ -152,25 +152,26 @@ pub(crate) async fn fetch_blobs(
             asm.push(&chunk.data)
                 .map_err(|e| format!("blob `{}`: {e}", p.id))?;
         }
-        proto::blob::fill(a, &p, asm.finish());
+        proto::blob::fill(m, tensors, &p, asm.finish());
     }
     Ok(())
 }
 
-/// Uploads the largest tensors of `r` until it fits in `limit` bytes; they then travel as blobs.
-pub(crate) async fn send_blobs(
+/// Uploads the largest tensors of `m` until it fits in `limit` bytes; they then travel as blobs.
+pub(crate) async fn send_blobs<M: prost::Message>(
     client: &mut Client,
     id: &str,
-    r: &mut pb::ShardResult,
+    m: &mut M,
     limit: usize,
+    tensors: proto::blob::Tensors<M>,
 ) -> Result<(), tonic::Status> {
     let mut ids = Vec::new();
-    for data in proto::blob::split_result(r, limit) {
+    for data in proto::blob::split(m, limit, tensors) {
         let reply = client
             .write_blob(tokio_stream::iter(proto::blob::upload(id, &data)))
             .await?;
         ids.push(proto::blob::uploaded(reply.into_inner()));
     }
-    proto::blob::name_uploads(r, &ids);
+    proto::blob::name_uploads(m, tensors, &ids);
     Ok(())
 }

@@ -68,6 +68,15 @@ pub(crate) struct WorkerArgs {
     /// Largest gRPC message accepted, in MiB [default: 64].
     #[arg(long, env = "CARRY_MAX_MESSAGE_MB")]
     pub max_message_mb: Option<usize>,
+    /// Where to serve the Peer service the workers of a view sum their gradients through
+    /// [default: port 0 on the address this machine reaches the coordinator from].
+    #[arg(long, env = "CARRY_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// `host` or `host:port` the other workers reach the Peer service at, when it is not the
+    /// listening address (behind NAT; in Kubernetes the pod IP) [default: the listening address,
+    /// with an unspecified IP replaced by the one the coordinator is reached from].
+    #[arg(long, env = "CARRY_PEER_ADVERTISE")]
+    pub peer_advertise: Option<String>,
     /// Wait this long before computing each shard: simulates a slower device (tests, demos).
     #[arg(long, env = "CARRY_THROTTLE_MS", hide = true)]
     pub throttle_ms: Option<u64>,
@@ -158,6 +167,10 @@ pub(crate) struct WorkerConfig {
     pub give_up: Option<Duration>,
     /// Largest message in bytes.
     pub max_message_bytes: usize,
+    /// Where to serve the Peer service (`None`: derived from the coordinator's address).
+    pub peer_listen: Option<SocketAddr>,
+    /// What to tell the other workers (`None`: the listening address).
+    pub peer_advertise: Option<String>,
     /// Delay before computing each shard.
     pub throttle: Duration,
     /// Injected misbehaviour.
@@ -173,7 +186,7 @@ impl WorkerArgs {
         let mut f: WorkerArgs = runtime::config::load_toml(&path)?;
         runtime::fill_from!(self, f; coordinator, device, engine, name, threads, health_listen,
             token, token_file, tls_ca, tls_cert, tls_key, tls_domain, give_up_secs,
-            max_message_mb, throttle_ms, fault);
+            max_message_mb, peer_listen, peer_advertise, throttle_ms, fault);
         Ok(self)
     }
 
@@ -244,6 +257,16 @@ impl WorkerArgs {
                 .filter(|&s| s > 0)
                 .map(Duration::from_secs),
             max_message_bytes,
+            peer_listen: self.peer_listen,
+            peer_advertise: match self.peer_advertise {
+                Some(a) if a.is_empty() || a.chars().any(char::is_whitespace) => {
+                    return Err(bad(
+                        "peer_advertise",
+                        format!("expected host or host:port, got `{a}`"),
+                    ));
+                }
+                a => a,
+            },
             throttle: Duration::from_millis(self.throttle_ms.unwrap_or(0)),
             fault: self.fault,
         })

@@ -1,24 +1,33 @@
-//! The worker's life: connect, register, then loop on `Step` (hand in the last result or the
-//! reason it could not be computed, get the next assignment) while a heartbeat task keeps the
-//! lease. A lost coordinator means reconnect and register again (a restarted coordinator knows no
-//! old ids); an eviction means wait out the back-off the coordinator names, then register again;
-//! SIGTERM means leave and exit. Failures back off before the next shard, so a worker never spins,
-//! and repeated warnings are rate-limited.
+//! The worker's life: connect, accept peer connections, register, then follow the directive
+//! stream (views, each step's work, gradient uploads, the end of the job) while the compute
+//! thread computes, a heartbeat task keeps the lease, and records go back in reports, one call
+//! in flight at a time (what accumulates meanwhile goes in the next one). A lost coordinator means
+//! reconnect and register again (a restarted coordinator knows no old ids); an eviction means
+//! wait out the back-off the coordinator names, then register again; SIGTERM means leave and
+//! exit. Repeated warnings are rate-limited.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use model::config::ModelConfig;
-use proto::convert::{self, Handing, Reply};
-use proto::pb;
+use model::replica::{Record, Reduction, StepRecord};
+use proto::convert;
+use proto::step::{self as wire, DirectiveOut};
 use runtime::logs::Limiter;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
 use crate::client::{Client, Retry, connect, fetch_blobs, send_blobs};
-use crate::compute::Computer;
-use crate::config::{Fault, WorkerConfig};
+use crate::compute::{Computer, Event, Settings, ViewStart};
+use crate::config::WorkerConfig;
 use crate::error::WorkerError;
+use crate::exchange::Exchange;
+use crate::peer::{Dialer, Inbox, Link, PeerCrypto, PeerServer, PeerView};
 
 /// How a worker's run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +38,7 @@ pub(crate) enum Outcome {
     Stopped,
 }
 
-/// The worker's health service: `NOT_SERVING` while its compute is stuck past a shard's deadline,
+/// The worker's health service: `NOT_SERVING` while its compute is stuck past a step's deadline,
 /// so that an orchestrator restarts it.
 #[derive(Debug, Clone)]
 pub(crate) struct Health(Option<tonic_health::server::HealthReporter>);
@@ -58,7 +67,7 @@ enum Next {
     Reconnect,
     /// Register again on the same connection.
     Register,
-    /// Drop the result and ask for new work.
+    /// Drop what was refused and go on.
     Continue,
 }
 
@@ -80,23 +89,6 @@ fn classify(s: &Status) -> Result<Next, WorkerError> {
 fn retry_after(s: &Status) -> Option<Duration> {
     let v = s.metadata().get("retry-after-ms")?.to_str().ok()?;
     v.parse().ok().map(Duration::from_millis)
-}
-
-/// Consecutive failures of this worker (its engine, or assignments it cannot use): the delay
-/// before it takes the next shard doubles from 100 ms to 10 s, and resets on a success.
-#[derive(Debug, Default)]
-struct FailureBackoff {
-    delay: Duration,
-}
-
-impl FailureBackoff {
-    fn failed(&mut self) {
-        self.delay = (self.delay * 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
-    }
-
-    fn succeeded(&mut self) {
-        self.delay = Duration::ZERO;
-    }
 }
 
 fn heartbeats(
@@ -121,18 +113,39 @@ fn heartbeats(
     })
 }
 
-/// Applies an injected fault to a computed result (see `--fault`).
-fn inject(fault: Option<Fault>, step: u64, out: &mut model::engine::TrainOut) {
-    match fault {
-        Some(f @ Fault::Corrupt(_)) if f.at(step) => out.grad.iter_mut().for_each(|g| *g *= 1e25),
-        Some(f @ Fault::BadShape(_)) if f.at(step) => {
-            out.grad.pop();
+/// Flips health to `NOT_SERVING` while the compute thread is past its step's deadline.
+fn watchdog(computer: Arc<Computer>, health: Health, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut stuck: Option<u64> = None;
+        let mut iv = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = iv.tick() => {}
+            }
+            let busy = computer.busy();
+            let late = busy.filter(|b| b.deadline.is_some_and(|d| b.since.elapsed() > d));
+            match (stuck, late) {
+                (None, Some(b)) => {
+                    stuck = Some(b.step);
+                    health.set(false).await;
+                    warn!(
+                        step = b.step,
+                        deadline_ms = b.deadline.map_or(0, |d| d.as_millis() as u64),
+                        "the computation has run past the shard's deadline; health reports NOT_SERVING"
+                    );
+                }
+                (Some(s), l) if l.is_none_or(|b| b.step != s) => {
+                    stuck = None;
+                    health.set(true).await;
+                }
+                _ => {}
+            }
         }
-        _ => {}
-    }
+    });
 }
 
-/// Leaves the job (best effort, bounded) after a signal.
+/// Leaves the job (best effort, bounded).
 async fn leave(client: &mut Client, id: &str) {
     let _ = tokio::time::timeout(
         Duration::from_secs(2),
@@ -141,21 +154,128 @@ async fn leave(client: &mut Client, id: &str) {
     .await;
 }
 
+/// The address of this machine that the coordinator at `url` is reached from.
+async fn local_ip_towards(url: &str) -> Option<IpAddr> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next()?;
+    let target = tokio::net::lookup_host(authority).await.ok()?.next()?;
+    let any: SocketAddr = if target.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = tokio::net::UdpSocket::bind(any).await.ok()?;
+    s.connect(target).await.ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+/// Binds the listener for peer connections; returns it and the address to register.
+async fn bind_peer(cfg: &WorkerConfig) -> Result<(std::net::TcpListener, String), WorkerError> {
+    let towards = local_ip_towards(&cfg.coordinator).await;
+    let at = cfg
+        .peer_listen
+        .unwrap_or_else(|| SocketAddr::new(towards.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)), 0));
+    let bad = |msg: String| WorkerError::Config {
+        field: "peer_listen".into(),
+        msg,
+    };
+    let l = std::net::TcpListener::bind(at).map_err(|e| bad(format!("binding {at}: {e}")))?;
+    let bound = l.local_addr().map_err(|e| bad(e.to_string()))?;
+    let advertise = match &cfg.peer_advertise {
+        Some(a)
+            if a.rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok()) =>
+        {
+            a.clone()
+        }
+        Some(host) => format!("{host}:{}", bound.port()),
+        None if bound.ip().is_unspecified() => SocketAddr::new(
+            towards.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            bound.port(),
+        )
+        .to_string(),
+        None => bound.to_string(),
+    };
+    Ok((l, advertise))
+}
+
+type ReportCall = Pin<Box<dyn std::future::Future<Output = Result<(), Status>> + Send>>;
+
+/// Longest a record waits to be reported with others.
+const REPORT_DELAY: Duration = Duration::from_millis(2);
+
+/// What the peer connections of one registration share.
+struct Peers {
+    server: PeerServer,
+    inbox: Arc<Inbox>,
+    current: Arc<AtomicU64>,
+    dialer: Dialer,
+}
+
+impl Peers {
+    /// Starts view `v`: the members of `v` may connect, the links to them are dialed.
+    fn start(&mut self, v: &model::replica::View, model: &ModelConfig) -> Exchange {
+        let len = model::params::ParamLayout::new(model).len();
+        self.current.store(v.id, Ordering::Release);
+        self.inbox.reset(v.id, v.start_step);
+        self.server.announce(Some(Arc::new(PeerView {
+            id: v.id,
+            me: v.member,
+            tokens: v.members.iter().map(|m| m.pair_token.clone()).collect(),
+            len,
+            chunks: v.chunks,
+            scatter_gather: v.reduction == Reduction::ScatterGather,
+        })));
+        let links = v
+            .members
+            .iter()
+            .map(|m| {
+                (m.index != v.member)
+                    .then(|| Link::open(&self.dialer, &m.address, v.id, v.member, &m.pair_token))
+            })
+            .collect();
+        Exchange {
+            view: v.id,
+            me: v.member,
+            members: v.members.len(),
+            len,
+            chunks: v.chunks,
+            reduction: v.reduction,
+            links,
+            inbox: self.inbox.clone(),
+            current: self.current.clone(),
+        }
+    }
+
+    /// No view: every wait ends, and no member may connect.
+    fn stop(&mut self) {
+        self.current.store(u64::MAX, Ordering::Release);
+        self.server.announce(None);
+        self.inbox.reset(u64::MAX, 0);
+    }
+}
+
 /// Runs the worker until the job is over or `shutdown` fires.
 pub(crate) async fn run(
     cfg: WorkerConfig,
     health: Health,
     shutdown: CancellationToken,
 ) -> Result<Outcome, WorkerError> {
-    let hang_from = match cfg.fault {
-        Some(Fault::Hang(s)) => Some(s),
-        _ => None,
-    };
-    let computer = Computer::start(cfg.device, cfg.engine, cfg.threads, hang_from)?;
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let computer = Arc::new(Computer::start(
+        cfg.device,
+        Settings {
+            engine: cfg.engine,
+            threads: cfg.threads,
+            fault: cfg.fault,
+            throttle: cfg.throttle,
+        },
+        ev_tx,
+    )?);
     info!(name = %cfg.name, device = computer.device(), url = %cfg.coordinator, "worker starting");
+    watchdog(computer.clone(), health, shutdown.clone());
     let limiter = Limiter::new(Duration::from_secs(10));
     let mut retry = Retry::new(cfg.give_up);
-    let mut backoff = FailureBackoff::default();
     'connect: loop {
         let mut client = match connect(&cfg).await {
             Ok(c) => c,
@@ -168,9 +288,10 @@ pub(crate) async fn run(
             Err(e) => return Err(e),
         };
         'register: loop {
+            let (listener, peer_address) = bind_peer(&cfg).await?;
             let reg = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
-                r = client.register(convert::register_request(&cfg.name, computer.device())) => r,
+                r = client.register(convert::register_request(&cfg.name, computer.device(), &peer_address)) => r,
             };
             let reg = match reg {
                 Ok(r) => convert::registered(r.into_inner())
@@ -197,7 +318,7 @@ pub(crate) async fn run(
                     }
                     continue 'register;
                 }
-                Err(s) if s.code() == Code::FailedPrecondition => {
+                Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::InvalidArgument) => {
                     return Err(WorkerError::Refused(s.message().to_string()));
                 }
                 Err(s) => match classify(&s)? {
@@ -221,188 +342,194 @@ pub(crate) async fn run(
             retry.success();
             let model = reg.model.clone();
             let engine = computer.set_model(model.clone()).await?;
-            info!(job = %reg.job_id, %engine, "registered");
+            info!(job = %reg.job_id, %engine, peer = %peer_address, "registered");
             let limit = reg
                 .max_message_bytes
                 .map_or(cfg.max_message_bytes, |n| n.min(cfg.max_message_bytes));
             let id = reg.worker_id;
-            let hb_stop = CancellationToken::new();
-            let hb = heartbeats(client.clone(), id.clone(), reg.heartbeat, hb_stop.clone());
-            let _stop_heartbeats = hb_stop.clone().drop_guard();
-            let mut handed = Handing::Nothing;
-            loop {
-                let mut handing = std::mem::replace(&mut handed, Handing::Nothing);
-                if let Handing::Result(r) = &mut handing
-                    && let Err(s) = send_blobs(&mut client, &id, r, limit).await
-                {
-                    warn!(code = ?s.code(), msg = s.message(), "uploading a large result failed; it is dropped");
-                    handing = Handing::Nothing;
+            let stop = CancellationToken::new();
+            let _stop = stop.clone().drop_guard();
+            let crypto = match &reg.peer_tls {
+                Some(t) => Some(PeerCrypto::new(t).map_err(|msg| WorkerError::Config {
+                    field: "peer_tls".into(),
+                    msg,
+                })?),
+                None => None,
+            };
+            let inbox = Arc::new(Inbox::default());
+            let mut peers = Peers {
+                server: PeerServer::start(
+                    listener,
+                    crypto.clone(),
+                    inbox.clone(),
+                    cfg.max_message_bytes,
+                )
+                .map_err(WorkerError::Compute)?,
+                inbox,
+                current: Arc::new(AtomicU64::new(u64::MAX)),
+                dialer: Dialer { crypto },
+            };
+            let hb = heartbeats(client.clone(), id.clone(), reg.heartbeat, stop.clone());
+            let follow = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    leave(&mut client, &id).await;
+                    return Ok(Outcome::Stopped);
                 }
-                let req = convert::step_request(&id, handing);
-                let reply = tokio::select! {
+                r = client.follow(wire::follow_request(&id)) => r,
+            };
+            let mut stream = match follow {
+                Ok(s) => s.into_inner(),
+                Err(s) => {
+                    stop.cancel();
+                    let _ = hb.await;
+                    match classify(&s)? {
+                        Next::Reconnect => continue 'connect,
+                        _ => continue 'register,
+                    }
+                }
+            };
+            let mut pending: Vec<(u64, StepRecord)> = Vec::new();
+            let mut oldest: Option<tokio::time::Instant> = None;
+            let mut depth = 1usize;
+            let mut in_flight: Option<ReportCall> = None;
+            let next = loop {
+                // records go out in batches: once half the pipeline's steps are done, when one
+                // is not routine (a failure, a fault, a gradient asked for), or when the oldest
+                // has waited REPORT_DELAY
+                let done = pending
+                    .iter()
+                    .filter(|(_, r)| matches!(r.record, Record::Reduced(_)))
+                    .count();
+                let urgent = pending
+                    .iter()
+                    .any(|(_, r)| !matches!(r.record, Record::Reduced(_) | Record::Computed(_)));
+                let due = urgent
+                    || done >= (depth / 2).max(1)
+                    || oldest.is_some_and(|t| t.elapsed() >= REPORT_DELAY);
+                if in_flight.is_none() && !pending.is_empty() && due {
+                    oldest = None;
+                    // one call at a time, carrying everything of the newest view
+                    let view = pending.last().map(|(v, _)| *v).unwrap_or_default();
+                    let records: Vec<StepRecord> = pending
+                        .drain(..)
+                        .filter(|(v, _)| *v == view)
+                        .map(|(_, r)| r)
+                        .collect();
+                    let mut c = client.clone();
+                    let id2 = id.clone();
+                    in_flight = Some(Box::pin(async move {
+                        let mut req = wire::report_request(&id2, view, &records);
+                        send_blobs(&mut c, &id2, &mut req, limit, proto::blob::report_tensors)
+                            .await?;
+                        c.report(req).await.map(|_| ())
+                    }));
+                }
+                tokio::select! {
                     _ = shutdown.cancelled() => {
+                        peers.stop();
                         leave(&mut client, &id).await;
                         info!("left the job");
                         return Ok(Outcome::Stopped);
                     }
-                    r = client.step(req) => r,
-                };
-                let reply = match reply {
-                    Ok(r) => convert::reply(r.into_inner()),
-                    Err(s) => match classify(&s)? {
-                        Next::Continue => {
-                            if let Some(n) = limiter.check("refused", Instant::now()) {
-                                warn!(code = ?s.code(), msg = s.message(), repeats_not_logged = n, "result refused");
+                    _ = tokio::time::sleep_until(oldest.map_or_else(tokio::time::Instant::now, |t| t + REPORT_DELAY)), if oldest.is_some() && in_flight.is_none() => {}
+                    r = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
+                        in_flight = None;
+                        if let Err(s) = r {
+                            match classify(&s)? {
+                                Next::Continue => {
+                                    if s.code() != Code::FailedPrecondition
+                                        && let Some(n) = limiter.check("refused", Instant::now())
+                                    {
+                                        warn!(code = ?s.code(), msg = s.message(), repeats_not_logged = n, "report refused");
+                                    }
+                                }
+                                other => break other,
                             }
-                            if s.code() == Code::InvalidArgument {
-                                backoff.failed();
+                        }
+                    }
+                    ev = events.recv() => match ev {
+                        Some(Event::Record { view, record }) => {
+                            if let Record::Failure(reason) = &record.record
+                                && let Some(n) = limiter.check("failed", Instant::now())
+                            {
+                                warn!(step = record.step, cause = %reason, repeats_not_logged = n, "could not compute the step; telling the coordinator");
                             }
-                            continue;
+                            oldest.get_or_insert_with(tokio::time::Instant::now);
+                            pending.push((view, record));
                         }
-                        Next::Register => {
-                            warn!(
-                                msg = s.message(),
-                                "the coordinator no longer knows this worker; registering again"
-                            );
-                            hb_stop.cancel();
-                            let _ = hb.await;
-                            continue 'register;
+                        Some(Event::Resync(why)) => {
+                            warn!(%why, "registering again to start from the committed state");
+                            peers.stop();
+                            leave(&mut client, &id).await;
+                            break Next::Register;
                         }
-                        Next::Reconnect => {
-                            warn!(code = ?s.code(), msg = s.message(), "lost the coordinator; reconnecting");
-                            hb_stop.cancel();
-                            let _ = hb.await;
-                            continue 'connect;
+                        None => return Err(WorkerError::Compute("stopped".into())),
+                    },
+                    msg = stream.message() => match msg {
+                        Ok(Some(d)) => match wire::directive_in(d) {
+                            Ok(DirectiveOut::Finished(message)) => {
+                                peers.stop();
+                                info!(%message, "job finished");
+                                return Ok(Outcome::Finished(message));
+                            }
+                            Ok(DirectiveOut::Wait(reason)) => debug!(%reason, "waiting"),
+                            Ok(DirectiveOut::Upload(step)) => computer.upload(step)?,
+                            Ok(DirectiveOut::View(mut v)) => {
+                                let read = fetch_blobs(&mut client, &id, v.as_mut(), proto::blob::view_tensors)
+                                    .await
+                                    .and_then(|()| wire::view_in(&v, &model).map_err(|e| e.to_string()));
+                                match read {
+                                    Ok(view) => {
+                                        info!(view = view.id, step = view.start_step, member = view.member, members = view.members.len(), "computing in a new view");
+                                        depth = view.depth;
+                                        let exchange = peers.start(&view, &model);
+                                        computer.view(ViewStart { view, exchange })?;
+                                    }
+                                    Err(e) => {
+                                        warn!(cause = %e, "a view this worker cannot read");
+                                        peers.stop();
+                                        pending.push((v.id, StepRecord {
+                                            step: v.start_step,
+                                            record: Record::Failure(format!("a view it cannot read: {e}")),
+                                        }));
+                                    }
+                                }
+                            }
+                            Ok(DirectiveOut::Work(mut a)) => {
+                                let read = fetch_blobs(&mut client, &id, a.as_mut(), proto::blob::assignment_tensors)
+                                    .await
+                                    .and_then(|()| convert::work(&a, &model).map_err(|e| e.to_string()));
+                                match read {
+                                    Ok(w) => computer.work(w)?,
+                                    Err(e) => {
+                                        warn!(step = a.step, cause = %e, "work this worker cannot read");
+                                        pending.push((a.view, StepRecord {
+                                            step: a.step,
+                                            record: Record::Failure(format!("a malformed assignment: {e}")),
+                                        }));
+                                    }
+                                }
+                            }
+                            Err(e) => warn!(cause = %e, "a directive from the coordinator it cannot read"),
+                        },
+                        Ok(None) => {
+                            warn!("the coordinator closed the directive stream; reconnecting");
+                            break Next::Reconnect;
+                        }
+                        Err(s) => {
+                            warn!(code = ?s.code(), msg = s.message(), "lost the directive stream");
+                            break classify(&s)?;
                         }
                     },
-                };
-                let mut a = match reply {
-                    Ok(Reply::Assignment(a)) => a,
-                    Ok(Reply::Wait(reason)) => {
-                        debug!(%reason, "waiting");
-                        continue;
-                    }
-                    Ok(Reply::Finished(message)) => {
-                        info!(%message, "job finished");
-                        return Ok(Outcome::Finished(message));
-                    }
-                    Err(e) => {
-                        warn!(cause = %e, "a reply from the coordinator it cannot read");
-                        backoff.failed();
-                        continue;
-                    }
-                };
-                let (step, shard) = (a.step, a.shard);
-                if !backoff.delay.is_zero() {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => {
-                            leave(&mut client, &id).await;
-                            return Ok(Outcome::Stopped);
-                        }
-                        _ = tokio::time::sleep(backoff.delay) => {}
-                    }
                 }
-                handed = match compute(
-                    &cfg,
-                    &computer,
-                    &health,
-                    &mut client,
-                    &id,
-                    &model,
-                    &mut a,
-                    &shutdown,
-                )
-                .await
-                {
-                    Computed::Stopped => {
-                        leave(&mut client, &id).await;
-                        info!("left the job mid-step; the shard goes to another worker");
-                        return Ok(Outcome::Stopped);
-                    }
-                    Computed::Failed(reason) => {
-                        if let Some(n) = limiter.check("failed", Instant::now()) {
-                            warn!(step, shard, cause = %reason, repeats_not_logged = n, "could not compute the shard; telling the coordinator");
-                        }
-                        backoff.failed();
-                        Handing::Failure {
-                            step,
-                            shard,
-                            reason,
-                        }
-                    }
-                    Computed::Done(r) => {
-                        backoff.succeeded();
-                        Handing::Result(r)
-                    }
-                };
+            };
+            peers.stop();
+            stop.cancel();
+            let _ = hb.await;
+            match next {
+                Next::Register | Next::Continue => continue 'register,
+                Next::Reconnect => continue 'connect,
             }
         }
-    }
-}
-
-enum Computed {
-    Done(Box<pb::ShardResult>),
-    Failed(String),
-    Stopped,
-}
-
-/// Fetches, decodes and computes one assignment, watching its deadline.
-#[allow(clippy::too_many_arguments)]
-async fn compute(
-    cfg: &WorkerConfig,
-    computer: &Computer,
-    health: &Health,
-    client: &mut Client,
-    id: &str,
-    model: &ModelConfig,
-    a: &mut pb::Assignment,
-    shutdown: &CancellationToken,
-) -> Computed {
-    if let Err(e) = fetch_blobs(client, id, a).await {
-        return Computed::Failed(format!("fetching the assignment: {e}"));
-    }
-    let work = match convert::work(a, model) {
-        Ok(w) => w,
-        Err(e) => return Computed::Failed(format!("a malformed assignment: {e}")),
-    };
-    if matches!(cfg.fault, Some(f @ Fault::Fail(_)) if f.at(work.step)) {
-        return Computed::Failed("engine: injected failure (--fault)".into());
-    }
-    if !cfg.throttle.is_zero() {
-        tokio::time::sleep(cfg.throttle).await;
-    }
-    let (step, shard, deadline) = (work.step, work.shard, work.deadline);
-    let started = tokio::time::Instant::now();
-    let run = computer.run(work);
-    tokio::pin!(run);
-    let mut stuck = false;
-    let done = loop {
-        let due = deadline.map(|d| started + d);
-        tokio::select! {
-            _ = shutdown.cancelled() => return Computed::Stopped,
-            d = &mut run => break d,
-            _ = async { tokio::time::sleep_until(due.expect("guarded")).await }, if due.is_some() && !stuck => {
-                stuck = true;
-                health.set(false).await;
-                warn!(step, shard, deadline_ms = deadline.map_or(0, |d| d.as_millis() as u64), "the computation has run past the shard's deadline; health reports NOT_SERVING");
-            }
-        }
-    };
-    if stuck {
-        health.set(true).await;
-    }
-    match done {
-        Ok(mut d) => {
-            inject(cfg.fault, step, &mut d.out);
-            debug!(
-                step,
-                shard,
-                loss_sum = d.out.loss_sum,
-                ms = d.ms,
-                "computed"
-            );
-            Computed::Done(Box::new(convert::shard_result(step, shard, &d.out, d.ms)))
-        }
-        Err(e) => Computed::Failed(e.to_string()),
     }
 }

@@ -6,12 +6,24 @@
 //!   result outside them is corrupt: refused at once.
 //! - The gradient norm per slot against the median of recently accepted results: far above it
 //!   is suspicious (a flipped exponent bit, a flaky GPU) but may be a real spike, so the result
-//!   waits for a second opinion from another worker instead of being refused.
+//!   waits for a second opinion (the coordinator computes the shard itself) instead of being
+//!   refused.
 
 use std::collections::VecDeque;
 
 use model::state::SlotStates;
-use model::trainer::{Submission, l2_norm};
+use model::trainer::l2_norm;
+
+/// A shard result, as two opinions of it are compared.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Result<'a> {
+    /// Sum of the loss.
+    pub(crate) loss_sum: f64,
+    /// The shard's gradient.
+    pub(crate) grad: &'a [f32],
+    /// Its final states.
+    pub(crate) finals: &'a SlotStates,
+}
 
 /// Slack on `|h| <= 1` for rounding.
 const H_SLACK: f32 = 1e-4;
@@ -22,9 +34,13 @@ pub(crate) const SPIKE_RATIO: f64 = 20.0;
 
 /// Checks the bounds every LSTM result satisfies; `init` are the states the shard started from
 /// and `t` its time steps.
-pub(crate) fn check_bounds(sub: &Submission, init: &SlotStates, t: usize) -> Result<(), String> {
-    if let Some((i, v)) = sub
-        .finals
+pub(crate) fn check_bounds(
+    loss_sum: f64,
+    finals: &SlotStates,
+    init: &SlotStates,
+    t: usize,
+) -> std::result::Result<(), String> {
+    if let Some((i, v)) = finals
         .h()
         .iter()
         .enumerate()
@@ -35,7 +51,7 @@ pub(crate) fn check_bounds(sub: &Submission, init: &SlotStates, t: usize) -> Res
         ));
     }
     let steps = t as f32;
-    for (i, (c, c0)) in sub.finals.c().iter().zip(init.c()).enumerate() {
+    for (i, (c, c0)) in finals.c().iter().zip(init.c()).enumerate() {
         let bound = c0.abs() + steps;
         if c.abs() > bound * (1.0 + 1e-5) + 1e-4 {
             return Err(format!(
@@ -43,18 +59,12 @@ pub(crate) fn check_bounds(sub: &Submission, init: &SlotStates, t: usize) -> Res
             ));
         }
     }
-    if !sub.loss_sum.is_finite() || sub.loss_sum < 0.0 {
+    if !loss_sum.is_finite() || loss_sum < 0.0 {
         return Err(format!(
-            "loss_sum: expected a finite non-negative value, got {}",
-            sub.loss_sum
+            "loss_sum: expected a finite non-negative value, got {loss_sum}"
         ));
     }
     Ok(())
-}
-
-/// Gradient norm per slot of a result.
-pub(crate) fn norm_per_slot(sub: &Submission) -> f64 {
-    l2_norm(&sub.grad) / sub.finals.slots().max(1) as f64
 }
 
 fn median(v: &VecDeque<f64>) -> Option<f64> {
@@ -108,13 +118,13 @@ fn push(v: &mut VecDeque<f64>, x: f64) {
 
 /// Whether two results of the same shard agree within what different engines and devices
 /// produce (about 1e-5 relative); the error says where they differ.
-pub(crate) fn agree(a: &Submission, b: &Submission) -> Result<(), String> {
+pub(crate) fn agree(a: &Result<'_>, b: &Result<'_>) -> std::result::Result<(), String> {
     let loss_tol = 1e-4 * a.loss_sum.abs().max(b.loss_sum.abs()) + 1e-9;
     if (a.loss_sum - b.loss_sum).abs() > loss_tol {
         return Err(format!("loss_sum {} vs {}", a.loss_sum, b.loss_sum));
     }
-    let diff: Vec<f32> = a.grad.iter().zip(&b.grad).map(|(x, y)| x - y).collect();
-    let (na, nb, nd) = (l2_norm(&a.grad), l2_norm(&b.grad), l2_norm(&diff));
+    let diff: Vec<f32> = a.grad.iter().zip(b.grad).map(|(x, y)| x - y).collect();
+    let (na, nb, nd) = (l2_norm(a.grad), l2_norm(b.grad), l2_norm(&diff));
     if nd > 1e-3 * na.max(nb) + 1e-12 {
         return Err(format!(
             "gradient norms {na:.6e} vs {nb:.6e}, difference {nd:.3e}"
@@ -140,28 +150,19 @@ pub(crate) fn agree(a: &Submission, b: &Submission) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn sub(grad: Vec<f32>, h: f32, c: f32) -> Submission {
-        Submission {
-            step: 0,
-            shard: 0,
-            loss_sum: 1.0,
-            grad,
-            finals: SlotStates::from_flat(1, 2, 2, vec![h; 4], vec![c; 4]).unwrap(),
-            compute_ms: 1.0,
-        }
+    fn states(h: f32, c: f32) -> SlotStates {
+        SlotStates::from_flat(1, 2, 2, vec![h; 4], vec![c; 4]).unwrap()
     }
 
     #[test]
     fn bounds_no_lstm_can_break_are_refused() {
         let init = SlotStates::zeros(1, 2, 2);
-        check_bounds(&sub(vec![1.0], 0.99, 3.0), &init, 4).unwrap();
-        let e = check_bounds(&sub(vec![1.0], 1.5, 0.0), &init, 4).unwrap_err();
+        check_bounds(1.0, &states(0.99, 3.0), &init, 4).unwrap();
+        let e = check_bounds(1.0, &states(1.5, 0.0), &init, 4).unwrap_err();
         assert!(e.contains("|h| <= 1") && e.contains("1.5"), "{e}");
-        let e = check_bounds(&sub(vec![1.0], 0.0, 4.5), &init, 4).unwrap_err();
+        let e = check_bounds(1.0, &states(0.0, 4.5), &init, 4).unwrap_err();
         assert!(e.contains("|c0| + T = 4") && e.contains("4.5"), "{e}");
-        let mut bad = sub(vec![1.0], 0.0, 0.0);
-        bad.loss_sum = -1.0;
-        assert!(check_bounds(&bad, &init, 4).is_err());
+        assert!(check_bounds(-1.0, &states(0.0, 0.0), &init, 4).is_err());
     }
 
     #[test]
@@ -175,14 +176,27 @@ mod tests {
         let why = s.suspicion(1e30).unwrap();
         assert!(why.contains("median"), "{why}");
         assert_eq!(s.ms_per_slot(), Some(2.0));
-        let a = sub(vec![1.0, 2.0], 0.5, 0.5);
-        let mut b = a.clone();
-        b.grad[1] += 1e-6;
-        agree(&a, &b).unwrap();
-        b.grad[1] = 1e30;
-        assert!(agree(&a, &b).unwrap_err().contains("gradient"));
-        let mut c = a.clone();
-        c.finals = SlotStates::from_flat(1, 2, 2, vec![0.5; 4], vec![0.9; 4]).unwrap();
-        assert!(agree(&a, &c).unwrap_err().contains("final c"));
+        let f = states(0.5, 0.5);
+        let g = vec![1.0, 2.0];
+        let a = Result {
+            loss_sum: 1.0,
+            grad: &g,
+            finals: &f,
+        };
+        let mut g2 = g.clone();
+        g2[1] += 1e-6;
+        agree(&a, &Result { grad: &g2, ..a }).unwrap();
+        g2[1] = 1e30;
+        assert!(
+            agree(&a, &Result { grad: &g2, ..a })
+                .unwrap_err()
+                .contains("gradient")
+        );
+        let f2 = states(0.5, 0.9);
+        assert!(
+            agree(&a, &Result { finals: &f2, ..a })
+                .unwrap_err()
+                .contains("final c")
+        );
     }
 }

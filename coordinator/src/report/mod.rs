@@ -48,6 +48,8 @@ pub(crate) const PLOT_FILE: &str = "loss.svg";
 const QUEUE: usize = 256;
 /// Checkpoint writes attempted before the job stops.
 const CHECKPOINT_ATTEMPTS: u32 = 3;
+/// Steps the throughput shown (progress, live page, Prometheus) is taken over.
+pub(crate) const RATE_WINDOW: usize = 20;
 
 /// Something that happened to the job.
 #[derive(Debug)]
@@ -173,8 +175,12 @@ struct Reporter {
     history: Vec<Point>,
     summary: Summary,
     validator: Option<CpuEngine>,
-    started: Instant,
+    /// When the last step committed (its commit time, not when its event was handled).
     last_commit: Option<Instant>,
+    /// Step times of the last [`RATE_WINDOW`] steps, by commit time.
+    window: std::collections::VecDeque<Duration>,
+    /// Sum of every step time of this process.
+    total: Duration,
     last_log: Instant,
     rate: f64,
     /// Step of the last checkpoint written, for the error message of a failed one.
@@ -196,8 +202,9 @@ impl Reporter {
             history,
             summary: Summary::default(),
             validator: None,
-            started: Instant::now(),
             last_commit: None,
+            window: std::collections::VecDeque::with_capacity(RATE_WINDOW + 1),
+            total: Duration::ZERO,
             last_log: Instant::now(),
             rate: 0.0,
             last_checkpoint: None,
@@ -247,7 +254,7 @@ impl Reporter {
             b.finish();
         }
         self.summary.seq_per_s = self.summary.steps as f64 * self.cfg.batch_size as f64
-            / self.started.elapsed().as_secs_f64().max(1e-9);
+            / self.total.as_secs_f64().max(1e-9);
         self.plot();
         Ok(self.summary)
     }
@@ -351,18 +358,22 @@ impl Reporter {
         validate: Option<Box<Trainer>>,
         bar: Option<&progress::Shown>,
     ) -> Result<(), CoordError> {
-        let now = Instant::now();
         let c = report.committed;
+        // throughput from commit times: a step's time is from the commit before it (the first
+        // step of this process: from handing it out) to its own commit, whenever its row is
+        // written here
         let dt = self
             .last_commit
-            .map_or(report.wall, |t| now.saturating_duration_since(t));
-        self.last_commit = Some(now);
-        let inst = self.cfg.batch_size as f64 / dt.as_secs_f64().max(1e-9);
-        self.rate = if self.summary.steps == 0 {
-            inst
-        } else {
-            0.9 * self.rate + 0.1 * inst
-        };
+            .map_or(report.wall, |t| report.at.saturating_duration_since(t));
+        self.last_commit = Some(report.at);
+        self.total += dt;
+        self.window.push_back(dt);
+        if self.window.len() > RATE_WINDOW {
+            self.window.pop_front();
+        }
+        let span: Duration = self.window.iter().sum();
+        self.rate =
+            self.window.len() as f64 * self.cfg.batch_size as f64 / span.as_secs_f64().max(1e-9);
         self.summary.steps += 1;
         self.summary.last_loss = Some(c.loss);
         let (val, snapshot) = match validate {
@@ -401,6 +412,9 @@ impl Reporter {
                 )
             })
             .collect();
+        let b = report.breakdown;
+        let step_ms = dt.as_secs_f64() * 1e3;
+        let idle = (step_ms - report.compute_ms - b.reduce_ms - b.update_ms).max(0.0);
         self.log
             .append(&[
                 c.cursor.global.to_string(),
@@ -408,12 +422,20 @@ impl Reporter {
                 c.cursor.step.to_string(),
                 format!("{:.9}", c.loss),
                 val.map_or(String::new(), |v| format!("{v:.9}")),
-                format!("{inst:.1}"),
+                format!("{:.1}", self.rate),
                 report.workers.to_string(),
-                format!("{:.3}", dt.as_secs_f64() * 1e3),
+                format!("{step_ms:.3}"),
                 format!("{:.3}", report.compute_ms),
                 field(&shards.join(";")),
                 field(&timings.join(";")),
+                format!("{:.3}", b.reduce_ms),
+                format!("{:.3}", b.wait_ms),
+                format!("{:.3}", b.update_ms),
+                format!("{:.3}", b.coordinator_ms),
+                format!("{:.3}", b.commit_lag_ms),
+                format!("{idle:.3}"),
+                b.peer_bytes.to_string(),
+                b.coordinator_bytes.to_string(),
             ])
             .map_err(|e| {
                 CoordError::JobFailed(format!(

@@ -320,6 +320,8 @@ mod tests {
             workers: 2,
             wall: std::time::Duration::from_millis(20),
             compute_ms: slow_ms,
+            breakdown: Default::default(),
+            at: std::time::Instant::now(),
         }
     }
 

@@ -1,17 +1,21 @@
 //! The gRPC adapter over [`Job`]: authenticates the caller, decodes and hands over, maps refusals
-//! to statuses, long-polls for assignments, moves large tensors through blobs, computes the second
-//! opinions no worker can give, and reports to the reporter. Every rule lives in the job; tensors
-//! are decoded outside the job lock, so a large result never delays another worker's heartbeat.
+//! to statuses, streams each worker's directives, moves large tensors through blobs, computes the
+//! second opinions, issues the Peer service identities under TLS, and reports to the reporter.
+//! Every rule lives in the job; tensors are decoded and encoded outside the job lock, so a large
+//! report never delays another worker's heartbeat.
 
 mod blobs;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use model::engine::cpu::CpuEngine;
+use prost::Message;
 use proto::blob;
-use proto::convert::{self, AssignmentOut};
+use proto::convert::{self, AssignmentOut, PeerTls};
 use proto::pb;
+use proto::step::{self as wire, DirectiveOut};
 use runtime::logs::Limiter;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc};
@@ -21,12 +25,14 @@ use tracing::{debug, error, info, warn};
 
 use self::blobs::Blobs;
 use crate::error::refusal_status;
-use crate::job::{Caller, Job, Notice, Poll, Refusal, Submitted};
-use crate::report::{self, Event};
+use crate::job::{Caller, Directive, Job, LocalResult, Notice, Refusal};
+use crate::report::Event;
 
-/// Longest a Step call waits for work before answering `Wait` (and at most half the lease, so
-/// that a caller waiting on its own call never outlives its lease).
-const LONG_POLL: Duration = Duration::from_secs(5);
+/// Longest a directive stream stays silent: a Wait is sent at least this often, so that a broken
+/// connection is noticed.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+/// Directives queued per worker before the stream waits for it to read.
+const DIRECTIVE_QUEUE: usize = 64;
 /// Longest worker name kept.
 const MAX_NAME: usize = 128;
 /// Longest device description kept.
@@ -41,12 +47,17 @@ pub(crate) struct ServiceConfig {
     pub(crate) job_id: String,
     /// Workers renew their lease at least this often.
     pub(crate) heartbeat: Duration,
-    /// Steps between checkpoints.
-    pub(crate) checkpoint_every: u64,
     /// Largest message in either direction.
     pub(crate) max_message_bytes: usize,
-    /// A worker silent this long is dead.
-    pub(crate) lease: Duration,
+    /// Whether the job uses TLS (then every worker's Peer service does too).
+    pub(crate) tls: bool,
+}
+
+/// Bytes the coordinator received and sent for one step.
+#[derive(Debug, Default, Clone, Copy)]
+struct Traffic {
+    received: u64,
+    sent: u64,
 }
 
 /// State shared by the service, the ticker and the server loop.
@@ -55,17 +66,19 @@ pub(crate) struct Shared {
     /// The job. A std mutex: it is held for short, non-async sections only, never while a tensor
     /// is encoded or decoded.
     job: Mutex<Job>,
-    /// Woken whenever work may have become available or the job ended.
+    /// Woken whenever members may have something new to hear or the job ended.
     pub(crate) changed: Notify,
     /// Commits and membership changes, to the reporter (bounded: a reporter that falls behind
     /// slows commits down instead of queueing without end); `None` once the job is closed.
     events: Mutex<Option<mpsc::Sender<Event>>>,
-    /// Parameters of the current step, encoded once and shared by every assignment.
-    params_cache: Mutex<Option<(u64, pb::Tensor)>>,
     /// Tensors travelling outside their messages.
     blobs: Blobs,
     /// CPU engines for second opinions the coordinator computes itself.
     verifiers: Mutex<Vec<CpuEngine>>,
+    /// Signs every worker's Peer service identity when the job uses TLS.
+    peer_ca: Option<crate::pki::Ca>,
+    /// Bytes per step, until its commit is reported.
+    traffic: Mutex<BTreeMap<u64, Traffic>>,
     /// Rate limit of repeated warnings.
     limiter: Limiter,
     cfg: ServiceConfig,
@@ -112,17 +125,30 @@ fn clean(s: &str, max: usize) -> String {
 
 impl Shared {
     /// Shared state around `job`.
-    pub(crate) fn new(job: Job, events: mpsc::Sender<Event>, cfg: ServiceConfig) -> Self {
-        Self {
+    pub(crate) fn new(
+        job: Job,
+        events: mpsc::Sender<Event>,
+        cfg: ServiceConfig,
+    ) -> Result<Self, crate::error::CoordError> {
+        let peer_ca = if cfg.tls {
+            Some(crate::pki::Ca::new(&format!(
+                "carry peers of job {}",
+                &cfg.job_id[..8.min(cfg.job_id.len())]
+            ))?)
+        } else {
+            None
+        };
+        Ok(Self {
             job: Mutex::new(job),
             changed: Notify::new(),
             events: Mutex::new(Some(events)),
-            params_cache: Mutex::new(None),
             blobs: Blobs::default(),
             verifiers: Mutex::new(Vec::new()),
+            peer_ca,
+            traffic: Mutex::new(BTreeMap::new()),
             limiter: Limiter::new(WARN_PERIOD),
             cfg,
-        }
+        })
     }
 
     /// Locks the job (a poisoned lock means a panic elsewhere; the state is still consistent
@@ -131,10 +157,27 @@ impl Shared {
         self.job.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn count(&self, step: u64, received: u64, sent: u64) {
+        let mut t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
+        let e = t.entry(step).or_default();
+        e.received += received;
+        e.sent += sent;
+    }
+
     /// Sends events to the reporter, waiting while it is behind (dropped once the job is closed).
-    async fn send(&self, events: Vec<Event>) {
+    async fn send(&self, mut events: Vec<Event>) {
         if events.is_empty() {
             return;
+        }
+        for ev in &mut events {
+            if let Event::Committed { report, .. } = ev {
+                let step = report.committed.cursor.global;
+                let mut t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
+                let mine = t.remove(&step).unwrap_or_default();
+                // steps that will never commit (a view that ended) are forgotten
+                t.retain(|&s, _| s > step);
+                report.breakdown.coordinator_bytes = mine.received + mine.sent;
+            }
         }
         let tx = self
             .events
@@ -155,11 +198,32 @@ impl Shared {
         self.events.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
+    /// Takes what the job committed and noticed, logs the notices, and wakes the directive
+    /// streams; returns the events for the reporter.
+    fn drain(&self, mut job: MutexGuard<'_, Job>) -> Vec<Event> {
+        let mut events = job.take_commits();
+        if let Some(last) = events.iter().rev().find_map(|e| match e {
+            Event::Committed { report, .. } => Some(report.committed.cursor.global),
+            _ => None,
+        }) {
+            debug!(step = last, "committed");
+            self.blobs.collect(last + 1);
+        }
+        let notices = job.take_notices();
+        if let Some(f) = job.failure() {
+            error!(cause = %f, "the job failed");
+        }
+        drop(job);
+        events.extend(self.log_notices(notices));
+        self.changed.notify_waiters();
+        events
+    }
+
     /// Logs what the job noticed and turns it into reporter events.
-    fn notices(&self, job: &mut Job) -> Vec<Event> {
+    fn log_notices(&self, notices: Vec<Notice>) -> Vec<Event> {
         let now = Instant::now();
         let mut events = Vec::new();
-        for n in job.take_notices() {
+        for n in notices {
             match n {
                 Notice::Left {
                     id,
@@ -169,9 +233,9 @@ impl Shared {
                 } => {
                     self.blobs.forget(&id);
                     if evicted {
-                        warn!(worker = %name, %reason, "worker evicted; its shard goes to another worker");
+                        warn!(worker = %name, %reason, "worker evicted; its slots go to the other workers");
                     } else {
-                        warn!(worker = %name, %reason, "worker gone; its shard goes to a live worker");
+                        warn!(worker = %name, %reason, "worker gone; its slots go to the live workers");
                     }
                     events.push(Event::Left {
                         name,
@@ -179,125 +243,94 @@ impl Shared {
                         evicted,
                     });
                 }
-                Notice::Refused {
-                    name,
-                    step,
-                    shard,
-                    why,
-                } => {
+                Notice::Refused { name, step, why } => {
                     if let Some(left_out) = self.limiter.check(&format!("refused {name}"), now) {
-                        warn!(worker = %name, step, shard, cause = %why, repeats_not_logged = left_out, "refused a result; counted against the worker");
+                        warn!(worker = %name, step, cause = %why, repeats_not_logged = left_out, "refused a result; counted against the worker");
                     }
                 }
                 Notice::DeadlinePassed {
                     name,
                     step,
-                    shard,
                     deadline,
                 } => warn!(
                     worker = %name,
                     step,
-                    shard,
                     deadline_ms = deadline.as_millis() as u64,
-                    "shard past its deadline; offered to other workers too (the first valid result wins)"
+                    "shard past its deadline; its slots go to the other workers (a late result is refused)"
                 ),
-                Notice::Held {
-                    name,
-                    step,
-                    shard,
-                    why,
-                } => {
+                Notice::Held { name, step, why } => {
                     if let Some(left_out) = self.limiter.check(&format!("held {name}"), now) {
-                        info!(worker = %name, step, shard, %why, repeats_not_logged = left_out, "result held for a second opinion");
+                        info!(worker = %name, step, %why, repeats_not_logged = left_out, "result held for a second opinion");
                     }
                 }
                 Notice::Checked {
                     step,
-                    shard,
                     first,
-                    second,
                     disagreement,
                 } => match disagreement {
-                    None => debug!(step, shard, %first, %second, "second opinion agrees"),
+                    None => debug!(step, worker = %first, "second opinion agrees"),
                     Some(d) => {
-                        warn!(step, shard, %first, %second, difference = %d, "second opinion disagrees")
+                        warn!(step, worker = %first, difference = %d, "second opinion disagrees")
                     }
                 },
+                Notice::ViewStarted {
+                    id,
+                    step,
+                    members,
+                    after,
+                } => {
+                    let members = members.join(", ");
+                    match after {
+                        Some(why) => {
+                            info!(view = id, step, %members, after = %why, "view started")
+                        }
+                        None => info!(view = id, step, %members, "view started"),
+                    }
+                }
             }
         }
         events
     }
 
-    /// Everything that follows a job outcome: the commit event (with a checkpoint and validation
-    /// when due), notices, and waking waiting workers.
-    fn outcome(&self, mut job: MutexGuard<'_, Job>, outcome: Submitted) -> Vec<Event> {
-        let mut events = Vec::new();
-        if let Submitted::Held(why) = &outcome {
-            debug!(%why, "a result waits for another opinion");
-        }
-        if let Submitted::Committed(r) = outcome {
-            let step = r.committed.cursor.global;
-            debug!(step, loss = r.committed.loss, "committed");
-            events.push(report::commit_event(
-                job.trainer(),
-                *r,
-                self.cfg.checkpoint_every,
-            ));
-            self.blobs.collect(step + 1);
-        }
-        events.extend(self.notices(&mut job));
-        if let Some(f) = job.failure() {
-            error!(cause = %f, "the job failed");
-        }
-        drop(job);
-        self.changed.notify_waiters();
-        events
-    }
-
-    /// Advances the job's clock: leases, deadlines, planning; then second opinions.
+    /// Advances the job's clock: leases, deadlines, views; then second opinions.
     pub(crate) async fn tick(self: &Arc<Self>, now: Instant) {
         let events = {
             let mut job = self.job();
-            let changed = job.tick(now);
-            let events = self.notices(&mut job);
-            drop(job);
-            if changed {
-                self.changed.notify_waiters();
-            }
-            events
+            job.tick(now);
+            self.drain(job)
         };
         self.send(events).await;
         self.local_checks();
     }
 
-    /// Computes, on blocking threads, the second opinions no worker can give.
+    /// Computes, on blocking threads, the second opinions the job asks for.
     fn local_checks(self: &Arc<Self>) {
-        let checks = self.job().local_checks(Instant::now());
+        let checks = self.job().local_checks();
         for c in checks {
             let shared = self.clone();
             tokio::spawn(async move {
-                let model = {
-                    let job = shared.job();
-                    job.trainer().spec().model.clone()
-                };
+                let model = shared.job().trainer().spec().model.clone();
                 let engine = shared
                     .verifiers
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .pop();
-                let (step, shard) = (c.step, c.shard);
+                let (step, member) = (c.step, c.member);
                 let computed = tokio::task::spawn_blocking(move || {
                     let mut e = engine.unwrap_or_else(|| CpuEngine::new(&model, 1));
-                    let t0 = Instant::now();
-                    let out = c.data.compute(&mut e, &model, &c.params);
-                    (e, out, t0.elapsed())
+                    let out = if c.simulated {
+                        c.data.simulated(&model, &c.params)
+                    } else {
+                        c.data.compute(&mut e, &model, &c.params)
+                    };
+                    (e, out)
                 })
                 .await;
-                let (engine, out, took) = match computed {
+                let (engine, out) = match computed {
                     Ok(v) => v,
                     Err(e) => {
-                        error!(cause = %e, step, shard, "second opinion panicked");
-                        shared.job().local_check_failed(step, shard);
+                        error!(cause = %e, step, member, "second opinion panicked");
+                        shared.job().local_check_failed(step, member);
                         return;
                     }
                 };
@@ -309,28 +342,24 @@ impl Shared {
                 let out = match out {
                     Ok(o) => o,
                     Err(e) => {
-                        error!(cause = %e, step, shard, "the coordinator could not compute a second opinion");
-                        shared.job().local_check_failed(step, shard);
+                        error!(cause = %e, step, member, "the coordinator could not compute a second opinion");
+                        shared.job().local_check_failed(step, member);
                         return;
                     }
                 };
-                let sub = model::trainer::Submission {
-                    step,
-                    shard,
-                    loss_sum: out.loss_sum,
-                    grad: out.grad,
-                    finals: out.final_state,
-                    compute_ms: took.as_secs_f64() * 1e3,
-                };
                 let events = {
                     let mut job = shared.job();
-                    match job.submit_local(sub, Instant::now()) {
-                        Ok(o) => shared.outcome(job, o),
-                        Err(e) => {
-                            debug!(cause = %e, step, shard, "second opinion no longer needed");
-                            shared.notices(&mut job)
-                        }
-                    }
+                    job.submit_local(
+                        step,
+                        member,
+                        LocalResult {
+                            loss_sum: out.loss_sum,
+                            grad: out.grad,
+                            finals: out.final_state,
+                        },
+                        Instant::now(),
+                    );
+                    shared.drain(job)
                 };
                 shared.send(events).await;
                 shared.local_checks();
@@ -338,165 +367,159 @@ impl Shared {
         }
     }
 
-    fn params_tensor(&self, step: u64, params: &[f32]) -> pb::Tensor {
-        let mut cache = self.params_cache.lock().unwrap_or_else(|p| p.into_inner());
-        match &*cache {
-            Some((s, t)) if *s == step => t.clone(),
-            _ => {
-                let mut t = convert::tensor(&[params.len()], params);
-                // larger than half a message: one blob per step, read by every worker
-                blob::move_out(&mut t, self.cfg.max_message_bytes / 2, |data| {
-                    self.blobs.put_outgoing(None, step, data)
+    /// The wire form of a directive for worker `who` (large tensors moved to blobs), and the
+    /// step its bytes count for.
+    fn encode(&self, who: &str, d: Directive, model: &model::ModelConfig) -> (pb::Directive, u64) {
+        let limit = self.cfg.max_message_bytes;
+        let (out, step) = match d {
+            Directive::View(v) => {
+                let step = v.start_step;
+                let mut w = wire::view(&v);
+                blob::offload(&mut w, limit, blob::view_tensors, |data| {
+                    self.blobs.put_outgoing(Some(who), step, data)
                 });
-                *cache = Some((step, t.clone()));
-                t
+                (DirectiveOut::View(Box::new(w)), step)
             }
-        }
+            Directive::Work(w) => {
+                let step = w.plan.cursor.global;
+                let mut a = convert::assignment(&AssignmentOut {
+                    view: w.view,
+                    plan: &w.plan,
+                    member: w.member,
+                    first_slot: w.first_slot,
+                    data: &w.data,
+                    model,
+                    deadline: w.deadline,
+                    lr: w.lr,
+                    outputs: w.outputs,
+                });
+                blob::offload(&mut a, limit, blob::assignment_tensors, |data| {
+                    self.blobs.put_outgoing(Some(who), step, data)
+                });
+                (DirectiveOut::Work(Box::new(a)), step)
+            }
+            Directive::Upload(step) => (DirectiveOut::Upload(step), step),
+            Directive::Finished(m) => (DirectiveOut::Finished(m), u64::MAX),
+            Directive::Wait(r) => (DirectiveOut::Wait(r), u64::MAX),
+        };
+        (wire::directive(out), step)
     }
 
-    /// Replaces blob references in a result by the bytes the worker uploaded.
-    async fn submit(self: &Arc<Self>, who: &Who, mut r: pb::ShardResult) -> Result<(), Status> {
-        let (step, shard) = convert::result_key(&r);
-        let adm = self
-            .job()
-            .admit(&who.caller(), step, shard)
-            .map_err(|e| self.refused(&e))?;
-        // decoded without the job lock
-        let decoded = blob::resolve(&mut r, |id| self.blobs.take_upload(&who.id, id))
-            .map_err(|m| convert::WireError::Missing { what: m })
-            .and_then(|()| convert::submission(&r, adm.grad, adm.state));
-        let sub = match decoded {
-            Ok(s) => s,
-            Err(e) => {
-                let why = e.to_string();
-                let events = {
-                    let mut job = self.job();
-                    job.refuse(&who.caller(), step, shard, &why, Instant::now());
-                    let events = self.notices(&mut job);
-                    drop(job);
-                    self.changed.notify_waiters();
-                    events
-                };
-                self.send(events).await;
-                return Err(Status::invalid_argument(why));
-            }
-        };
-        let result = {
-            let mut job = self.job();
-            match job.submit(&who.caller(), sub, Instant::now()) {
-                Ok(o) => Ok(self.outcome(job, o)),
-                Err(e) => {
-                    let events = self.notices(&mut job);
-                    drop(job);
-                    self.changed.notify_waiters();
-                    Err((e, events))
-                }
-            }
-        };
-        match result {
-            Ok(events) => {
-                self.send(events).await;
-                self.local_checks();
-                Ok(())
-            }
-            Err((e, events)) => {
-                self.send(events).await;
-                Err(self.refused(&e))
-            }
-        }
-    }
-
-    async fn failed(
-        self: &Arc<Self>,
-        who: &Who,
-        step: u64,
-        shard: u32,
-        reason: &str,
-    ) -> Result<(), Status> {
-        let reason = clean(reason, 1024);
-        let events = {
-            let mut job = self.job();
-            job.admit(&who.caller(), step, shard)
-                .map_err(|e| self.refused(&e))?;
-            job.refuse(
-                &who.caller(),
-                step,
-                shard,
-                &format!("the worker could not compute it: {reason}"),
-                Instant::now(),
-            );
-            let events = self.notices(&mut job);
-            drop(job);
-            self.changed.notify_waiters();
-            events
-        };
-        self.send(events).await;
-        Ok(())
-    }
-
-    fn assignment_reply(
-        &self,
-        who: &str,
-        a: &crate::job::Assignment,
-        params: pb::Tensor,
-    ) -> pb::StepReply {
+    /// Streams worker `who`'s directives into `tx` until the job is over for it or the stream
+    /// closes (then the job hears it at once).
+    async fn stream_directives(
+        self: Arc<Self>,
+        who: Who,
+        tx: mpsc::Sender<Result<pb::Directive, Status>>,
+    ) {
         let model = self.job().trainer().spec().model.clone();
-        let mut wire = convert::assignment(
-            &AssignmentOut {
-                plan: &a.plan,
-                shard: a.shard,
-                first_slot: a.first_slot,
-                data: &a.data,
-                model: &model,
-                deadline: a.deadline,
-            },
-            params,
-        );
-        let step = a.plan.cursor.global;
-        blob::offload(
-            &mut wire,
-            self.cfg.max_message_bytes,
-            blob::assignment_tensors,
-            |data| self.blobs.put_outgoing(Some(who), step, data),
-        );
-        convert::step_reply(convert::Reply::Assignment(Box::new(wire)))
-    }
-
-    async fn next(self: &Arc<Self>, who: &Who) -> Result<pb::StepReply, Status> {
-        let deadline = tokio::time::Instant::now() + LONG_POLL.min(self.cfg.lease / 2);
+        let mut last_sent = tokio::time::Instant::now();
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let polled = {
-                let mut job = self.job();
-                match job.poll(&who.caller(), Instant::now()) {
-                    Ok(Poll::Assign(a)) => {
-                        let params =
-                            self.params_tensor(a.plan.cursor.global, job.trainer().params());
-                        drop(job);
-                        return Ok(self.assignment_reply(&who.id, &a, params));
+            let directives = self.job().pull(&who.caller(), Instant::now());
+            let mut finished = false;
+            for d in directives {
+                finished |= matches!(d, Directive::Finished(_));
+                let (msg, step) = self.encode(&who.id, d, &model);
+                if step != u64::MAX {
+                    self.count(step, 0, msg.encoded_len() as u64);
+                }
+                if tx.send(Ok(msg)).await.is_err() {
+                    let events = {
+                        let mut job = self.job();
+                        job.unfollow(&who.caller(), Instant::now());
+                        self.drain(job)
+                    };
+                    self.send(events).await;
+                    return;
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+            if finished {
+                let name = self
+                    .job()
+                    .leave(&who.caller(), Instant::now())
+                    .unwrap_or_default();
+                info!(worker = %name, "told the worker the job is over");
+                self.blobs.forget(&who.id);
+                self.changed.notify_waiters();
+                return;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tx.closed() => {
+                    let events = {
+                        let mut job = self.job();
+                        job.unfollow(&who.caller(), Instant::now());
+                        self.drain(job)
+                    };
+                    self.send(events).await;
+                    return;
+                }
+                _ = tokio::time::sleep_until(last_sent + KEEPALIVE) => {
+                    // nothing new: a keepalive tells a broken connection apart from a quiet one
+                    let msg = wire::directive(DirectiveOut::Wait("nothing new".into()));
+                    if tx.send(Ok(msg)).await.is_err() {
+                        continue;
                     }
-                    other => other,
+                    last_sent = tokio::time::Instant::now();
                 }
-            };
-            match polled {
-                Ok(Poll::Finished(message)) => {
-                    let name = self.job().leave(&who.caller()).unwrap_or_default();
-                    info!(worker = %name, "told the worker the job is over");
-                    self.blobs.forget(&who.id);
-                    self.changed.notify_waiters();
-                    return Ok(convert::step_reply(convert::Reply::Finished(message)));
-                }
-                Ok(Poll::Wait(reason)) => {
-                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                        return Ok(convert::step_reply(convert::Reply::Wait(reason)));
-                    }
-                }
-                Ok(Poll::Assign(_)) => unreachable!("handled above"),
-                Err(e) => return Err(self.refused(&e)),
             }
         }
+    }
+
+    /// Takes a report: blobs resolved and records decoded outside the job lock, then handed to
+    /// the job in order.
+    async fn report(self: &Arc<Self>, who: &Who, mut r: pb::ReportRequest) -> Result<(), Status> {
+        let view = r.view;
+        let expect = self
+            .job()
+            .expect(&who.caller(), view)
+            .map_err(|e| self.refused(&e))?;
+        let bytes = r.encoded_len() as u64;
+        let t0 = Instant::now();
+        let first = r.records.first().map_or(0, |x| x.step);
+        let records = match blob::resolve(&mut r, blob::report_tensors, |id| {
+            self.blobs.take_upload(&who.id, id)
+        }) {
+            Ok(()) => wire::records(&r, &expect),
+            Err(m) => vec![Err((first, convert::WireError::Missing { what: m }))],
+        };
+        let decode_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let per = bytes / records.len().max(1) as u64;
+        for rec in records.iter().flatten() {
+            self.count(rec.step, per, 0);
+        }
+        let (result, events) = {
+            let mut job = self.job();
+            let r = job.report(&who.caller(), view, records, decode_ms, Instant::now());
+            (r, self.drain(job))
+        };
+        self.send(events).await;
+        self.local_checks();
+        result.map_err(|e| self.refused(&e))
+    }
+
+    fn peer_tls(&self) -> Result<Option<PeerTls>, Status> {
+        let Some(ca) = &self.peer_ca else {
+            return Ok(None);
+        };
+        let (cert, key) = ca
+            .issue(
+                &[convert::PEER_TLS_NAME],
+                vec![
+                    rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                    rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+            )
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Some(PeerTls {
+            cert: cert.into_bytes(),
+            key: key.into_bytes(),
+            ca: ca.pem().into_bytes(),
+        }))
     }
 
     fn refused(&self, e: &Refusal) -> Status {
@@ -522,6 +545,8 @@ impl CoordinatorService {
 
 type BlobStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::BlobChunk, Status>> + Send>>;
+type DirectiveStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Directive, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::coordinator_server::Coordinator for CoordinatorService {
@@ -544,11 +569,12 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         };
         let device = clean(&r.device, MAX_DEVICE);
         let s = &self.shared;
+        let peer_tls = s.peer_tls()?;
         let id = s
             .job()
-            .register(&name, ident.as_deref(), Instant::now())
+            .register(&name, ident.as_deref(), &r.peer_address, Instant::now())
             .map_err(|e| s.refused(&e))?;
-        info!(worker = %name, %device, "worker joined");
+        info!(worker = %name, %device, peer = %r.peer_address, "worker joined");
         s.send(vec![Event::Joined { name, device }]).await;
         s.changed.notify_waiters();
         let model = s.job().trainer().spec().model.clone();
@@ -559,27 +585,40 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 heartbeat: s.cfg.heartbeat,
                 model,
                 max_message_bytes: Some(s.cfg.max_message_bytes),
+                peer_tls,
             },
         )))
     }
 
-    async fn step(&self, req: Request<pb::StepRequest>) -> Result<Response<pb::StepReply>, Status> {
-        let ident = identity(&req);
-        let (id, handing) = convert::handing(req.into_inner());
-        let who = Who {
-            id,
-            identity: ident,
+    type FollowStream = DirectiveStream;
+
+    async fn follow(
+        &self,
+        req: Request<pb::FollowRequest>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        let who = Who::of(&req, req.get_ref().worker_id.clone());
+        let s = &self.shared;
+        let events = {
+            let mut job = s.job();
+            job.follow(&who.caller(), Instant::now())
+                .map_err(|e| s.refused(&e))?;
+            s.drain(job)
         };
-        match handing {
-            convert::Handing::Nothing => {}
-            convert::Handing::Result(r) => self.shared.submit(&who, *r).await?,
-            convert::Handing::Failure {
-                step,
-                shard,
-                reason,
-            } => self.shared.failed(&who, step, shard, &reason).await?,
-        }
-        self.shared.next(&who).await.map(Response::new)
+        s.send(events).await;
+        let (tx, rx) = mpsc::channel(DIRECTIVE_QUEUE);
+        tokio::spawn(s.clone().stream_directives(who, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn report(
+        &self,
+        req: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportReply>, Status> {
+        let who = Who::of(&req, req.get_ref().worker_id.clone());
+        self.shared.report(&who, req.into_inner()).await?;
+        Ok(Response::new(pb::ReportReply {}))
     }
 
     async fn heartbeat(
@@ -600,16 +639,22 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<pb::LeaveReply>, Status> {
         let who = Who::of(&req, req.get_ref().worker_id.clone());
         let s = &self.shared;
-        let name = s.job().leave(&who.caller()).map_err(|e| s.refused(&e))?;
+        let (name, events) = {
+            let mut job = s.job();
+            let name = job
+                .leave(&who.caller(), Instant::now())
+                .map_err(|e| s.refused(&e))?;
+            (name, s.drain(job))
+        };
         s.blobs.forget(&who.id);
         info!(worker = %name, "worker left");
-        s.send(vec![Event::Left {
+        let mut all = vec![Event::Left {
             name,
             reason: "left".into(),
             evicted: false,
-        }])
-        .await;
-        s.changed.notify_waiters();
+        }];
+        all.extend(events);
+        s.send(all).await;
         Ok(Response::new(pb::LeaveReply {}))
     }
 
@@ -654,14 +699,15 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             job.check_member(&who.caller()).map_err(|e| s.refused(&e))?;
             let t = job.trainer();
             let m = &t.spec().model;
-            // one result: the gradient and the final states of at most the whole batch, twice
-            2 * 4 * (t.layout().len() + 2 * m.layers * t.spec().batch_size * m.hidden)
+            // one report: the final states of at most the whole batch, the summed gradient and a
+            // gradient for a second opinion, twice
+            2 * 4 * (2 * t.layout().len() + 2 * m.layers * t.spec().batch_size * m.hidden)
         };
         let held = s.blobs.uploaded_by(&who.id);
         let mut asm = blob::Assembler::new(cap.saturating_sub(held));
         let too_much = |m: String| {
             Status::resource_exhausted(format!(
-                "upload: {m} (a worker holds at most two results' worth of uploads)"
+                "upload: {m} (a worker holds at most two reports' worth of uploads)"
             ))
         };
         asm.push(&first.data).map_err(too_much)?;
