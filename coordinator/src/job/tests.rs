@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use data::windows::{SyntheticSpec, synthetic};
 use model::config::{ModelConfig, TrainSpec};
-use model::data::{SyntheticSpec, synthetic};
 use model::engine::cpu::CpuEngine;
 
 use super::*;
