@@ -58,7 +58,7 @@ pub(crate) struct TrainArgs {
     /// Series data: scale each series by its own statistics, all by global ones, or not at all;
     /// statistics come from the training part [default: series].
     #[arg(long, env = "CARRY_SCALE", value_enum)]
-    pub scale: Option<model::series::Scale>,
+    pub scale: Option<data::series::Scale>,
     /// Series data: hold out the last K steps of every series for validation [default: 0].
     #[arg(long, env = "CARRY_VAL_STEPS")]
     pub val_steps: Option<usize>,
@@ -325,7 +325,7 @@ pub(crate) fn is_table(path: &std::path::Path) -> bool {
     if name.ends_with(".csv") || name.ends_with(".csv.gz") || name.ends_with(".parquet") {
         return true;
     }
-    name.ends_with(".npz") && model::npy::npz_has(path, "lengths")
+    name.ends_with(".npz") && data::npy::npz_has(path, "lengths")
 }
 
 /// How progress is shown.
@@ -504,7 +504,7 @@ impl TrainArgs {
             Some(p) => DataSource::Npz(PathBuf::from(p)),
         };
         let series = match &data {
-            DataSource::Table(_) => Some(model::series::SeriesSpec {
+            DataSource::Table(_) => Some(data::series::SeriesSpec {
                 id_column: self.id_column.clone(),
                 time_column: self.time_column.clone(),
                 input_columns: self.input_columns.clone().unwrap_or_default(),

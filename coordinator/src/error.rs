@@ -18,9 +18,12 @@ pub(crate) enum CoordError {
     /// Model, data, checkpoint or device error.
     #[error(transparent)]
     Model(#[from] model::ModelError),
+    /// Unreadable or malformed data: a table, an array file, a series too short.
+    #[error(transparent)]
+    Data(#[from] data::DataError),
     /// An unreadable `.npy` / `.npz` file.
     #[error(transparent)]
-    Npy(#[from] model::npy::NpyError),
+    Npy(#[from] data::npy::NpyError),
     /// Serving failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),

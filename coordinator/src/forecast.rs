@@ -10,11 +10,11 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use data::series::{Scale, Scaler, SeriesSpec, column_indices, scaled_rows};
+use data::table::{Table, TimeKind, format_time};
 use model::checkpoint::Checkpoint;
 use model::device::{DeviceChoice, make_engine, resolve};
 use model::engine::{Engine, EngineKind};
-use model::series::{Scale, Scaler, SeriesSpec, column_indices, scaled_rows};
-use model::table::{Table, TimeKind, format_time};
 
 use crate::error::CoordError;
 use crate::report::{PlotSeries, forecast_svg};
@@ -159,7 +159,7 @@ fn load(a: &SeriesModelArgs) -> Result<Loaded, CoordError> {
             ),
         ));
     }
-    let (table, spec) = model::series::read(data, &spec, None)?;
+    let (table, spec) = data::series::read(data, &spec, None)?;
     let mut scaler = ck.scaler.clone().unwrap_or_else(|| Scaler {
         kind: Scale::None,
         columns: table.columns.clone(),
@@ -195,7 +195,7 @@ impl Loaded {
             scaled.push(v);
         }
         let rows: Vec<&[f32]> = scaled.iter().map(|v| v.as_slice()).collect();
-        let out = model::series::packed::rollout(
+        let out = model::packed::rollout(
             self.engine.as_mut(),
             &self.ck.spec.model,
             &self.ck.params,

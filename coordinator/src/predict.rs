@@ -7,14 +7,14 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use data::npy::{read_npy, read_npz, write_npz};
+use data::windows::to_sequences;
 use model::config::Head;
-use model::data::to_sequences;
 use model::device::{DeviceChoice, make_engine, resolve};
 use model::engine::EngineKind;
 use model::error::fmt_shape;
 use model::export::export;
 use model::net::{self, Start};
-use model::npy::{read_npy, read_npz, write_npz};
 use model::state::SlotStates;
 
 use crate::error::CoordError;

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use data::windows::{SyntheticSpec, load_npz_with, synthetic};
 use model::checkpoint::Checkpoint;
-use model::data::{SyntheticSpec, load_npz_with, synthetic};
 use model::state::SlotStates;
 use model::trainer::{Data, Trainer};
 use proto::pb::coordinator_server::CoordinatorServer;
@@ -38,8 +38,8 @@ pub(crate) fn load_data(cfg: &TrainConfig) -> Result<Data, CoordError> {
                 .series
                 .as_ref()
                 .expect("series settings for a table");
-            let (table, spec) = model::series::read(p, spec, cfg.max_data_bytes)?;
-            let d = model::series::SeriesData::new(&table, &spec, None)?;
+            let (table, spec) = data::series::read(p, spec, cfg.max_data_bytes)?;
+            let d = data::series::SeriesData::new(&table, &spec, None)?;
             return Ok(Data::Series(Arc::new(d)));
         }
         DataSource::Synthetic => synthetic(&SyntheticSpec {
@@ -70,9 +70,9 @@ fn initial_states(cfg: &TrainConfig, t: &Trainer) -> Result<Option<SlotStates>, 
     };
     let m = &t.spec().model;
     let b = t.spec().batch_size;
-    let mut arrays = model::npy::read_npz_with(
+    let mut arrays = data::npy::read_npz_with(
         path,
-        &model::npy::NpzOptions {
+        &data::npy::NpzOptions {
             names: Some(&["h", "c", "y"]),
             max_bytes: cfg.max_data_bytes,
         },

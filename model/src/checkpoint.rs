@@ -43,7 +43,7 @@ pub struct Checkpoint {
     pub explicit_states: bool,
     /// Scaling statistics of series data (so outputs, forecasts and scores are in the user's
     /// units).
-    pub scaler: Option<crate::series::Scaler>,
+    pub scaler: Option<data::series::Scaler>,
 }
 
 /// The checkpoint file for `path`: the path itself if it is a file, else `path/checkpoint.safetensors`.

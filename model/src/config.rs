@@ -398,7 +398,7 @@ pub struct TrainSpec {
     pub lr_step_epochs: u64,
     /// How a table of series becomes training data (`None`: `.npz` windows or synthetic data).
     #[serde(default)]
-    pub series: Option<crate::series::SeriesSpec>,
+    pub series: Option<data::series::SeriesSpec>,
 }
 
 impl Default for TrainSpec {
@@ -585,7 +585,7 @@ impl TrainSpec {
             self.warmup_steps.to_string(),
             saved.warmup_steps.to_string(),
         )?;
-        let series = |s: &Option<crate::series::SeriesSpec>| {
+        let series = |s: &Option<data::series::SeriesSpec>| {
             s.as_ref().map_or("windows".to_string(), |s| {
                 format!(
                     "series (inputs {:?}, targets {:?}, scale {}, val_steps {}, timesteps {}, shuffle {})",

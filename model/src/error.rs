@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::npy::NpyError;
+pub use data::error::fmt_shape;
 
 /// Errors of the model crate.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,8 @@ pub enum ModelError {
         /// The bad value.
         value: f32,
     },
-    /// Malformed training data.
+    /// Malformed data the model was given (a stream layout that does not fit, a missing
+    /// conditioning array).
     #[error("{source_name}: {msg}")]
     Data {
         /// File or generator the data came from.
@@ -43,9 +44,9 @@ pub enum ModelError {
         /// What is wrong, expected vs given.
         msg: String,
     },
-    /// An unreadable or malformed `.npy` / `.npz` file.
+    /// Unreadable or malformed input data (tables, arrays), from the data crate.
     #[error(transparent)]
-    Npy(#[from] NpyError),
+    Input(#[from] data::DataError),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -99,25 +100,9 @@ impl ModelError {
     }
 }
 
-/// Formats a shape like NumPy: `(10, 8)`, `(5,)`, `()`.
-pub fn fmt_shape(shape: &[usize]) -> String {
-    match shape {
-        [] => "()".into(),
-        [one] => format!("({one},)"),
-        _ => format!(
-            "({})",
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
 /// Fails on the first NaN or infinity in `values`.
 pub fn check_finite(what: &str, values: &[f32]) -> Result<(), ModelError> {
-    match values.iter().position(|v| !v.is_finite()) {
+    match data::error::first_non_finite(values) {
         None => Ok(()),
         Some(index) => Err(ModelError::NonFinite {
             what: what.into(),

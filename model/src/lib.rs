@@ -1,4 +1,6 @@
-//! The stateful stacked LSTM shared by the coordinator and the workers.
+//! The stateful stacked LSTM shared by the coordinator and the workers: the network, its
+//! engines, parameters, state and the trainer. The data it trains on (tables, arrays, series and
+//! their slot schedule) is the `data` crate's.
 //!
 //! # Layout
 //! - [`config`]: model and training settings with `validate()`.
@@ -7,10 +9,10 @@
 //!   of batch `n`) and the step cursor.
 //! - [`state`]: explicit per-slot `(h, c)` with loud shape errors.
 //! - [`dropout`]: masks as a pure function of `(seed, epoch, step, slot, element)`.
-//! - [`data`], [`npy`]: the synthetic generator and `.npz` loading, validated up front.
 //! - [`engine`]: forward and backward through time on the fused CPU engine, Burn's stock `Lstm`
 //!   (Flex or wgpu), or the fused wgpu engine; [`device`] picks the device.
 //! - [`net`]: how a step starts (carried, reset, or the learned initial-state projection).
+//! - [`packed`]: forward passes over many series of different lengths, and forecast roll-outs.
 //! - [`adam`], [`trainer`]: the optimizer and the training state machine; the in-process
 //!   reference trainer is [`trainer::Trainer::step_local`].
 //! - [`replica`]: replicated training: views, the replica every worker holds, gradient chunks
@@ -22,7 +24,6 @@
 pub mod adam;
 pub mod checkpoint;
 pub mod config;
-pub mod data;
 pub mod device;
 pub mod dropout;
 pub mod engine;
@@ -30,19 +31,22 @@ pub mod error;
 pub mod export;
 pub mod keras;
 pub mod net;
-pub mod npy;
+pub mod packed;
 pub mod params;
 pub mod replica;
-pub mod rng;
-pub mod series;
 pub mod st;
 pub mod state;
 pub mod stream;
-pub mod table;
 pub mod trainer;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_series;
 
 pub use config::{AdamConfig, Compat, Head, ModelConfig, ResetPolicy, TrainSpec, ValState};
 pub use error::ModelError;
+
+/// The random streams behind initialization and dropout masks, shared with the data crate's
+/// synthetic data and series order.
+pub use data::rng;

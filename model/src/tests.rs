@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use crate::config::{Head, ModelConfig, ResetPolicy, TrainSpec, ValState};
-use crate::data::{Dataset, Sequences, Split, SyntheticSpec, synthetic};
 use crate::dropout::DropoutKey;
 use crate::engine::burn_ref::BurnEngine;
 use crate::engine::cpu::CpuEngine;
@@ -14,6 +13,7 @@ use crate::params::{ParamLayout, init_params};
 use crate::rng::Rng;
 use crate::state::SlotStates;
 use crate::trainer::Trainer;
+use data::windows::{Dataset, Sequences, Split, SyntheticSpec, synthetic};
 
 /// `n` normal values of standard deviation `scale`, seeded.
 pub(crate) fn random(n: usize, seed: u64, scale: f64) -> Vec<f32> {

@@ -12,16 +12,16 @@ use std::sync::Arc;
 use crate::adam::AdamState;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Compat, ModelConfig, TrainSpec, ValState};
-use crate::data::{Dataset, Split};
 use crate::dropout::DropoutKey;
 use crate::engine::{Batch, Engine, Loss};
 use crate::error::{ModelError, check_finite};
 use crate::net::{self, Start};
 use crate::params::{ParamLayout, init_params};
-use crate::series::SeriesData;
-use crate::series::schedule::{EpochPlan, SlotWork, epoch_order};
 use crate::state::SlotStates;
 use crate::stream::{Cursor, Streams, total_steps};
+use data::series::SeriesData;
+use data::series::schedule::{EpochPlan, SlotWork, epoch_order};
+use data::windows::{Dataset, Split};
 
 /// What a trainer trains on.
 #[derive(Debug, Clone)]
@@ -836,7 +836,7 @@ impl Trainer {
             return Ok(None);
         }
         let rows: Vec<&[f32]> = (0..d.len()).map(|i| d.x_of(i)).collect();
-        let (preds, _) = crate::series::packed::forward_rows(
+        let (preds, _) = crate::packed::forward_rows(
             engine,
             &self.spec.model,
             &self.params,
@@ -1047,7 +1047,7 @@ pub fn l2_norm(v: &[f32]) -> f64 {
         .sqrt()
 }
 
-fn gather_cond(c: &crate::data::Cond, seqs: &[usize]) -> Vec<f32> {
+fn gather_cond(c: &data::windows::Cond, seqs: &[usize]) -> Vec<f32> {
     seqs.iter()
         .flat_map(|&i| c.values[i * c.width..(i + 1) * c.width].iter().copied())
         .collect()

@@ -23,14 +23,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
+use data::rng::Rng;
+use data::windows::{SyntheticSpec, synthetic};
 use model::config::{ModelConfig, ResetPolicy, TrainSpec, ValState};
-use model::data::{SyntheticSpec, synthetic};
 use model::device::{Compute, DeviceChoice, make_engine, resolve};
 use model::dropout::DropoutKey;
 use model::engine::cpu::CpuEngine;
 use model::engine::{Batch, Engine, EngineKind, Loss};
 use model::params::init_params;
-use model::rng::Rng;
 use model::state::SlotStates;
 use model::trainer::Trainer;
 
@@ -234,7 +234,7 @@ fn ragged(seconds: f64, threads: usize) -> Result<Ragged, String> {
 }
 
 /// A table of series with the given numbers of rows (two value columns, smooth and noisy).
-fn series_table(lens: &[usize]) -> model::table::Table {
+fn series_table(lens: &[usize]) -> data::table::Table {
     let mut rng = Rng::new(9, "bench-series");
     let (mut offsets, mut values, mut times, mut ids) =
         (vec![0], Vec::new(), Vec::new(), Vec::new());
@@ -248,11 +248,11 @@ fn series_table(lens: &[usize]) -> model::table::Table {
         }
         offsets.push(offsets[i] + n);
     }
-    model::table::Table {
+    data::table::Table {
         source: "bench".into(),
         ids,
         offsets,
-        time_kind: model::table::TimeKind::Index,
+        time_kind: data::table::TimeKind::Index,
         times,
         columns: vec!["a".into(), "b".into()],
         values,
@@ -278,19 +278,19 @@ fn series(threads: usize, hidden: usize) -> Result<(f64, f64, usize), String> {
     let diff = want as i64 - lens.iter().sum::<usize>() as i64;
     lens[0] = (lens[0] as i64 + diff) as usize;
     let make = |lens: &[usize]| -> Result<(Trainer, usize), String> {
-        let spec = model::series::SeriesSpec {
+        let spec = data::series::SeriesSpec {
             id_column: None,
             time_column: None,
             input_columns: vec!["a".into(), "b".into()],
             target_columns: vec!["a".into(), "b".into()],
-            scale: model::series::Scale::Series,
+            scale: data::series::Scale::Series,
             val_steps: 0,
             shuffle: true,
             timesteps: 96,
         };
         // each series has one more row than steps
         let rows: Vec<usize> = lens.iter().map(|l| l + 1).collect();
-        let d = model::series::SeriesData::new(&series_table(&rows), &spec, None)
+        let d = data::series::SeriesData::new(&series_table(&rows), &spec, None)
             .map_err(|e| e.to_string())?;
         let steps = d.train_steps.iter().sum();
         let mut train = TrainSpec {

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use data::windows::{SyntheticSpec, synthetic};
 use model::config::{ModelConfig, TrainSpec};
-use model::data::{SyntheticSpec, synthetic};
 use model::engine::cpu::CpuEngine;
 use model::params::ParamLayout;
 use model::replica::{Computed, Record, Reduced, Replica, StepRecord, digest, owned_chunks};

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use carry_it::{TempDir, max_diff, params};
-use model::npy::{Array, read_npy, read_npz, write_npy};
+use data::npy::{Array, read_npy, read_npz, write_npy};
 use model::params::ParamLayout;
 
 fn refs(v: &[String]) -> Vec<&str> {

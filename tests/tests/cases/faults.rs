@@ -362,7 +362,7 @@ fn an_npz_that_inflates_beyond_the_ceiling_is_refused_before_it_is_read() {
     let f = dir.join("bomb.npz");
     // 64 MiB of zeros per array, a few hundred KiB on disk
     let zeros = vec![0.0f32; 16 << 20];
-    model::npy::write_npz(
+    data::npy::write_npz(
         &f,
         &[
             ("x", &[1 << 16, 128, 2], &zeros),

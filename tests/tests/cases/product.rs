@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use carry_it::{Proc, TempDir, metrics};
-use model::npy::{read_npz, write_npy, write_npz};
+use data::npy::{read_npz, write_npy, write_npz};
 
 #[test]
 fn metrics_plot_health_and_prometheus() {

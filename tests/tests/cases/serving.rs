@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use carry_it::{Proc, TempDir};
-use model::npy::{read_npz, write_npy};
+use data::npy::{read_npz, write_npy};
 use proto::convert::{decode_any, tensor};
 use proto::pb::{self, predictor_client::PredictorClient};
 use serde_json::{Value, json};

@@ -1,4 +1,4 @@
-//! Training data: the built-in synthetic generator and `.npz` files, validated up front.
+//! Windows training data: the built-in synthetic generator and `.npz` files of equal windows, validated up front.
 //!
 //! Every array is checked before training starts: rank and sizes, `x`/`y` lengths, dtype (via
 //! [`crate::npy`]), and finiteness. Errors name the array, the expected and the given shape.
@@ -7,7 +7,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{ModelError, fmt_shape};
+use crate::error::{DataError, fmt_shape};
 use crate::npy::{self, Array};
 use crate::rng::Rng;
 
@@ -235,8 +235,8 @@ pub fn synthetic(spec: &SyntheticSpec) -> Dataset {
 
 /// Reshapes an array to `[N, T, F]`: a 3-D array is taken as is; any other array is flat data
 /// reshaped as `(-1, T, F)` when its size divides by `T * F`.
-pub fn to_sequences(arr: Array, what: &str, t: usize, f: usize) -> Result<Sequences, ModelError> {
-    let err = |msg: String| ModelError::Data {
+pub fn to_sequences(arr: Array, what: &str, t: usize, f: usize) -> Result<Sequences, DataError> {
+    let err = |msg: String| DataError::Invalid {
         source_name: what.into(),
         msg,
     };
@@ -279,7 +279,7 @@ pub const NPZ_ARRAYS: [&str; 6] = ["x", "y", "x_val", "y_val", "cond", "cond_val
 /// Loads `x`, `y` and optionally `x_val`, `y_val`, `cond`, `cond_val` from an `.npz` file; flat
 /// arrays are reshaped as `(-1, t, f)`. At most the memory available is used (see
 /// [`load_npz_with`]).
-pub fn load_npz(path: &Path, t: usize, f: usize) -> Result<Dataset, ModelError> {
+pub fn load_npz(path: &Path, t: usize, f: usize) -> Result<Dataset, DataError> {
     load_npz_with(path, t, f, None)
 }
 
@@ -291,7 +291,7 @@ pub fn load_npz_with(
     t: usize,
     f: usize,
     max_bytes: Option<u64>,
-) -> Result<Dataset, ModelError> {
+) -> Result<Dataset, DataError> {
     let name = path.display().to_string();
     let mut arrays = npy::read_npz_with(
         path,
@@ -300,7 +300,7 @@ pub fn load_npz_with(
             max_bytes,
         },
     )?;
-    let data_err = |msg: String| ModelError::Data {
+    let data_err = |msg: String| DataError::Invalid {
         source_name: name.clone(),
         msg,
     };
@@ -380,13 +380,13 @@ fn split(
     cond: Option<Array>,
     t: usize,
     f: usize,
-) -> Result<Split, ModelError> {
+) -> Result<Split, DataError> {
     let (xn, yn) = (format!("{file}: x{suffix}"), format!("{file}: y{suffix}"));
     let x = to_sequences(x, &xn, t, f)?;
     let y_features = if y.shape.len() == 3 { 0 } else { x.f };
     let y = to_sequences(y, &yn, x.t, y_features)?;
     if y.n != x.n || y.t != x.t {
-        return Err(ModelError::Data {
+        return Err(DataError::Invalid {
             source_name: file.into(),
             msg: format!(
                 "x{suffix} and y{suffix} must hold the same sequences and steps: x{suffix} is {}, y{suffix} is {}",
@@ -408,7 +408,7 @@ fn split(
                     })
                 }
                 _ => {
-                    return Err(ModelError::Data {
+                    return Err(DataError::Invalid {
                         source_name: what,
                         msg: format!("expected shape ({}, C), got {}", x.n, fmt_shape(&c.shape)),
                     });

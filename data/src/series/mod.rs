@@ -6,17 +6,14 @@
 //! of every series are held out for validation, which continues each series from its state at the
 //! end of its training part.
 
-pub mod packed;
 pub mod schedule;
-#[cfg(test)]
-mod tests;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::ModelError;
+use crate::error::DataError;
 use crate::table::Table;
 
 /// How values are scaled before the model sees them.
@@ -226,7 +223,7 @@ pub fn read(
     path: &std::path::Path,
     spec: &SeriesSpec,
     max_bytes: Option<u64>,
-) -> Result<(Table, SeriesSpec), ModelError> {
+) -> Result<(Table, SeriesSpec), DataError> {
     let mut spec = spec.clone();
     let columns = if spec.input_columns.is_empty() {
         Vec::new()
@@ -252,7 +249,7 @@ pub fn read(
 }
 
 /// Column indices of `names` in `table`, or an error naming the missing one.
-pub fn column_indices(table: &Table, names: &[String]) -> Result<Vec<usize>, ModelError> {
+pub fn column_indices(table: &Table, names: &[String]) -> Result<Vec<usize>, DataError> {
     names
         .iter()
         .map(|n| {
@@ -260,7 +257,7 @@ pub fn column_indices(table: &Table, names: &[String]) -> Result<Vec<usize>, Mod
                 .columns
                 .iter()
                 .position(|c| c == n)
-                .ok_or_else(|| ModelError::Data {
+                .ok_or_else(|| DataError::Invalid {
                     source_name: table.source.clone(),
                     msg: format!(
                         "expected a column `{n}`, the file has {}",
@@ -299,11 +296,11 @@ impl SeriesData {
         table: &Table,
         spec: &SeriesSpec,
         scaler: Option<Scaler>,
-    ) -> Result<Self, ModelError> {
+    ) -> Result<Self, DataError> {
         let icols = column_indices(table, &spec.input_columns)?;
         let tcols = column_indices(table, &spec.target_columns)?;
         if icols.is_empty() || tcols.is_empty() {
-            return Err(ModelError::Data {
+            return Err(DataError::Invalid {
                 source_name: table.source.clone(),
                 msg: "expected at least one input and one target column, got none".into(),
             });
@@ -313,7 +310,7 @@ impl SeriesData {
         for (i, id) in table.ids.iter().enumerate() {
             let rows = table.offsets[i + 1] - table.offsets[i];
             if rows < k + 2 {
-                return Err(ModelError::Data {
+                return Err(DataError::Invalid {
                     source_name: table.source.clone(),
                     msg: format!(
                         "series {id:?} has {rows} rows; at least {} are needed to learn from it (one input and its next-step target{})",

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use super::schedule::SlotWork;
-use super::*;
 use crate::config::TrainSpec;
 use crate::engine::Loss;
 use crate::engine::cpu::CpuEngine;
-use crate::table::{Table, TimeKind};
 use crate::trainer::Trainer;
+use data::series::schedule::SlotWork;
+use data::series::*;
+use data::table::{Table, TimeKind};
 
 /// A table of series with the given lengths; values differ per series, row and column.
 fn table(lens: &[usize]) -> Table {

@@ -12,7 +12,7 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 
 use super::{Raw, RowNames, TableSpec, TimeKind, data_err};
-use crate::error::ModelError;
+use crate::error::DataError;
 use crate::npy::{Array, NpyError, parse_npy};
 
 /// The arrays an archive may hold.
@@ -24,7 +24,7 @@ pub(super) fn read(
     source: &str,
     spec: &TableSpec,
     max_bytes: Option<u64>,
-) -> Result<Raw, ModelError> {
+) -> Result<Raw, DataError> {
     if let Some(c) = spec.id_column.as_ref().or(spec.time_column.as_ref()) {
         return Err(data_err(
             source,
@@ -33,7 +33,7 @@ pub(super) fn read(
             ),
         ));
     }
-    let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let not_zip = |e: zip::result::ZipError| {
         data_err(source, format!("not a readable .npz (zip) archive: {e}"))
     };
@@ -75,7 +75,7 @@ pub(super) fn read(
             ),
         ));
     }
-    let mut load = |slot: usize| -> Result<Option<Vec<u8>>, ModelError> {
+    let mut load = |slot: usize| -> Result<Option<Vec<u8>>, DataError> {
         let Some((index, size)) = entries[slot] else {
             return Ok(None);
         };
@@ -225,7 +225,7 @@ pub(super) fn read(
 }
 
 /// `(rows, columns)` of a 1-d or 2-d array.
-fn matrix(source: &str, name: &str, a: &Array) -> Result<(usize, usize), ModelError> {
+fn matrix(source: &str, name: &str, a: &Array) -> Result<(usize, usize), DataError> {
     match a.shape[..] {
         [r] => Ok((r, 1)),
         [r, f] => Ok((r, f)),

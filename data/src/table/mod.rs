@@ -36,7 +36,7 @@
 //! - npz: `x0..x{F-1}`, then `y0..y{F_out-1}`.
 //!
 //! # Errors
-//! Every malformed input is a [`ModelError::Data`] naming the file, then the row (CSV:
+//! Every malformed input is a [`DataError::Invalid`] naming the file, then the row (CSV:
 //! `data row N (line L)`, 1-based, the header being line 1; Parquet and npz: `data row N`), the
 //! column, and what was expected vs found.
 //!
@@ -48,7 +48,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::error::ModelError;
+use crate::error::DataError;
 
 mod csv;
 mod npz;
@@ -142,7 +142,7 @@ pub fn read_table(
     path: &Path,
     spec: &TableSpec,
     max_bytes: Option<u64>,
-) -> Result<Table, ModelError> {
+) -> Result<Table, DataError> {
     let source = path.display().to_string();
     let name = path
         .file_name()
@@ -167,15 +167,15 @@ pub fn read_table(
 }
 
 /// A data error about `source`.
-pub(super) fn data_err(source: &str, msg: impl Into<String>) -> ModelError {
-    ModelError::Data {
+pub(super) fn data_err(source: &str, msg: impl Into<String>) -> DataError {
+    DataError::Invalid {
         source_name: source.to_owned(),
         msg: msg.into(),
     }
 }
 
 /// The spec must not name a value column twice.
-fn check_spec(source: &str, spec: &TableSpec) -> Result<(), ModelError> {
+fn check_spec(source: &str, spec: &TableSpec) -> Result<(), DataError> {
     for (i, c) in spec.columns.iter().enumerate() {
         if spec.columns[..i].contains(c) {
             return Err(data_err(
@@ -208,7 +208,7 @@ pub(super) fn missing_column<S: AsRef<str>>(
     role: &str,
     name: &str,
     available: &[S],
-) -> ModelError {
+) -> DataError {
     data_err(
         source,
         format!(
@@ -294,7 +294,7 @@ pub(super) struct Raw {
 }
 
 /// Groups the rows by series and checks that times strictly increase within each series.
-fn assemble(source: String, raw: Raw) -> Result<Table, ModelError> {
+fn assemble(source: String, raw: Raw) -> Result<Table, DataError> {
     let n = raw.series.len();
     if n == 0 {
         return Err(data_err(&source, "no data rows: expected at least one row"));

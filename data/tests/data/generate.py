@@ -1,4 +1,4 @@
-"""Regenerates the NumPy fixtures read by the tests in model/src/npy.rs.
+"""Regenerates the NumPy fixtures read by the tests in data/src/npy/tests.rs.
 
 Run from this directory with NumPy installed:  python3 generate.py
 The tests recompute every value from the formulas below, so keep them in sync.

@@ -25,7 +25,7 @@ use super::time::{DAY, TextTime, value_from_f64};
 use super::{
     Ids, Raw, RowNames, TableSpec, TimeKind, data_err, file_series_name, list, missing_column,
 };
-use crate::error::ModelError;
+use crate::error::DataError;
 
 mod meta;
 mod page;
@@ -63,9 +63,9 @@ struct Plan {
 }
 
 /// Resolves the spec against the schema, checking each column's type for its role.
-fn plan(source: &str, meta: &Meta, spec: &TableSpec) -> Result<Plan, ModelError> {
+fn plan(source: &str, meta: &Meta, spec: &TableSpec) -> Result<Plan, DataError> {
     let names: Vec<&str> = meta.columns.iter().map(|c| c.name.as_str()).collect();
-    let find = |role: &str, name: &str| -> Result<usize, ModelError> {
+    let find = |role: &str, name: &str| -> Result<usize, DataError> {
         let i = names
             .iter()
             .position(|n| *n == name)
@@ -177,7 +177,7 @@ fn check_size(
     meta: &Meta,
     plan: &Plan,
     max_bytes: Option<u64>,
-) -> Result<(), ModelError> {
+) -> Result<(), DataError> {
     let Some(max) = max_bytes else {
         return Ok(());
     };
@@ -211,7 +211,7 @@ struct GroupReader<'a> {
 
 impl GroupReader<'_> {
     /// The error for row `k` of the group, column `c`.
-    fn bad(&self, k: usize, c: usize, msg: impl std::fmt::Display) -> ModelError {
+    fn bad(&self, k: usize, c: usize, msg: impl std::fmt::Display) -> DataError {
         data_err(
             self.source,
             format!(
@@ -223,7 +223,7 @@ impl GroupReader<'_> {
     }
 
     /// Decodes column `c` of the group.
-    fn read(&self, file: &mut File, c: usize) -> Result<Phys, ModelError> {
+    fn read(&self, file: &mut File, c: usize) -> Result<Phys, DataError> {
         let col = &self.meta.columns[c];
         let rows = self.group.rows;
         read_chunk(file, col, &self.group.chunks[c], rows).map_err(|e| match e {
@@ -251,7 +251,7 @@ impl GroupReader<'_> {
         phys: Phys,
         ids: &mut Ids,
         series: &mut Vec<u32>,
-    ) -> Result<(), ModelError> {
+    ) -> Result<(), DataError> {
         let signed = self.meta.columns[c].annotation != Annotation::Integer { signed: false };
         match phys {
             Phys::Bytes(b) => {
@@ -292,7 +292,7 @@ impl GroupReader<'_> {
         phys: Phys,
         times: &mut Vec<f64>,
         text: &mut TextTime,
-    ) -> Result<(), ModelError> {
+    ) -> Result<(), DataError> {
         let finite = |k: usize, x: f64| {
             if x.is_finite() {
                 Ok(x)
@@ -354,9 +354,9 @@ impl GroupReader<'_> {
         j: usize,
         f: usize,
         out: &mut [f32],
-    ) -> Result<(), ModelError> {
+    ) -> Result<(), DataError> {
         let signed = self.meta.columns[c].annotation != Annotation::Integer { signed: false };
-        let mut put = |k: usize, v: Result<f32, String>| -> Result<(), ModelError> {
+        let mut put = |k: usize, v: Result<f32, String>| -> Result<(), DataError> {
             out[k * f + j] = v.map_err(|m| self.bad(k, c, m))?;
             Ok(())
         };
@@ -393,9 +393,9 @@ pub(super) fn read(
     source: &str,
     spec: &TableSpec,
     max_bytes: Option<u64>,
-) -> Result<Raw, ModelError> {
-    let mut file = File::open(path).map_err(|e| ModelError::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
+) -> Result<Raw, DataError> {
+    let mut file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
     let meta = read_meta(&mut file, file_len).map_err(|m| data_err(source, m))?;
     let plan = plan(source, &meta, spec)?;
     check_size(source, &meta, &plan, max_bytes)?;

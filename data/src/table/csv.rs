@@ -11,7 +11,7 @@ use flate2::read::MultiGzDecoder;
 
 use super::time::{TextTime, parse_value};
 use super::{Ids, Raw, RowNames, TableSpec, TimeKind, data_err, file_series_name, missing_column};
-use crate::error::ModelError;
+use crate::error::DataError;
 
 /// Counts the bytes read and fails once more than the limit have been read.
 struct Limited<R> {
@@ -38,11 +38,11 @@ pub(super) fn read(
     spec: &TableSpec,
     max_bytes: Option<u64>,
     gz: bool,
-) -> Result<Raw, ModelError> {
-    let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+) -> Result<Raw, DataError> {
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let limit = max_bytes.unwrap_or(u64::MAX);
     if !gz {
-        let len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
+        let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
         if len > limit {
             return Err(too_large(
                 source,
@@ -67,7 +67,7 @@ pub(super) fn read(
         .trim(::csv::Trim::All)
         .from_reader(input);
     let what = if gz { "gzipped CSV" } else { "CSV" };
-    let mut next = |record: &mut ::csv::StringRecord| -> Result<bool, ModelError> {
+    let mut next = |record: &mut ::csv::StringRecord| -> Result<bool, DataError> {
         reader.read_record(record).map_err(|e| {
             if counter.get() > limit {
                 return too_large(
@@ -100,7 +100,7 @@ pub(super) fn read(
         ));
     }
     let names: Vec<String> = header.iter().map(str::to_owned).collect();
-    let find = |role: &str, name: &str| -> Result<usize, ModelError> {
+    let find = |role: &str, name: &str| -> Result<usize, DataError> {
         let mut hits = names.iter().enumerate().filter(|(_, n)| *n == name);
         match (hits.next(), hits.next()) {
             (Some((i, _)), None) => Ok(i),
@@ -231,6 +231,6 @@ pub(super) fn read(
 }
 
 /// The error for input past `max_bytes`.
-fn too_large(source: &str, detail: String) -> ModelError {
+fn too_large(source: &str, detail: String) -> DataError {
     data_err(source, format!("too large: {detail}"))
 }
