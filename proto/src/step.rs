@@ -410,7 +410,8 @@ pub fn records(
                     for (t, &k) in d.chunks.iter().zip(&owned) {
                         let len = chunk_range(expect.params, expect.chunks, k).len();
                         chunks.push(
-                            decode(Some(t), &format!("reduced chunk {k}"), &[len]).map_err(at)?,
+                            decode(Some(t), &format!("summed gradient chunk {k}"), &[len])
+                                .map_err(at)?,
                         );
                     }
                     let times = [d.reduce_ms, d.wait_ms, d.update_ms];
@@ -722,7 +723,7 @@ mod tests {
         assert_eq!(*step, 4);
         assert!(
             e.to_string()
-                .contains("reduced chunk 1: expected shape (4)"),
+                .contains("summed gradient chunk 1: expected shape (4,)"),
             "{e}"
         );
         let mut bad = wire;
@@ -777,7 +778,7 @@ mod tests {
             peer_chunk_in(&c, 12, 4)
                 .unwrap_err()
                 .to_string()
-                .contains("expected shape (3)")
+                .contains("expected shape (3,)")
         );
         let nan = peer_chunk(3, Phase::Contribution, 0, &[f32::NAN, 1.0]);
         assert!(

@@ -742,7 +742,7 @@ mod tests {
         good.send(&wrong, &live).unwrap();
         match inbox.take(7, (0, Phase::Contribution, 0, 0), &now) {
             Err(Missing::Fault { member: 0, reason }) => {
-                assert!(reason.contains("expected shape (4)"), "{reason}")
+                assert!(reason.contains("expected shape (4,)"), "{reason}")
             }
             other => panic!("expected a fault, got {other:?}"),
         }

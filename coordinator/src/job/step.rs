@@ -352,7 +352,9 @@ impl Job {
         if self.trainer.is_done() {
             let total = self.trainer.total_steps();
             let m = self.members.get_mut(&key).expect("authenticated");
-            if !m.outbox.finished {
+            // a member stuck past its deadline hears it once it is heard from again, or is
+            // evicted for the deadlines it keeps missing meanwhile
+            if !m.outbox.finished && !Self::overdue(m, now) {
                 m.outbox.finished = true;
                 out.push(Directive::Finished(format!(
                     "the job is complete ({total} steps)"
@@ -471,9 +473,11 @@ impl Job {
     pub(crate) fn expect(&self, who: &super::Caller<'_>, view: u64) -> Result<Expect, Refusal> {
         let key = self.auth(who)?;
         let v = self.current_view(view)?;
-        let i = v
-            .index_of(key)
-            .ok_or_else(|| Refusal::Stale(format!("this worker is not a member of view {view}")))?;
+        let i = v.index_of(key).ok_or_else(|| {
+            Refusal::NotAssigned(format!(
+                "view {view} is not assigned to this worker: it is not one of its members"
+            ))
+        })?;
         let m = &self.trainer.spec().model;
         Ok(Expect {
             state: [m.layers, v.ranges[i].len(), m.hidden],
@@ -519,8 +523,8 @@ impl Job {
         }
         let ended = match self.current_view(view) {
             Ok(v) if v.index_of(key).is_some() => None,
-            Ok(_) => Some(Refusal::Stale(format!(
-                "this worker is not a member of view {view}"
+            Ok(_) => Some(Refusal::NotAssigned(format!(
+                "view {view} is not assigned to this worker: it is not one of its members"
             ))),
             Err(e) => Some(e),
         };
@@ -544,7 +548,9 @@ impl Job {
             let t0 = Instant::now();
             let v = self.current_view(view)?;
             let i = v.index_of(key).ok_or_else(|| {
-                Refusal::Stale(format!("this worker is not a member of view {view}"))
+                Refusal::NotAssigned(format!(
+                    "view {view} is not assigned to this worker: it is not one of its members"
+                ))
             })?;
             let rec = match r {
                 Ok(rec) => rec,

@@ -79,6 +79,11 @@ pub(crate) struct Shared {
     peer_ca: Option<crate::pki::Ca>,
     /// Bytes per step, until its commit is reported.
     traffic: Mutex<BTreeMap<u64, Traffic>>,
+    /// Events taken from the job, in the order the job produced them (filled under the job
+    /// lock), until [`Shared::send`] hands them to the reporter.
+    outbox: Mutex<std::collections::VecDeque<Event>>,
+    /// Held while events go to the reporter, so that they arrive in the order they were taken.
+    sending: tokio::sync::Mutex<()>,
     /// Rate limit of repeated warnings.
     limiter: Limiter,
     cfg: ServiceConfig,
@@ -146,6 +151,8 @@ impl Shared {
             verifiers: Mutex::new(Vec::new()),
             peer_ca,
             traffic: Mutex::new(BTreeMap::new()),
+            outbox: Mutex::new(std::collections::VecDeque::new()),
+            sending: tokio::sync::Mutex::new(()),
             limiter: Limiter::new(WARN_PERIOD),
             cfg,
         })
@@ -164,13 +171,22 @@ impl Shared {
         e.sent += sent;
     }
 
-    /// Sends events to the reporter, waiting while it is behind (dropped once the job is closed).
-    async fn send(&self, mut events: Vec<Event>) {
-        if events.is_empty() {
-            return;
-        }
-        for ev in &mut events {
-            if let Event::Committed { report, .. } = ev {
+    /// Queues `events` behind what the job produced so far and sends everything queued to the
+    /// reporter, in order, waiting while it is behind (dropped once the job is closed).
+    async fn send(&self, events: Vec<Event>) {
+        self.outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(events);
+        let _order = self.sending.lock().await;
+        loop {
+            let next = self
+                .outbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            let Some(mut ev) = next else { break };
+            if let Event::Committed { report, .. } = &mut ev {
                 let step = report.committed.cursor.global;
                 let mut t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
                 let mine = t.remove(&step).unwrap_or_default();
@@ -178,17 +194,18 @@ impl Shared {
                 t.retain(|&s, _| s > step);
                 report.breakdown.coordinator_bytes = mine.received + mine.sent;
             }
-        }
-        let tx = self
-            .events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(tx) = tx {
-            for ev in events {
-                if tx.send(ev).await.is_err() {
-                    break;
+            let tx = self
+                .events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            match tx {
+                Some(tx) => {
+                    if tx.send(ev).await.is_err() {
+                        break;
+                    }
                 }
+                None => break,
             }
         }
     }
@@ -198,8 +215,9 @@ impl Shared {
         self.events.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
-    /// Takes what the job committed and noticed, logs the notices, and wakes the directive
-    /// streams; returns the events for the reporter.
+    /// Takes what the job committed and noticed (queued for the reporter in the job's order),
+    /// logs the notices, and wakes the directive streams. The caller then calls
+    /// [`Shared::send`].
     fn drain(&self, mut job: MutexGuard<'_, Job>) -> Vec<Event> {
         let mut events = job.take_commits();
         if let Some(last) = events.iter().rev().find_map(|e| match e {
@@ -213,10 +231,14 @@ impl Shared {
         if let Some(f) = job.failure() {
             error!(cause = %f, "the job failed");
         }
-        drop(job);
         events.extend(self.log_notices(notices));
+        self.outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(events);
+        drop(job);
         self.changed.notify_waiters();
-        events
+        Vec::new()
     }
 
     /// Logs what the job noticed and turns it into reporter events.

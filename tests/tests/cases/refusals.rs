@@ -1,60 +1,112 @@
-//! A hand-written client provokes every refusal: unknown worker id, protocol mismatch, a result
-//! for a step not assigned to it, wrong tensor sizes, NaN, an oversize message, and a late result
-//! for a committed step. Each gets a status that says why, and the job still ends exactly where
-//! the reference does.
+//! A hand-written client provokes every refusal: unknown worker id, protocol mismatch, a report
+//! for a step not handed out to it, wrong tensor sizes, NaN, an oversize message, a report for a
+//! view that is over, and a late duplicate for a committed step. Each gets a status that says
+//! why, and the job still ends exactly where the reference does. The client speaks the protocol
+//! as any gRPC stack generated from `coordinator.proto` would: it follows its directives, keeps a
+//! replica, and reports what it computed.
 
 use std::time::Duration;
 
 use carry_it::{JOB, Proc, TempDir, max_diff, params, reference};
 use model::engine::cpu::CpuEngine;
-use proto::convert::{decode, model_config, shard_result, tensor, work};
+use model::params::ParamLayout;
+use model::replica::{Computed, Record, Reduced, Replica, StepRecord, View, owned_chunks};
+use proto::convert::{Work, model_config, tensor, work};
 use proto::pb::{self, coordinator_client::CoordinatorClient};
+use proto::step::{DirectiveOut, directive_in, follow_request, report_request, view_in};
 use tonic::Code;
 
 type Client = CoordinatorClient<tonic::transport::Channel>;
+type Directives = tonic::Streaming<pb::Directive>;
 
-async fn next_assignment(c: &mut Client, id: &str) -> pb::Assignment {
-    for _ in 0..100 {
-        let r = c
-            .step(pb::StepRequest {
-                worker_id: id.into(),
-                result: None,
-                failure: None,
-            })
+/// The next directive that is not a keepalive.
+async fn next(d: &mut Directives) -> DirectiveOut {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), d.message())
             .await
-            .expect("step")
-            .into_inner();
-        match r.kind {
-            Some(pb::step_reply::Kind::Assignment(a)) => return a,
-            Some(pb::step_reply::Kind::Wait(_)) => continue,
-            other => panic!("expected an assignment, got {other:?}"),
+            .expect("a directive in time")
+            .expect("the stream")
+            .expect("not closed");
+        match directive_in(m).unwrap() {
+            DirectiveOut::Wait(_) => continue,
+            other => return other,
         }
     }
-    panic!("no assignment");
 }
 
-/// Computes an assignment the way a worker does.
-fn compute(a: &pb::Assignment, cfg: &model::config::ModelConfig) -> pb::ShardResult {
-    let w = work(a, cfg).unwrap();
+/// Reads directives until a view and the work of its first step.
+async fn view_and_work(d: &mut Directives, cfg: &model::ModelConfig) -> (View, Work) {
+    let view = loop {
+        if let DirectiveOut::View(v) = next(d).await {
+            break view_in(&v, cfg).unwrap();
+        }
+    };
+    loop {
+        if let DirectiveOut::Work(a) = next(d).await {
+            let w = work(&a, cfg).unwrap();
+            if w.step() == view.start_step {
+                return (view, w);
+            }
+        }
+    }
+}
+
+/// What a worker reports for the first step of `view`: computed from its state, summed alone.
+fn compute(view: &View, mut w: Work, cfg: &model::ModelConfig) -> (Vec<StepRecord>, Vec<f32>) {
+    let state = view.state.clone().expect("the first view sends the state");
+    w.data.init = view.states.clone();
     let out = w
         .data
-        .compute(&mut CpuEngine::new(cfg, 1), cfg, &w.params)
+        .compute(&mut CpuEngine::new(cfg, 1), cfg, &state.params)
         .unwrap();
-    shard_result(w.step, w.shard, &out, 1.0)
+    let mut replica = Replica { ..state };
+    let d = replica
+        .apply(
+            &view.update,
+            cfg,
+            &ParamLayout::new(cfg),
+            w.step(),
+            w.lr,
+            w.outputs,
+            &out.grad,
+        )
+        .unwrap();
+    let n = out.grad.len();
+    let chunks = owned_chunks(view.chunks, 1, 0)
+        .map(|k| out.grad[model::replica::chunk_range(n, view.chunks, k)].to_vec())
+        .collect();
+    let step = w.step();
+    (
+        vec![
+            StepRecord {
+                step,
+                record: Record::Computed(Computed {
+                    loss_sum: out.loss_sum,
+                    finals: out.final_state,
+                    grad_norm: model::trainer::l2_norm(&out.grad),
+                    compute_ms: 1.0,
+                }),
+            },
+            StepRecord {
+                step,
+                record: Record::Reduced(Reduced {
+                    chunks,
+                    digest: d,
+                    ..Default::default()
+                }),
+            },
+        ],
+        out.grad,
+    )
 }
 
-async fn submit(
+async fn report(
     c: &mut Client,
     id: &str,
-    r: pb::ShardResult,
-) -> Result<pb::StepReply, tonic::Status> {
-    c.step(pb::StepRequest {
-        worker_id: id.into(),
-        result: Some(r),
-        failure: None,
-    })
-    .await
-    .map(|r| r.into_inner())
+    view: u64,
+    r: &[StepRecord],
+) -> Result<(), tonic::Status> {
+    c.report(report_request(id, view, r)).await.map(|_| ())
 }
 
 #[test]
@@ -70,6 +122,8 @@ fn every_refusal_has_a_reason_and_the_job_still_finishes_correctly() {
         out.to_str().unwrap(),
         "--max-message-mb",
         "1",
+        "--pipeline-depth",
+        "4",
     ];
     args.extend_from_slice(JOB);
     let mut coord = Proc::coordinator("coordinator", &args, &[], dir.path());
@@ -86,6 +140,7 @@ fn every_refusal_has_a_reason_and_the_job_still_finishes_correctly() {
                 name: "old".into(),
                 device: "cpu".into(),
                 protocol: 999,
+                peer_address: "127.0.0.1:9".into(),
             })
             .await
             .unwrap_err();
@@ -100,35 +155,42 @@ fn every_refusal_has_a_reason_and_the_job_still_finishes_correctly() {
             .unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
         assert!(e.message().contains("unknown worker id"), "{}", e.message());
+        // a registration without a usable peer address
+        let e = c
+            .register(pb::RegisterRequest {
+                name: "nowhere".into(),
+                device: "cpu".into(),
+                protocol: proto::PROTOCOL_VERSION,
+                peer_address: "not an address".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("peer_address"), "{}", e.message());
         let reg = c
             .register(pb::RegisterRequest {
                 name: "prober".into(),
                 device: "cpu".into(),
                 protocol: proto::PROTOCOL_VERSION,
+                peer_address: "127.0.0.1:9".into(),
             })
             .await
             .unwrap()
             .into_inner();
         let cfg = model_config(reg.model.as_ref()).unwrap();
         let id = reg.worker_id;
-        let a = next_assignment(&mut c, &id).await;
+        let mut d = c.follow(follow_request(&id)).await.unwrap().into_inner();
+        let (view, w) = view_and_work(&mut d, &cfg).await;
         assert_eq!(
-            (a.step, a.slots),
-            (0, 10),
+            (w.step(), w.data.slots.len(), view.members.len()),
+            (0, 10, 1),
             "the only worker gets the whole first step"
         );
-        let good = compute(&a, &cfg);
-        // a step that was never assigned
-        let e = submit(
-            &mut c,
-            &id,
-            pb::ShardResult {
-                step: 7,
-                ..good.clone()
-            },
-        )
-        .await
-        .unwrap_err();
+        let (good, grad) = compute(&view, w, &cfg);
+        // a step that was never handed out
+        let mut never = good[0].clone();
+        never.step = 7;
+        let e = report(&mut c, &id, view.id, &[never]).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition);
         assert!(
             e.message().contains("step 7 has not been assigned"),
@@ -137,27 +199,30 @@ fn every_refusal_has_a_reason_and_the_job_still_finishes_correctly() {
         );
         // wrong gradient length
         let mut bad = good.clone();
-        bad.grad = Some(tensor(&[3], &[0.0; 3]));
-        let e = submit(&mut c, &id, bad).await.unwrap_err();
+        if let Record::Reduced(r) = &mut bad[1].record {
+            r.chunks[0].truncate(3);
+        }
+        let e = report(&mut c, &id, view.id, &bad).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(
             e.message().contains("grad") && e.message().contains("expected shape"),
             "{}",
             e.message()
         );
-        // the refused shard went back to the pool; take it again and send NaN
-        let a2 = next_assignment(&mut c, &id).await;
-        assert_eq!((a2.step, a2.shard), (0, 0));
-        let mut nan = good.clone();
-        let mut g = decode(
-            good.grad.as_ref(),
-            "g",
-            &[good.grad.as_ref().unwrap().shape[0] as usize],
-        )
-        .unwrap();
-        g[3] = f32::NAN;
-        nan.grad = Some(tensor(&[g.len()], &g));
-        let e = submit(&mut c, &id, nan).await.unwrap_err();
+        // the refused step is computed again, in a new view; send NaN this time
+        let (view2, w2) = view_and_work(&mut d, &cfg).await;
+        assert!(view2.id > view.id && w2.step() == 0);
+        let e = report(&mut c, &id, view.id, &good).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("is over"), "{}", e.message());
+        let mut nan = report_request(&id, view2.id, &good);
+        if let Some(pb::record::Kind::Reduced(r)) = nan.records[1].kind.as_mut() {
+            let n = r.chunks[0].shape[0] as usize;
+            let mut v = vec![0.5f32; n];
+            v[3] = f32::NAN;
+            r.chunks[0] = tensor(&[n], &v);
+        }
+        let e = c.report(nan).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(
             e.message().contains("finite") && e.message().contains("index 3"),
@@ -165,25 +230,41 @@ fn every_refusal_has_a_reason_and_the_job_still_finishes_correctly() {
             e.message()
         );
         // oversize: more than --max-message-mb 1
-        let a3 = next_assignment(&mut c, &id).await;
-        let mut big = good.clone();
-        big.grad = Some(tensor(&[400_000], &vec![0.0; 400_000]));
-        let e = submit(&mut c, &id, big).await.unwrap_err();
+        let (view3, _) = view_and_work(&mut d, &cfg).await;
+        let mut big = report_request(&id, view3.id, &good);
+        if let Some(pb::record::Kind::Reduced(r)) = big.records[1].kind.as_mut() {
+            r.chunks[0] = tensor(&[400_000], &vec![0.0; 400_000]);
+        }
+        let e = c.report(big).await.unwrap_err();
         assert!(
             matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted),
             "{e:?}"
         );
-        // finally a correct result commits step 0
-        assert_eq!(a3.step, 0);
-        let next = submit(&mut c, &id, good.clone())
+        // finally correct records commit step 0 (the first results of a run wait for the
+        // coordinator's own computation, which the gradient upload is compared with)
+        report(&mut c, &id, view3.id, &good)
             .await
-            .expect("a correct result is accepted");
-        assert!(
-            matches!(next.kind, Some(pb::step_reply::Kind::Assignment(ref n)) if n.step == 1),
-            "{next:?}"
-        );
+            .expect("correct records are accepted");
+        loop {
+            if let DirectiveOut::Upload(step) = next(&mut d).await {
+                assert_eq!(step, 0);
+                break;
+            }
+        }
+        let upload = StepRecord {
+            step: 0,
+            record: Record::Gradient(grad),
+        };
+        report(&mut c, &id, view3.id, &[upload]).await.unwrap();
         // a late duplicate for the committed step
-        let e = submit(&mut c, &id, good).await.unwrap_err();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let e = loop {
+            let e = report(&mut c, &id, view3.id, &good[..1]).await.unwrap_err();
+            if e.message().contains("already committed") || std::time::Instant::now() > deadline {
+                break e;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert_eq!(e.code(), Code::FailedPrecondition);
         assert!(e.message().contains("already committed"), "{}", e.message());
         c.leave(pb::LeaveRequest { worker_id: id }).await.unwrap();

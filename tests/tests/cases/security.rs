@@ -360,12 +360,14 @@ fn a_participant_cannot_act_for_another_and_floods_are_bounded() {
                     name,
                     device: "raw".into(),
                     protocol: proto::PROTOCOL_VERSION,
+                    peer_address: "127.0.0.1:9".into(),
                 })
                 .await
             }
         };
         let victim = reg("victim").await.unwrap().into_inner().worker_id;
         let stranger = reg("stranger").await.unwrap().into_inner().worker_id;
+        let bystander = reg("bystander").await.unwrap().into_inner().worker_id;
         assert_eq!(victim.len(), 32, "128 random bits in hex: {victim}");
         assert_ne!(victim, stranger);
         // the stranger knows its own id only: no guess or variation acts for the victim
@@ -395,40 +397,41 @@ fn a_participant_cannot_act_for_another_and_floods_are_bounded() {
                 !e.message().contains(&victim),
                 "no message names another id"
             );
-        }
-        // the victim takes its shard; the stranger cannot hand in a result for it
-        let a = loop {
-            let r = cl
-                .step(pb::StepRequest {
-                    worker_id: victim.clone(),
-                    result: None,
-                    failure: None,
-                })
+            let e = cl
+                .follow(proto::step::follow_request(g))
                 .await
-                .unwrap()
-                .into_inner();
-            if let Some(pb::step_reply::Kind::Assignment(a)) = r.kind {
-                break a;
+                .err()
+                .expect("refused");
+            assert_eq!(e.code(), tonic::Code::NotFound, "{g}");
+            let e = cl
+                .report(proto::step::report_request(g, 1, &[]))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::NotFound, "{g}");
+        }
+        // the victim and a bystander follow and get their view; the stranger, who is not in it,
+        // cannot hand in a result for it
+        let mut streams = Vec::new();
+        for id in [&victim, &bystander] {
+            streams.push(
+                cl.follow(proto::step::follow_request(id))
+                    .await
+                    .unwrap()
+                    .into_inner(),
+            );
+        }
+        let view = loop {
+            let m = streams[0].message().await.unwrap().unwrap();
+            if let Ok(proto::step::DirectiveOut::View(v)) = proto::step::directive_in(m) {
+                break v;
             }
-            let _ = cl
-                .step(pb::StepRequest {
-                    worker_id: stranger.clone(),
-                    result: None,
-                    failure: None,
-                })
-                .await;
         };
-        let fake = pb::ShardResult {
-            step: a.step,
-            shard: a.shard,
-            ..Default::default()
+        let fake = model::replica::StepRecord {
+            step: view.start_step,
+            record: model::replica::Record::Failure("forged".into()),
         };
         let e = cl
-            .step(pb::StepRequest {
-                worker_id: stranger.clone(),
-                result: Some(fake),
-                failure: None,
-            })
+            .report(proto::step::report_request(&stranger, view.id, &[fake]))
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
@@ -437,6 +440,7 @@ fn a_participant_cannot_act_for_another_and_floods_are_bounded() {
             "{}",
             e.message()
         );
+        drop(streams);
         // a registration flood: beyond --max-workers every registration is refused
         let mut refused = 0;
         for i in 0..20 {
@@ -447,8 +451,8 @@ fn a_participant_cannot_act_for_another_and_floods_are_bounded() {
             }
         }
         assert!(refused >= 18, "{refused} of 20 refused");
-        // the raw clients leave; their shards go to real workers
-        for id in [&victim, &stranger] {
+        // the raw clients leave; their slots go to real workers
+        for id in [&victim, &stranger, &bystander] {
             cl.leave(pb::LeaveRequest {
                 worker_id: id.clone(),
             })
@@ -578,6 +582,7 @@ fn a_worker_id_is_bound_to_its_client_certificate() {
                 name: "owner".into(),
                 device: "raw".into(),
                 protocol: proto::PROTOCOL_VERSION,
+                peer_address: "127.0.0.1:9".into(),
             })
             .await
             .unwrap()
