@@ -65,9 +65,14 @@ pub fn fmt_shape(shape: &[usize]) -> String {
     }
 }
 
-/// The index of the first NaN or infinity in `values`.
+/// The index of the first NaN or infinity in `values`. Blocks are checked without a branch per
+/// value (which vectorizes), and only a block that holds one is searched.
 pub fn first_non_finite(values: &[f32]) -> Option<usize> {
-    values.iter().position(|v| !v.is_finite())
+    const BLOCK: usize = 1024;
+    values.chunks(BLOCK).enumerate().find_map(|(b, chunk)| {
+        let bad = chunk.iter().fold(false, |acc, v| acc | !v.is_finite());
+        bad.then(|| b * BLOCK + chunk.iter().position(|v| !v.is_finite()).unwrap_or(0))
+    })
 }
 
 /// Fails on the first NaN or infinity in `values`.

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-pub use data::error::fmt_shape;
+pub use data::error::{first_non_finite, fmt_shape};
 
 /// Errors of the model crate.
 #[derive(Debug, thiserror::Error)]

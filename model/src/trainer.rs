@@ -285,6 +285,24 @@ pub struct Trainer {
     /// The states were set explicitly ([`Trainer::set_states`]) and no step has run since: the
     /// next step starts from them even where the reset policy would reset.
     explicit_states: bool,
+    /// Buffers a commit computes its update in, kept for the next one.
+    aside: Aside,
+}
+
+/// Reusable buffers for [`Trainer::commit`]; a copy of a trainer starts without them.
+#[derive(Default)]
+struct Aside(Option<(Vec<f32>, AdamState)>);
+
+impl Clone for Aside {
+    fn clone(&self) -> Self {
+        Self(None)
+    }
+}
+
+impl std::fmt::Debug for Aside {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Aside")
+    }
 }
 
 impl Trainer {
@@ -344,6 +362,7 @@ impl Trainer {
             states,
             total,
             explicit_states: false,
+            aside: Aside::default(),
         })
     }
 
@@ -655,19 +674,30 @@ impl Trainer {
     /// states are the committed ones when `a` is the next step to commit, else zero (whoever
     /// computes a later step starts it from the states its previous step ended with).
     pub fn shard_of(&self, a: &Ahead, slots: Range<usize>) -> ShardData {
+        self.shard_parts(a, slots, true)
+    }
+
+    /// The states `slots` start step `a` from (see [`ShardData::initial_states`]), without
+    /// gathering the step's data.
+    pub fn start_states_of(
+        &self,
+        a: &Ahead,
+        slots: Range<usize>,
+    ) -> Result<SlotStates, ModelError> {
+        self.shard_parts(a, slots, false)
+            .initial_states(&self.spec.model, &self.params)
+    }
+
+    /// [`Trainer::shard_of`], with the inputs and targets left empty unless `with_data`.
+    fn shard_parts(&self, a: &Ahead, slots: Range<usize>, with_data: bool) -> ShardData {
         let plan = &a.plan;
         let loss = self.spec.loss_fn();
-        let at_cursor = plan.cursor == self.cursor;
-        let zeros;
-        let states = if at_cursor {
-            &self.states
+        let slot_list: Vec<usize> = slots.clone().collect();
+        let m = &self.spec.model;
+        let init = if plan.cursor == self.cursor && !plan.reset {
+            self.states.gather(&slot_list)
         } else {
-            zeros = SlotStates::zeros(
-                self.spec.model.layers,
-                self.spec.batch_size,
-                self.spec.model.hidden,
-            );
-            &zeros
+            SlotStates::zeros(m.layers, slot_list.len(), m.hidden)
         };
         match (&self.schedule, &self.data) {
             (Schedule::Windows(streams), Data::Windows(d)) => {
@@ -675,7 +705,7 @@ impl Trainer {
                     .clone()
                     .map(|s| streams.sequence(plan.cursor.step, s))
                     .collect();
-                let mut shard = gather_shard(&d.train, &seqs, slots, plan, states);
+                let mut shard = gather_shard(&d.train, &seqs, &slot_list, plan, init, with_data);
                 shard.loss = loss;
                 shard
             }
@@ -688,18 +718,19 @@ impl Trainer {
                 let t = self.timesteps();
                 let works: Vec<SlotWork> =
                     slots.clone().map(|s| p.at(plan.cursor.step, s)).collect();
-                let slot_list: Vec<usize> = slots.collect();
                 let (mut x, mut y) = (Vec::new(), Vec::new());
                 let mut valid = Vec::with_capacity(works.len());
                 for w in &works {
                     let len = chunk_valid(d, w, t);
-                    if let SlotWork::Chunk { series, chunk } = *w {
-                        let a = chunk * t;
-                        x.extend_from_slice(&d.x_of(series)[a * d.fi..(a + len) * d.fi]);
-                        y.extend_from_slice(&d.y_of(series)[a * d.fo..(a + len) * d.fo]);
+                    if with_data {
+                        if let SlotWork::Chunk { series, chunk } = *w {
+                            let a = chunk * t;
+                            x.extend_from_slice(&d.x_of(series)[a * d.fi..(a + len) * d.fi]);
+                            y.extend_from_slice(&d.y_of(series)[a * d.fo..(a + len) * d.fo]);
+                        }
+                        x.resize(x.len() + (t - len) * d.fi, 0.0);
+                        y.resize(y.len() + (t - len) * d.fo, 0.0);
                     }
-                    x.resize(x.len() + (t - len) * d.fi, 0.0);
-                    y.resize(y.len() + (t - len) * d.fo, 0.0);
                     valid.push(len as u32);
                 }
                 ShardData {
@@ -708,7 +739,7 @@ impl Trainer {
                     x,
                     y,
                     cond: None,
-                    init: states.gather(&slot_list),
+                    init,
                     reset: false,
                     dropout: plan.dropout,
                     valid: Some(valid),
@@ -765,8 +796,16 @@ impl Trainer {
         let a = self.at_cursor_epoch(plan);
         // The update is computed aside and committed only when every value is finite: a step
         // that would poison the model is refused whole, and nothing non-finite is ever stored.
-        let mut params = self.params.clone();
-        let mut adam = self.adam.clone();
+        // The aside buffers are the previous step's, reused.
+        let (mut params, mut adam) = self
+            .aside
+            .0
+            .take()
+            .unwrap_or_else(|| (Vec::new(), AdamState::new(0)));
+        params.clone_from(&self.params);
+        adam.m.clone_from(&self.adam.m);
+        adam.v.clone_from(&self.adam.v);
+        adam.t = self.adam.t;
         self.update_rule().apply(
             &self.spec.model,
             &self.layout,
@@ -777,14 +816,21 @@ impl Trainer {
             &mut adam,
         );
         let step = self.cursor.global;
-        check_finite(
+        let finite = check_finite(
             &format!("parameters after the update of step {step}"),
             &params,
-        )?;
-        check_finite(&format!("Adam first moments after step {step}"), &adam.m)?;
-        check_finite(&format!("Adam second moments after step {step}"), &adam.v)?;
-        self.params = params;
-        self.adam = adam;
+        )
+        .and_then(|()| check_finite(&format!("Adam first moments after step {step}"), &adam.m))
+        .and_then(|()| check_finite(&format!("Adam second moments after step {step}"), &adam.v));
+        if let Err(e) = finite {
+            self.aside.0 = Some((params, adam));
+            return Err(e);
+        }
+        let old = (
+            std::mem::replace(&mut self.params, params),
+            std::mem::replace(&mut self.adam, adam),
+        );
+        self.aside.0 = Some(old);
         self.explicit_states = false;
         for (range, st) in finals {
             let slots: Vec<usize> = range.clone().collect();
@@ -963,6 +1009,9 @@ impl UpdateRule {
 /// A digest of parameters, to check that replicas are identical bit for bit (xxh3 of their
 /// little-endian bytes).
 pub fn digest(values: &[f32]) -> u64 {
+    if cfg!(target_endian = "little") {
+        return xxhash_rust::xxh3::xxh3_64(bytemuck::cast_slice(values));
+    }
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = [0u8; 4096];
     for chunk in values.chunks(buf.len() / 4) {
@@ -1056,22 +1105,19 @@ fn gather_cond(c: &data::windows::Cond, seqs: &[usize]) -> Vec<f32> {
 fn gather_shard(
     split: &Split,
     seqs: &[usize],
-    slots: Range<usize>,
+    slots: &[usize],
     plan: &StepPlan,
-    states: &SlotStates,
+    init: SlotStates,
+    with_data: bool,
 ) -> ShardData {
     let mut x = Vec::new();
     let mut y = Vec::new();
-    split.x.gather_into(seqs.iter().copied(), &mut x);
-    split.y.gather_into(seqs.iter().copied(), &mut y);
-    let slot_list: Vec<usize> = slots.collect();
-    let init = if plan.reset {
-        SlotStates::zeros(states.layers(), slot_list.len(), states.hidden())
-    } else {
-        states.gather(&slot_list)
-    };
+    if with_data {
+        split.x.gather_into(seqs.iter().copied(), &mut x);
+        split.y.gather_into(seqs.iter().copied(), &mut y);
+    }
     ShardData {
-        slots: slot_list.iter().map(|&s| s as u64).collect(),
+        slots: slots.iter().map(|&s| s as u64).collect(),
         t: split.x.t,
         x,
         y,

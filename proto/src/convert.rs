@@ -30,14 +30,19 @@ pub enum WireError {
 
 /// Encodes `values` of `shape` as a wire tensor.
 pub fn tensor(shape: &[usize], values: &[f32]) -> pb::Tensor {
-    let mut data = Vec::with_capacity(values.len() * 4);
-    for v in values {
-        data.extend_from_slice(&v.to_le_bytes());
-    }
     pb::Tensor {
         shape: shape.iter().map(|&d| d as u64).collect(),
-        data: Bytes::from(data),
+        data: Bytes::from(le_bytes(values)),
         blob: String::new(),
+    }
+}
+
+/// The little-endian bytes of `values`.
+pub fn le_bytes(values: &[f32]) -> Vec<u8> {
+    if cfg!(target_endian = "little") {
+        bytemuck::cast_slice::<f32, u8>(values).to_vec()
+    } else {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
     }
 }
 
@@ -92,17 +97,19 @@ pub fn decode_into(
         ));
     }
     out.clear();
-    out.reserve(n);
-    for (index, c) in t.data.chunks_exact(4).enumerate() {
-        let value = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        if !value.is_finite() {
-            return Err(WireError::Invalid(ModelError::NonFinite {
-                what: what.into(),
-                index,
-                value,
-            }));
+    out.resize(n, 0.0);
+    bytemuck::cast_slice_mut::<f32, u8>(out).copy_from_slice(&t.data);
+    if cfg!(target_endian = "big") {
+        for v in out.iter_mut() {
+            *v = f32::from_bits(v.to_bits().swap_bytes());
         }
-        out.push(value);
+    }
+    if let Some(index) = model::error::first_non_finite(out) {
+        return Err(WireError::Invalid(ModelError::NonFinite {
+            what: what.into(),
+            index,
+            value: out[index],
+        }));
     }
     Ok(())
 }

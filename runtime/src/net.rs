@@ -11,6 +11,10 @@ use tonic::transport::server::TcpIncoming;
 /// several window updates.
 pub const HTTP2_WINDOW: u32 = 8 << 20;
 
+/// Largest HTTP/2 frame either end accepts. Reports and work carry a few hundred KiB per step;
+/// HTTP/2's default 16 KiB frames would cut them into dozens of frames, each handled on its own.
+pub const HTTP2_FRAME: u32 = 1 << 20;
+
 /// HTTP/2 keep-alive ping interval, on both ends.
 pub const KEEPALIVE: Duration = Duration::from_secs(10);
 
@@ -23,6 +27,7 @@ pub fn incoming(l: TcpListener) -> TcpIncoming {
 /// A gRPC server with this module's keep-alive and flow-control windows.
 pub fn server() -> Server {
     Server::builder()
+        .max_frame_size(Some(HTTP2_FRAME))
         .http2_keepalive_interval(Some(KEEPALIVE))
         .initial_stream_window_size(Some(HTTP2_WINDOW))
         .initial_connection_window_size(Some(HTTP2_WINDOW))

@@ -28,7 +28,8 @@ fn endpoint(cfg: &WorkerConfig) -> Result<Endpoint, WorkerError> {
         .http2_keep_alive_interval(runtime::net::KEEPALIVE)
         .keep_alive_timeout(runtime::net::KEEPALIVE)
         .initial_stream_window_size(Some(runtime::net::HTTP2_WINDOW))
-        .initial_connection_window_size(Some(runtime::net::HTTP2_WINDOW));
+        .initial_connection_window_size(Some(runtime::net::HTTP2_WINDOW))
+        .max_frame_size(Some(runtime::net::HTTP2_FRAME));
     if let Some(tls) = &cfg.tls {
         let mut t = ClientTlsConfig::new();
         if let Some(ca) = &tls.ca {

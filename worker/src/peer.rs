@@ -195,6 +195,25 @@ impl Inbox {
 trait Conn: Read + Write + Send {}
 impl<T: Read + Write + Send> Conn for T {}
 
+/// A connection read through a buffer (writes go straight through).
+struct Buffered(std::io::BufReader<Box<dyn Conn>>);
+
+impl Read for Buffered {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for Buffered {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.get_mut().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.get_mut().flush()
+    }
+}
+
 /// TLS of the peer connections: the server's identity and the CA clients check it against.
 #[derive(Clone)]
 pub(crate) struct PeerCrypto {
@@ -344,18 +363,20 @@ fn view_for(s: &ServerShared, id: u64) -> Result<Arc<PeerView>, String> {
 fn serve_conn(s: &ServerShared, tcp: TcpStream) -> Result<(), String> {
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     let handle = tcp.try_clone().map_err(|e| e.to_string())?;
-    let mut conn: Box<dyn Conn> = match &s.crypto {
+    let conn: Box<dyn Conn> = match &s.crypto {
         Some(c) => {
             let tls = rustls::ServerConnection::new(c.server.clone()).map_err(|e| e.to_string())?;
             Box::new(rustls::StreamOwned::new(tls, tcp))
         }
         None => Box::new(tcp),
     };
+    // frames are read whole from a buffer: one read call per frame or fewer, not three
+    let mut conn = Buffered(std::io::BufReader::with_capacity(256 << 10, conn));
     let hello = match read_frame(&mut conn, 4096)?.and_then(|f| f.kind) {
         Some(pb::peer_frame::Kind::Hello(h)) => h,
         _ => return Err("expected a PeerHello first".into()),
     };
-    let refuse = |conn: &mut Box<dyn Conn>, why: String| {
+    let refuse = |conn: &mut Buffered, why: String| {
         let f = frame(&pb::PeerFrame {
             kind: Some(pb::peer_frame::Kind::Welcome(pb::PeerWelcome {
                 refusal: why.clone(),

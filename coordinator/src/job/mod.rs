@@ -439,6 +439,8 @@ pub(crate) struct Job {
     /// Commit events not taken yet ([`Job::take_commits`]), each with the checkpoint and
     /// validation snapshot due at its commit.
     commits: Vec<crate::report::Event>,
+    /// Members may have something new to hear ([`Job::take_news`]).
+    news: bool,
 }
 
 impl Job {
@@ -473,7 +475,14 @@ impl Job {
             warmup_left,
             notices: Vec::new(),
             commits: Vec::new(),
+            news: false,
         }
+    }
+
+    /// Whether members may have something new to hear since the last call (a view, work, a
+    /// gradient to upload, the end of the job, a change in membership).
+    pub(crate) fn take_news(&mut self) -> bool {
+        std::mem::take(&mut self.news)
     }
 
     /// The trainer (parameters, cursor, states).
@@ -548,6 +557,7 @@ impl Job {
             },
         );
         self.ids.insert(id.clone(), key);
+        self.news = true;
         if self.names_seen.len() < NAMES_MEMORY {
             self.names_seen.insert(name.to_string());
         }
@@ -608,6 +618,7 @@ impl Job {
         m.lease_until = now + lease;
         let again = m.following || m.outbox.view.is_some();
         m.following = true;
+        self.news = true;
         m.outbox = Outbox::default();
         if again {
             let name = m.name.clone();
@@ -639,6 +650,7 @@ impl Job {
         let Some(m) = self.members.remove(&key) else {
             return Default::default();
         };
+        self.news = true;
         self.ids.remove(&m.id);
         (m.id, m.name)
     }

@@ -76,25 +76,30 @@ fn median(v: &VecDeque<f64>) -> Option<f64> {
     Some(s[s.len() / 2])
 }
 
-/// Running statistics of accepted results: gradient norms per slot and shard times per slot.
+/// Running statistics of accepted results: gradient norms per slot and shard times per slot,
+/// with their medians kept up to date as results are recorded (they are read at every step).
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     norms: VecDeque<f64>,
     ms_per_slot: VecDeque<f64>,
+    norm_median: Option<f64>,
+    ms_median: Option<f64>,
 }
 
 impl Stats {
     /// Records an accepted result.
     pub(crate) fn record(&mut self, norm_per_slot: f64, ms_per_slot: Option<f64>) {
         push(&mut self.norms, norm_per_slot);
+        self.norm_median = median(&self.norms);
         if let Some(ms) = ms_per_slot {
             push(&mut self.ms_per_slot, ms);
+            self.ms_median = median(&self.ms_per_slot);
         }
     }
 
     /// Why a result with this gradient norm per slot needs a second opinion, if it does.
     pub(crate) fn suspicion(&self, norm: f64) -> Option<String> {
-        let m = median(&self.norms)?;
+        let m = self.norm_median?;
         (norm > SPIKE_RATIO * m).then(|| {
             format!(
                 "its gradient norm per slot {norm:.3e} is {:.0}x the median {m:.3e} of recent results",
@@ -105,7 +110,7 @@ impl Stats {
 
     /// Median milliseconds per slot of accepted shards, once there is one.
     pub(crate) fn ms_per_slot(&self) -> Option<f64> {
-        median(&self.ms_per_slot)
+        self.ms_median
     }
 }
 

@@ -137,6 +137,7 @@ impl Job {
         if self.view.take().is_none() {
             return;
         }
+        self.news = true;
         self.ended = Some(why.to_string());
         self.draining = false;
         for m in self.members.values_mut() {
@@ -258,6 +259,7 @@ impl Job {
                 ..Outbox::default()
             };
         }
+        self.news = true;
         self.notices.push(Notice::ViewStarted {
             id,
             step: start,
@@ -307,6 +309,7 @@ impl Job {
             );
             v.last = Some(ahead);
             changed = true;
+            self.news = true;
             // the deadline of members that can start this step now runs
             let starting: Vec<(u64, usize)> = (0..members)
                 .filter(|&i| v.next[i] == step)
@@ -730,10 +733,15 @@ impl Job {
             let s = &v.steps[&step];
             let range = v.ranges[i].clone();
             let (c, _) = s.shards[i].computed.as_ref().expect("computed");
-            let data = self.trainer.shard_of(&s.ahead, range.clone());
-            let init = data
-                .initial_states(&self.trainer.spec().model, self.trainer.params())
-                .unwrap_or(data.init);
+            let init = match self.trainer.start_states_of(&s.ahead, range.clone()) {
+                Ok(i) => i,
+                Err(e) => {
+                    self.failed = Some(format!(
+                        "the states step {step} starts from could not be made: {e}"
+                    ));
+                    return false;
+                }
+            };
             if let Err(why) =
                 screen::check_bounds(c.loss_sum, &c.finals, &init, self.trainer.timesteps())
             {
@@ -758,6 +766,7 @@ impl Job {
                     if let Some(m) = self.members.get_mut(&key) {
                         m.outbox.uploads.push(step);
                     }
+                    self.news = true;
                 }
             }
         }

@@ -95,6 +95,8 @@ pub(crate) struct StepLog {
     file: File,
     /// Bytes known to be written whole; a failed write is cut back to here before a retry.
     good: u64,
+    /// A write failed part way: the file is cut back to `good` before the next one.
+    torn: bool,
 }
 
 impl StepLog {
@@ -135,6 +137,7 @@ impl StepLog {
                 path: path.to_path_buf(),
                 file,
                 good: keep.len() as u64,
+                torn: false,
             },
             history,
         ))
@@ -145,11 +148,14 @@ impl StepLog {
     pub(crate) fn append(&mut self, fields: &[String]) -> Result<(), CoordError> {
         let mut row = fields.join(",");
         row.push('\n');
-        let (file, good) = (&mut self.file, self.good);
+        let (file, good, torn) = (&mut self.file, self.good, &mut self.torn);
         runtime::fs::retry(ATTEMPTS, Duration::from_millis(100), || {
-            file.set_len(good)?;
-            file.seek(SeekFrom::End(0))?;
-            file.write_all(row.as_bytes())
+            if *torn {
+                file.set_len(good)?;
+                file.seek(SeekFrom::End(0))?;
+                *torn = false;
+            }
+            file.write_all(row.as_bytes()).inspect_err(|_| *torn = true)
         })
         .map_err(|e| CoordError::io(format!("writing {}", self.path.display()), e))?;
         self.good += row.len() as u64;

@@ -236,8 +236,11 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(events);
+        let news = job.take_news() || job.is_finished();
         drop(job);
-        self.changed.notify_waiters();
+        if news {
+            self.changed.notify_waiters();
+        }
         Vec::new()
     }
 
