@@ -280,6 +280,9 @@ pub(crate) struct TrainArgs {
     /// Progress display: auto (bar on a terminal, log lines otherwise), bar, log, off [default: auto].
     #[arg(long, env = "CARRY_PROGRESS", value_enum)]
     pub progress: Option<Progress>,
+    /// Seconds between progress log lines (without a bar) [default: 5].
+    #[arg(long, env = "CARRY_PROGRESS_EVERY")]
+    pub progress_every: Option<f64>,
 }
 
 impl TrainArgs {
@@ -295,7 +298,7 @@ impl TrainArgs {
             deadline_floor_ms, max_deadline_misses, max_refusals, evict_backoff_ms,
             verify_fraction, pipeline_depth, simulate_ms_per_slot, device, engine, threads, token,
             token_file, tls_cert, tls_key,
-            tls_client_ca, insecure, max_message_mb, progress);
+            tls_client_ca, insecure, max_message_mb, progress, progress_every);
     }
 
     /// Reads `--config` (if any) and applies precedence: flags > env > TOML > defaults.
@@ -451,6 +454,8 @@ pub(crate) struct TrainConfig {
     pub max_message_bytes: usize,
     /// Progress display.
     pub progress: Progress,
+    /// Time between progress log lines.
+    pub progress_every: Duration,
 }
 
 /// A name for a fresh run directory: `runs/<YYYYmmdd-HHMMSS>` (UTC), with a suffix when taken.
@@ -663,6 +668,16 @@ impl TrainArgs {
             insecure: self.insecure.unwrap_or(false),
             max_message_bytes: self.max_message_mb.unwrap_or(64).saturating_mul(1 << 20),
             progress: self.progress.unwrap_or(Progress::Auto),
+            progress_every: match self.progress_every {
+                Some(s) if !(s.is_finite() && s > 0.0) => {
+                    return Err(bad(
+                        "progress_every",
+                        format!("expected seconds > 0, got {s}"),
+                    ));
+                }
+                Some(s) => Duration::from_secs_f64(s),
+                None => Duration::from_secs(5),
+            },
         };
         cfg.validate()?;
         Ok(cfg)

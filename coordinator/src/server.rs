@@ -323,6 +323,7 @@ pub(crate) async fn run(
         ReportConfig {
             out: run_dir.path().to_path_buf(),
             progress: cfg.progress,
+            progress_every: cfg.progress_every,
             total_steps: trainer.total_steps(),
             start_step: trainer.cursor().global,
             batch_size: cfg.spec.batch_size,

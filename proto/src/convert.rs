@@ -356,6 +356,7 @@ pub struct Work {
 
 impl Work {
     /// Global step id.
+    #[allow(clippy::misnamed_getters)]
     pub fn step(&self) -> u64 {
         self.cursor.global
     }

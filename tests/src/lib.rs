@@ -360,12 +360,12 @@ pub fn metrics(dir: &Path) -> Vec<Row> {
     let header = records.next().expect("a header").join(",");
     assert_eq!(
         header,
-        "step,epoch,step_in_epoch,loss,val_loss,seq_per_s,workers,step_ms,compute_ms,shards,worker_ms,sum_ms,sum_wait_ms,update_ms,coord_ms,commit_lag_ms,idle_ms,peer_bytes,coord_bytes",
+        "step,epoch,step_in_epoch,loss,val_loss,seq_per_s,workers,step_ms,compute_ms,shards,worker_ms,sum_ms,sum_wait_ms,update_ms,coord_ms,commit_lag_ms,idle_ms,peer_bytes,coord_bytes,unix_ms",
         "metrics.csv header"
     );
     records
         .map(|c| {
-            assert_eq!(c.len(), 19, "a row with the header's 19 columns: {c:?}");
+            assert_eq!(c.len(), 20, "a row with the header's 20 columns: {c:?}");
             Row {
                 step: c[0].parse().expect("step"),
                 epoch: c[1].parse().expect("epoch"),

@@ -21,8 +21,9 @@ pub(crate) const METRICS_FILE: &str = "metrics.csv";
 /// work arriving, a stall); off the workers' path: `coord_ms` (the coordinator decoding,
 /// screening and committing the step) and `commit_lag_ms` (from its last record to its commit);
 /// `peer_bytes` the most one worker sent and received among the workers, `coord_bytes` what the
-/// coordinator received and sent for the step.
-pub(crate) const HEADER: &str = "step,epoch,step_in_epoch,loss,val_loss,seq_per_s,workers,step_ms,compute_ms,shards,worker_ms,sum_ms,sum_wait_ms,update_ms,coord_ms,commit_lag_ms,idle_ms,peer_bytes,coord_bytes";
+/// coordinator received and sent for the step; `unix_ms` when the step committed, on the wall
+/// clock.
+pub(crate) const HEADER: &str = "step,epoch,step_in_epoch,loss,val_loss,seq_per_s,workers,step_ms,compute_ms,shards,worker_ms,sum_ms,sum_wait_ms,update_ms,coord_ms,commit_lag_ms,idle_ms,peer_bytes,coord_bytes,unix_ms";
 
 /// Writes attempted per row before the job stops.
 const ATTEMPTS: u32 = 3;

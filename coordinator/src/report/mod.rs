@@ -108,6 +108,8 @@ pub(crate) struct ReportConfig {
     pub(crate) out: PathBuf,
     /// Progress display.
     pub(crate) progress: Progress,
+    /// Time between progress log lines.
+    pub(crate) progress_every: Duration,
     /// Steps of the whole run.
     pub(crate) total_steps: u64,
     /// First step of this process (non-zero after a resume).
@@ -414,6 +416,13 @@ impl Reporter {
             .collect();
         let b = report.breakdown;
         let step_ms = dt.as_secs_f64() * 1e3;
+        // the commit time on the wall clock
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(Instant::now().saturating_duration_since(report.at))
+            .as_secs_f64()
+            * 1e3;
         let idle = (step_ms - report.compute_ms - b.reduce_ms - b.update_ms).max(0.0);
         self.log
             .append(&[
@@ -436,6 +445,7 @@ impl Reporter {
                 format!("{idle:.3}"),
                 b.peer_bytes.to_string(),
                 b.coordinator_bytes.to_string(),
+                format!("{unix_ms:.3}"),
             ])
             .map_err(|e| {
                 CoordError::JobFailed(format!(
@@ -449,7 +459,7 @@ impl Reporter {
             val,
         });
         prom::committed(&report, self.rate);
-        prom::step_time(dt.as_secs_f64() * 1e3);
+        prom::step_time(step_ms, &b);
         let noticed = self
             .status
             .committed(&report, val, self.rate, dt.as_secs_f64() * 1e3);
@@ -476,7 +486,7 @@ impl Reporter {
                 ),
             ),
             None if self.cfg.progress != Progress::Off
-                && (self.last_log.elapsed() >= Duration::from_secs(5) || c.done) =>
+                && (self.last_log.elapsed() >= self.cfg.progress_every || c.done) =>
             {
                 self.last_log = Instant::now();
                 info!(

@@ -96,9 +96,15 @@ pub(crate) fn committed(r: &CommitReport, seq_per_s: f64) {
     }
 }
 
-/// A step took `ms` from the previous commit to its own.
-pub(crate) fn step_time(ms: f64) {
+/// A step took `ms` from the previous commit to its own, spent as `b` says.
+pub(crate) fn step_time(ms: f64, b: &crate::job::Breakdown) {
     metrics::gauge!("carry_step_ms").set(ms);
+    metrics::gauge!("carry_step_sum_ms").set(b.reduce_ms);
+    metrics::gauge!("carry_step_sum_wait_ms").set(b.wait_ms);
+    metrics::gauge!("carry_step_update_ms").set(b.update_ms);
+    metrics::gauge!("carry_step_coordinator_ms").set(b.coordinator_ms);
+    metrics::gauge!("carry_step_peer_bytes").set(b.peer_bytes as f64);
+    metrics::gauge!("carry_step_coordinator_bytes").set(b.coordinator_bytes as f64);
 }
 
 /// A worker has been slower than the others for a while.

@@ -171,13 +171,18 @@ impl Shared {
         e.sent += sent;
     }
 
-    /// Queues `events` behind what the job produced so far and sends everything queued to the
-    /// reporter, in order, waiting while it is behind (dropped once the job is closed).
-    async fn send(&self, events: Vec<Event>) {
+    /// Queues `event` behind what the job produced so far, and flushes.
+    async fn send(&self, event: Event) {
         self.outbox
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend(events);
+            .push_back(event);
+        self.flush().await;
+    }
+
+    /// Sends everything queued to the reporter, in order, waiting while it is behind (dropped
+    /// once the job is closed).
+    async fn flush(&self) {
         let _order = self.sending.lock().await;
         loop {
             let next = self
@@ -216,9 +221,9 @@ impl Shared {
     }
 
     /// Takes what the job committed and noticed (queued for the reporter in the job's order),
-    /// logs the notices, and wakes the directive streams. The caller then calls
-    /// [`Shared::send`].
-    fn drain(&self, mut job: MutexGuard<'_, Job>) -> Vec<Event> {
+    /// logs the notices, releases the job and wakes the directive streams when members have
+    /// something new to hear. The caller then calls [`Shared::flush`].
+    fn drain(&self, mut job: MutexGuard<'_, Job>) {
         let mut events = job.take_commits();
         if let Some(last) = events.iter().rev().find_map(|e| match e {
             Event::Committed { report, .. } => Some(report.committed.cursor.global),
@@ -241,7 +246,6 @@ impl Shared {
         if news {
             self.changed.notify_waiters();
         }
-        Vec::new()
     }
 
     /// Logs what the job noticed and turns it into reporter events.
@@ -319,12 +323,12 @@ impl Shared {
 
     /// Advances the job's clock: leases, deadlines, views; then second opinions.
     pub(crate) async fn tick(self: &Arc<Self>, now: Instant) {
-        let events = {
+        {
             let mut job = self.job();
             job.tick(now);
-            self.drain(job)
-        };
-        self.send(events).await;
+            self.drain(job);
+        }
+        self.flush().await;
         self.local_checks();
     }
 
@@ -372,7 +376,7 @@ impl Shared {
                         return;
                     }
                 };
-                let events = {
+                {
                     let mut job = shared.job();
                     job.submit_local(
                         step,
@@ -384,9 +388,9 @@ impl Shared {
                         },
                         Instant::now(),
                     );
-                    shared.drain(job)
-                };
-                shared.send(events).await;
+                    shared.drain(job);
+                }
+                shared.flush().await;
                 shared.local_checks();
             });
         }
@@ -452,12 +456,7 @@ impl Shared {
                     self.count(step, 0, msg.encoded_len() as u64);
                 }
                 if tx.send(Ok(msg)).await.is_err() {
-                    let events = {
-                        let mut job = self.job();
-                        job.unfollow(&who.caller(), Instant::now());
-                        self.drain(job)
-                    };
-                    self.send(events).await;
+                    self.unfollowed(&who).await;
                     return;
                 }
                 last_sent = tokio::time::Instant::now();
@@ -475,12 +474,7 @@ impl Shared {
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tx.closed() => {
-                    let events = {
-                        let mut job = self.job();
-                        job.unfollow(&who.caller(), Instant::now());
-                        self.drain(job)
-                    };
-                    self.send(events).await;
+                    self.unfollowed(&who).await;
                     return;
                 }
                 _ = tokio::time::sleep_until(last_sent + KEEPALIVE) => {
@@ -493,6 +487,16 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// A worker's directive stream closed.
+    async fn unfollowed(&self, who: &Who) {
+        {
+            let mut job = self.job();
+            job.unfollow(&who.caller(), Instant::now());
+            self.drain(job);
+        }
+        self.flush().await;
     }
 
     /// Takes a report: blobs resolved and records decoded outside the job lock, then handed to
@@ -517,12 +521,13 @@ impl Shared {
         for rec in records.iter().flatten() {
             self.count(rec.step, per, 0);
         }
-        let (result, events) = {
+        let result = {
             let mut job = self.job();
             let r = job.report(&who.caller(), view, records, decode_ms, Instant::now());
-            (r, self.drain(job))
+            self.drain(job);
+            r
         };
-        self.send(events).await;
+        self.flush().await;
         self.local_checks();
         result.map_err(|e| self.refused(&e))
     }
@@ -600,7 +605,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .register(&name, ident.as_deref(), &r.peer_address, Instant::now())
             .map_err(|e| s.refused(&e))?;
         info!(worker = %name, %device, peer = %r.peer_address, "worker joined");
-        s.send(vec![Event::Joined { name, device }]).await;
+        s.send(Event::Joined { name, device }).await;
         s.changed.notify_waiters();
         let model = s.job().trainer().spec().model.clone();
         Ok(Response::new(convert::register_reply(
@@ -623,13 +628,13 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<Self::FollowStream>, Status> {
         let who = Who::of(&req, req.get_ref().worker_id.clone());
         let s = &self.shared;
-        let events = {
+        {
             let mut job = s.job();
             job.follow(&who.caller(), Instant::now())
                 .map_err(|e| s.refused(&e))?;
-            s.drain(job)
-        };
-        s.send(events).await;
+            s.drain(job);
+        }
+        s.flush().await;
         let (tx, rx) = mpsc::channel(DIRECTIVE_QUEUE);
         tokio::spawn(s.clone().stream_directives(who, tx));
         Ok(Response::new(Box::pin(
@@ -664,22 +669,25 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<pb::LeaveReply>, Status> {
         let who = Who::of(&req, req.get_ref().worker_id.clone());
         let s = &self.shared;
-        let (name, events) = {
+        let name = {
             let mut job = s.job();
             let name = job
                 .leave(&who.caller(), Instant::now())
                 .map_err(|e| s.refused(&e))?;
-            (name, s.drain(job))
+            s.outbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back(Event::Left {
+                    name: name.clone(),
+                    reason: "left".into(),
+                    evicted: false,
+                });
+            s.drain(job);
+            name
         };
         s.blobs.forget(&who.id);
         info!(worker = %name, "worker left");
-        let mut all = vec![Event::Left {
-            name,
-            reason: "left".into(),
-            evicted: false,
-        }];
-        all.extend(events);
-        s.send(all).await;
+        s.flush().await;
         Ok(Response::new(pb::LeaveReply {}))
     }
 

@@ -3,6 +3,7 @@ mod deploy;
 mod distributed;
 mod failures;
 mod faults;
+mod figures;
 mod product;
 mod refusals;
 mod security;

@@ -397,11 +397,9 @@ fn a_participant_cannot_act_for_another_and_floods_are_bounded() {
                 !e.message().contains(&victim),
                 "no message names another id"
             );
-            let e = cl
-                .follow(proto::step::follow_request(g))
-                .await
-                .err()
-                .expect("refused");
+            let Err(e) = cl.follow(proto::step::follow_request(g)).await else {
+                panic!("a follow with a guessed id is refused: {g}")
+            };
             assert_eq!(e.code(), tonic::Code::NotFound, "{g}");
             let e = cl
                 .report(proto::step::report_request(g, 1, &[]))
