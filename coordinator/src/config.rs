@@ -245,6 +245,10 @@ pub(crate) struct TrainArgs {
     /// (views, the gradient sum among workers, updates, commits) runs for real [default: off].
     #[arg(long, env = "CARRY_SIMULATE_MS_PER_SLOT", hide = true)]
     pub simulate_ms_per_slot: Option<f64>,
+    /// Benchmark aid (scripts/simulate.sh): hold every report this many microseconds before it
+    /// is handled, as a network link's delay would [default: 0].
+    #[arg(long, env = "CARRY_LINK_DELAY_US", hide = true)]
+    pub link_delay_us: Option<u64>,
     /// Device for in-process training and for spawned workers: auto (a GPU through wgpu if there
     /// is one, else the CPU), wgpu, vulkan, metal, dx12, cpu [default: auto].
     #[arg(long, env = "CARRY_DEVICE", value_enum)]
@@ -296,7 +300,8 @@ impl TrainArgs {
             health_listen, metrics_listen, ui_listen, workers, max_workers, spawn_workers, worker_args, out,
             resume, auto_resume, overwrite, linger, checkpoint_every, lease_ms, shard_deadline_ms,
             deadline_floor_ms, max_deadline_misses, max_refusals, evict_backoff_ms,
-            verify_fraction, pipeline_depth, simulate_ms_per_slot, device, engine, threads, token,
+            verify_fraction, pipeline_depth, simulate_ms_per_slot, link_delay_us, device, engine,
+            threads, token,
             token_file, tls_cert, tls_key,
             tls_client_ca, insecure, max_message_mb, progress, progress_every);
     }
@@ -456,6 +461,8 @@ pub(crate) struct TrainConfig {
     pub progress: Progress,
     /// Time between progress log lines.
     pub progress_every: Duration,
+    /// Benchmark aid: how long every report is held before it is handled.
+    pub link_delay: runtime::net::LinkDelay,
 }
 
 /// A name for a fresh run directory: `runs/<YYYYmmdd-HHMMSS>` (UTC), with a suffix when taken.
@@ -668,6 +675,9 @@ impl TrainArgs {
             insecure: self.insecure.unwrap_or(false),
             max_message_bytes: self.max_message_mb.unwrap_or(64).saturating_mul(1 << 20),
             progress: self.progress.unwrap_or(Progress::Auto),
+            link_delay: runtime::net::LinkDelay(Duration::from_micros(
+                self.link_delay_us.unwrap_or(0),
+            )),
             progress_every: match self.progress_every {
                 Some(s) if !(s.is_finite() && s > 0.0) => {
                     return Err(bad(

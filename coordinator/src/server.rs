@@ -483,6 +483,7 @@ async fn serve(
             heartbeat: cfg.job.lease / 3,
             max_message_bytes: cfg.max_message_bytes,
             tls: cfg.tls.is_some(),
+            link_delay: cfg.link_delay,
         },
     )?);
     let (health_reporter, health) = tonic_health::server::health_reporter();

@@ -80,6 +80,11 @@ pub(crate) struct WorkerArgs {
     /// Wait this long before computing each shard: simulates a slower device (tests, demos).
     #[arg(long, env = "CARRY_THROTTLE_MS", hide = true)]
     pub throttle_ms: Option<u64>,
+    /// Benchmark aid (scripts/simulate.sh): hold every message received (directives, report
+    /// answers, peer chunks) this many microseconds before it is handled, as a network link's
+    /// delay would [default: 0].
+    #[arg(long, env = "CARRY_LINK_DELAY_US", hide = true)]
+    pub link_delay_us: Option<u64>,
     /// Misbehave from a step on, to exercise the coordinator's fault handling (tests, drills):
     /// `hang:STEP` (compute never returns, heartbeats go on), `corrupt:STEP` (finite but huge
     /// gradients), `bad-shape:STEP` (a gradient one value short), `fail:STEP` (the engine fails).
@@ -173,6 +178,8 @@ pub(crate) struct WorkerConfig {
     pub peer_advertise: Option<String>,
     /// Delay before computing each shard.
     pub throttle: Duration,
+    /// Benchmark aid: how long every received message is held.
+    pub link_delay: runtime::net::LinkDelay,
     /// Injected misbehaviour.
     pub fault: Option<Fault>,
 }
@@ -186,7 +193,7 @@ impl WorkerArgs {
         let mut f: WorkerArgs = runtime::config::load_toml(&path)?;
         runtime::fill_from!(self, f; coordinator, device, engine, name, threads, health_listen,
             token, token_file, tls_ca, tls_cert, tls_key, tls_domain, give_up_secs,
-            max_message_mb, peer_listen, peer_advertise, throttle_ms, fault);
+            max_message_mb, peer_listen, peer_advertise, throttle_ms, link_delay_us, fault);
         Ok(self)
     }
 
@@ -268,6 +275,9 @@ impl WorkerArgs {
                 a => a,
             },
             throttle: Duration::from_millis(self.throttle_ms.unwrap_or(0)),
+            link_delay: runtime::net::LinkDelay(Duration::from_micros(
+                self.link_delay_us.unwrap_or(0),
+            )),
             fault: self.fault,
         })
     }

@@ -262,6 +262,8 @@ struct ServerShared {
     crypto: Option<PeerCrypto>,
     max_frame: usize,
     stop: AtomicBool,
+    /// Benchmark aid: every frame is held this long after it arrives.
+    delay: runtime::net::LinkDelay,
 }
 
 /// Accepts this worker's peer connections.
@@ -272,12 +274,13 @@ pub(crate) struct PeerServer {
 }
 
 impl PeerServer {
-    /// Accepts on `listener`, delivering chunks into `inbox`.
+    /// Accepts on `listener`, delivering chunks into `inbox`, each `delay` after it arrives.
     pub(crate) fn start(
         listener: TcpListener,
         crypto: Option<PeerCrypto>,
         inbox: Arc<Inbox>,
         max_frame: usize,
+        delay: runtime::net::LinkDelay,
     ) -> Result<Self, String> {
         let address = listener.local_addr().map_err(|e| e.to_string())?;
         let shared = Arc::new(ServerShared {
@@ -287,6 +290,7 @@ impl PeerServer {
             crypto,
             max_frame,
             stop: AtomicBool::new(false),
+            delay,
         });
         let s = shared.clone();
         std::thread::Builder::new()
@@ -432,7 +436,10 @@ fn serve_conn(s: &ServerShared, tcp: TcpStream) -> Result<(), String> {
     let id = v.id;
     let end = loop {
         let f = match read_frame(&mut conn, s.max_frame) {
-            Ok(Some(f)) => f,
+            Ok(Some(f)) => {
+                s.delay.hold_sync(Instant::now());
+                f
+            }
             Ok(None) => break Ok(()),
             Err(e) => {
                 // a connection closed at a view's end reads as an error too
@@ -729,7 +736,8 @@ mod tests {
         inbox.reset(7, 0);
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        let server = PeerServer::start(l, None, inbox.clone(), 1 << 20).unwrap();
+        let server =
+            PeerServer::start(l, None, inbox.clone(), 1 << 20, Default::default()).unwrap();
         server.announce(Some(view(7, 1, vec![b"tok-01".to_vec(), vec![]])));
         let dialer = Dialer { crypto: None };
         let live = || true;
@@ -785,7 +793,7 @@ mod latency {
             inbox.reset(1, 0);
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = l.local_addr().unwrap().to_string();
-            let s = PeerServer::start(l, None, inbox.clone(), 1 << 20).unwrap();
+            let s = PeerServer::start(l, None, inbox.clone(), 1 << 20, Default::default()).unwrap();
             let mut tokens = vec![b"t".to_vec(), b"t".to_vec()];
             tokens[me] = vec![];
             s.announce(Some(Arc::new(PeerView {

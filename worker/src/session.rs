@@ -363,6 +363,7 @@ pub(crate) async fn run(
                     crypto.clone(),
                     inbox.clone(),
                     cfg.max_message_bytes,
+                    cfg.link_delay,
                 )
                 .map_err(WorkerError::Compute)?,
                 inbox,
@@ -417,11 +418,14 @@ pub(crate) async fn run(
                         .collect();
                     let mut c = client.clone();
                     let id2 = id.clone();
+                    let delay = cfg.link_delay;
                     in_flight = Some(Box::pin(async move {
                         let mut req = wire::report_request(&id2, view, &records);
                         send_blobs(&mut c, &id2, &mut req, limit, proto::blob::report_tensors)
                             .await?;
-                        c.report(req).await.map(|_| ())
+                        let r = c.report(req).await.map(|_| ());
+                        delay.hold(Instant::now()).await;
+                        r
                     }));
                 }
                 tokio::select! {
@@ -466,7 +470,7 @@ pub(crate) async fn run(
                         None => return Err(WorkerError::Compute("stopped".into())),
                     },
                     msg = stream.message() => match msg {
-                        Ok(Some(d)) => match wire::directive_in(d) {
+                        Ok(Some(d)) => match wire::directive_in(held(cfg.link_delay, d).await) {
                             Ok(DirectiveOut::Finished(message)) => {
                                 peers.stop();
                                 info!(%message, "job finished");
@@ -532,4 +536,10 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// `value` once the link's simulated delay has passed since it arrived (now).
+async fn held<T>(delay: runtime::net::LinkDelay, value: T) -> T {
+    delay.hold(Instant::now()).await;
+    value
 }

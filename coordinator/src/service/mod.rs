@@ -49,8 +49,10 @@ pub(crate) struct ServiceConfig {
     pub(crate) heartbeat: Duration,
     /// Largest message in either direction.
     pub(crate) max_message_bytes: usize,
-    /// Whether the job uses TLS (then every worker's Peer service does too).
+    /// Whether the job uses TLS (then every worker's peer connections do too).
     pub(crate) tls: bool,
+    /// Benchmark aid: how long every report is held before it is handled.
+    pub(crate) link_delay: runtime::net::LinkDelay,
 }
 
 /// Bytes the coordinator received and sent for one step.
@@ -502,6 +504,7 @@ impl Shared {
     /// Takes a report: blobs resolved and records decoded outside the job lock, then handed to
     /// the job in order.
     async fn report(self: &Arc<Self>, who: &Who, mut r: pb::ReportRequest) -> Result<(), Status> {
+        self.cfg.link_delay.hold(Instant::now()).await;
         let view = r.view;
         let expect = self
             .job()

@@ -101,6 +101,8 @@ fn manifests_are_accepted_by_the_programs() {
                         v.to_string()
                     } else if !e["valueFrom"]["secretKeyRef"].is_null() {
                         "secret-from-kubernetes".to_string()
+                    } else if s(&e["valueFrom"]["fieldRef"]["fieldPath"]) == "status.podIP" {
+                        "10.42.0.7".to_string()
                     } else if !e["valueFrom"]["fieldRef"].is_null() {
                         "carry-workers-x7k2p".to_string()
                     } else {
@@ -158,6 +160,10 @@ fn manifests_are_accepted_by_the_programs() {
                         log.contains("carry-coordinator:50051")
                             && log.contains("carry-workers-x7k2p"),
                         "worker settings applied",
+                    );
+                    p.check(
+                        log.contains("0.0.0.0:7000") && log.contains("10.42.0.7:7000"),
+                        "the peer port listens on every address and is advertised at the pod IP",
                     );
                 }
                 checked += 1;
