@@ -5,6 +5,17 @@
 //! `cargo run --release -p coordinator --bin bench -- --json-out bench.json`; `bench/compare.py`
 //! runs it beside PyTorch and Keras and prints the ratios.
 //!
+//! The distributed runs also print where their steps went (medians per step from the run's
+//! `metrics.csv`: the slowest shard's compute, summing among the workers and the wait in it,
+//! the update, the coordinator's handling, and the bytes moved), and every configuration ends
+//! with the ratios the project tracks: 2 workers against the in-process trainer and against 1
+//! worker. `--reps N` repeats the measurements N times, interleaved, and reports medians, which
+//! is what to compare on a shared or noisy machine.
+//!
+//! `--only calibrate --batch B --hidden H` (not in the default set) times the fused CPU engine on
+//! one thread at that size and prints the milliseconds one slot costs per step: the figure
+//! `scripts/simulate.sh` gives the workers' `--simulate-ms-per-slot`.
+//!
 //! `--only ragged` (not in the default set) times the fused CPU engine's `train_step`
 //! alone on a ragged batch (random valid lengths) against the same shape with every step valid,
 //! at the seed model with B=64, T=96, in interleaved repetitions, and prints one line with both
@@ -59,6 +70,15 @@ struct Args {
     /// CPU threads of the in-process fused engine (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Repeat every measurement this many times, interleaved, and report the medians.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    reps: u32,
+    /// Batch size for `--only calibrate`.
+    #[arg(long, default_value_t = 1024)]
+    batch: usize,
+    /// Hidden size for `--only calibrate`.
+    #[arg(long, default_value_t = 128)]
+    hidden: usize,
     /// Write the results here as JSON.
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -66,6 +86,28 @@ struct Args {
 
 /// Sequences per second and timed steps, or why nothing was measured.
 type Measured = Result<(f64, u64), String>;
+
+/// One repetition of one engine: sequences per second, steps timed, and for the distributed
+/// runs where their steps went.
+#[derive(Debug, Clone, Copy)]
+struct Rep {
+    rate: f64,
+    steps: u64,
+    breakdown: Option<Breakdown>,
+}
+
+/// One engine's label, note and repetitions.
+type EngineReps = (&'static str, String, Vec<Result<Rep, String>>);
+
+impl Rep {
+    fn plain((rate, steps): (f64, u64)) -> Self {
+        Self {
+            rate,
+            steps,
+            breakdown: None,
+        }
+    }
+}
 
 struct Config {
     name: &'static str,
@@ -332,9 +374,60 @@ fn series(threads: usize, hidden: usize) -> Result<(f64, f64, usize), String> {
     Ok((median(eq), median(rag), SERIES * LEN))
 }
 
+/// Where a distributed run's steps went: medians per step over its steady steps.
+#[derive(Debug, Clone, Copy, Default)]
+struct Breakdown {
+    compute_ms: f64,
+    sum_ms: f64,
+    sum_wait_ms: f64,
+    update_ms: f64,
+    coordinator_ms: f64,
+    peer_bytes: f64,
+    coordinator_bytes: f64,
+}
+
+impl Breakdown {
+    /// Medians of the named `metrics.csv` columns over `rows` (each a line's fields).
+    fn of(header: &[&str], rows: &[Vec<&str>]) -> Self {
+        let median = |name: &str| -> f64 {
+            let Some(i) = header.iter().position(|h| *h == name) else {
+                return f64::NAN;
+            };
+            let mut v: Vec<f64> = rows.iter().filter_map(|r| r.get(i)?.parse().ok()).collect();
+            if v.is_empty() {
+                return f64::NAN;
+            }
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        Self {
+            compute_ms: median("compute_ms"),
+            sum_ms: median("sum_ms"),
+            sum_wait_ms: median("sum_wait_ms"),
+            update_ms: median("update_ms"),
+            coordinator_ms: median("coord_ms"),
+            peer_bytes: median("peer_bytes"),
+            coordinator_bytes: median("coord_bytes"),
+        }
+    }
+
+    fn json(&self) -> String {
+        format!(
+            "{{\"compute_ms\": {:.3}, \"sum_ms\": {:.3}, \"sum_wait_ms\": {:.3}, \"update_ms\": {:.3}, \"coordinator_ms\": {:.3}, \"peer_bytes\": {:.0}, \"coordinator_bytes\": {:.0}}}",
+            self.compute_ms,
+            self.sum_ms,
+            self.sum_wait_ms,
+            self.update_ms,
+            self.coordinator_ms,
+            self.peer_bytes,
+            self.coordinator_bytes
+        )
+    }
+}
+
 /// Distributed: the real coordinator with K spawned workers; throughput from the step log,
 /// skipping the first steps (connection set-up).
-fn distributed(c: &Config, workers: usize, seconds: f64) -> Measured {
+fn distributed(c: &Config, workers: usize, seconds: f64) -> Result<(f64, u64, Breakdown), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let coordinator = exe.with_file_name(format!("coordinator{}", std::env::consts::EXE_SUFFIX));
     if !coordinator.is_file() {
@@ -394,18 +487,56 @@ fn distributed(c: &Config, workers: usize, seconds: f64) -> Measured {
         return Err(format!("coordinator exited with {status}"));
     }
     let text = std::fs::read_to_string(out.join("metrics.csv")).map_err(|e| e.to_string())?;
-    let ms: Vec<f64> = text
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split(',').nth(7)?.parse().ok())
-        .collect();
     let _ = std::fs::remove_dir_all(&out);
-    let steady = &ms[ms.len().min(10)..];
-    let total: f64 = steady.iter().sum::<f64>() / 1e3;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let step_ms = header
+        .iter()
+        .position(|h| *h == "step_ms")
+        .ok_or("metrics.csv has no step_ms column")?;
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let steady = &rows[rows.len().min(10)..];
+    let total: f64 = steady
+        .iter()
+        .filter_map(|r| r.get(step_ms)?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e3;
     Ok((
         steady.len() as f64 * c.batch as f64 / total.max(1e-9),
         steady.len() as u64,
+        Breakdown::of(&header, steady),
     ))
+}
+
+/// Milliseconds one slot costs per training step on one thread of the fused CPU engine at
+/// `batch` x `hidden` (whole steps: compute, update, state carry; median of 3 timed steps).
+fn calibrate(batch: usize, hidden: usize) -> Result<(f64, f64), String> {
+    let c = Config {
+        name: "calibrate",
+        batch,
+        hidden,
+    };
+    let data = synthetic(&SyntheticSpec {
+        sequences: batch * 4,
+        val_sequences: 0,
+        ..SyntheticSpec::new(batch, 1)
+    });
+    let mut trainer = Trainer::new(spec(&c), Arc::new(data)).map_err(|e| e.to_string())?;
+    let mut engine = make_engine(EngineKind::Fused, &Compute::Cpu, &trainer.spec().model, 1)
+        .map_err(|e| e.to_string())?;
+    trainer
+        .step_local(engine.as_mut())
+        .map_err(|e| e.to_string())?;
+    let mut ms = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        trainer
+            .step_local(engine.as_mut())
+            .map_err(|e| e.to_string())?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok((ms[1], ms[1] / batch as f64))
 }
 
 fn main() -> std::process::ExitCode {
@@ -431,67 +562,163 @@ fn main() -> std::process::ExitCode {
         .iter()
         .filter(|c| args.configs.iter().any(|n| n == c.name))
     {
-        let mut runs: Vec<(&str, String, Measured)> = Vec::new();
-        if wanted("fused-cpu") {
-            let threads = if args.threads == 0 {
-                cores
-            } else {
-                args.threads
+        // One entry per engine: its label, note and one measurement per repetition; the
+        // repetitions are interleaved so that a slow spell of the machine hits every engine.
+        let mut runs: Vec<EngineReps> = Vec::new();
+        for rep in 0..args.reps {
+            let mut at = 0;
+            let mut record = |label: &'static str, note: String, r: Result<Rep, String>| {
+                if rep == 0 {
+                    runs.push((label, note, Vec::new()));
+                }
+                runs[at].2.push(r);
+                at += 1;
             };
-            runs.push((
-                "carry-fused-cpu",
-                format!("{threads} threads"),
-                in_process(c, EngineKind::Fused, &Compute::Cpu, args.seconds, threads),
-            ));
-        }
-        if wanted("burn-cpu") {
-            runs.push((
-                "carry-burn-flex",
-                "Burn stock Lstm on Flex".into(),
-                in_process(c, EngineKind::Burn, &Compute::Cpu, args.seconds, 0),
-            ));
-        }
-        for (key, kind, label) in [
-            ("fused-wgpu", EngineKind::Fused, "carry-fused-wgpu"),
-            ("burn-wgpu", EngineKind::Burn, "carry-burn-wgpu"),
-        ] {
-            if wanted(key) {
-                let r = match &gpu {
-                    Some(g) => in_process(c, kind, g, args.seconds, 0),
-                    None => Err("no wgpu adapter".into()),
+            if wanted("fused-cpu") {
+                let threads = if args.threads == 0 {
+                    cores
+                } else {
+                    args.threads
                 };
-                runs.push((label, gpu_name.clone(), r));
+                record(
+                    "carry-fused-cpu",
+                    format!("{threads} threads"),
+                    in_process(c, EngineKind::Fused, &Compute::Cpu, args.seconds, threads)
+                        .map(Rep::plain),
+                );
+            }
+            if wanted("burn-cpu") {
+                record(
+                    "carry-burn-flex",
+                    "Burn stock Lstm on Flex".into(),
+                    in_process(c, EngineKind::Burn, &Compute::Cpu, args.seconds, 0).map(Rep::plain),
+                );
+            }
+            for (key, kind, label) in [
+                ("fused-wgpu", EngineKind::Fused, "carry-fused-wgpu"),
+                ("burn-wgpu", EngineKind::Burn, "carry-burn-wgpu"),
+            ] {
+                if wanted(key) {
+                    let r = match &gpu {
+                        Some(g) => in_process(c, kind, g, args.seconds, 0).map(Rep::plain),
+                        None => Err("no wgpu adapter".into()),
+                    };
+                    record(label, gpu_name.clone(), r);
+                }
+            }
+            for (key, k, label) in [("dist-1", 1, "carry-dist-1"), ("dist-2", 2, "carry-dist-2")] {
+                if wanted(key) {
+                    record(
+                        label,
+                        format!("coordinator + {k} worker processes, gRPC"),
+                        distributed(c, k, args.seconds).map(|(rate, steps, b)| Rep {
+                            rate,
+                            steps,
+                            breakdown: Some(b),
+                        }),
+                    );
+                }
             }
         }
-        for (key, k, label) in [("dist-1", 1, "carry-dist-1"), ("dist-2", 2, "carry-dist-2")] {
-            if wanted(key) {
-                runs.push((
-                    label,
-                    format!("coordinator + {k} worker processes, gRPC"),
-                    distributed(c, k, args.seconds),
+        let mut rates: Vec<(&str, f64)> = Vec::new();
+        for (engine, note, reps) in runs {
+            let mut ok: Vec<Rep> = Vec::new();
+            let mut errors = Vec::new();
+            for r in reps {
+                match r {
+                    Ok(r) => ok.push(r),
+                    Err(e) => errors.push(e),
+                }
+            }
+            if ok.is_empty() {
+                let e = errors.join("; ");
+                eprintln!(
+                    "{engine:<22} {:<6} {:>12} {:>8}  skipped: {e}",
+                    c.name, "-", "-"
+                );
+                results.push(format!(
+                    "{{\"engine\": \"{engine}\", \"config\": \"{}\", \"skipped\": \"{}\"}}",
+                    c.name,
+                    e.replace('"', "'")
+                ));
+                continue;
+            }
+            // The median repetition by rate stands for the engine (its breakdown included).
+            ok.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+            let all: Vec<String> = ok.iter().map(|r| format!("{:.1}", r.rate)).collect();
+            let steps: u64 = ok.iter().map(|r| r.steps).sum();
+            let mid = ok[ok.len() / 2];
+            let rate = mid.rate;
+            let reps_note = if ok.len() > 1 {
+                format!(" (median of {}: {})", ok.len(), all.join(" "))
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "{engine:<22} {:<6} {rate:>12.1} {steps:>8}  {note}{reps_note}",
+                c.name
+            );
+            let breakdown = match mid.breakdown {
+                Some(b) => {
+                    eprintln!(
+                        "{:<22} {:<6} per step: compute {:.2} ms, sum {:.2} ms (waiting {:.2}), update {:.2} ms, coordinator {:.2} ms; bytes: peer {:.0}, coordinator {:.0}",
+                        "",
+                        c.name,
+                        b.compute_ms,
+                        b.sum_ms,
+                        b.sum_wait_ms,
+                        b.update_ms,
+                        b.coordinator_ms,
+                        b.peer_bytes,
+                        b.coordinator_bytes
+                    );
+                    format!(", \"breakdown\": {}", b.json())
+                }
+                None => String::new(),
+            };
+            rates.push((engine, rate));
+            results.push(format!(
+                "{{\"engine\": \"{engine}\", \"config\": \"{}\", \"batch\": {}, \"hidden\": {}, \"seq_per_s\": {rate:.2}, \"steps\": {steps}, \"reps\": [{}], \"note\": \"{note}\"{breakdown}}}",
+                c.name,
+                c.batch,
+                c.hidden,
+                all.join(", ")
+            ));
+        }
+        let rate = |e: &str| rates.iter().find(|(n, _)| *n == e).map(|(_, r)| *r);
+        for (num, den, what) in [
+            ("carry-dist-2", "carry-fused-cpu", "2 workers / in process"),
+            ("carry-dist-2", "carry-dist-1", "2 workers / 1 worker"),
+            ("carry-dist-1", "carry-fused-cpu", "1 worker / in process"),
+        ] {
+            if let (Some(n), Some(d)) = (rate(num), rate(den)) {
+                let ratio = n / d;
+                eprintln!(
+                    "{:<22} {:<6} {ratio:>12.3}           {what}",
+                    "ratio", c.name
+                );
+                results.push(format!(
+                    "{{\"ratio\": \"{num}/{den}\", \"config\": \"{}\", \"value\": {ratio:.4}}}",
+                    c.name
                 ));
             }
         }
-        for (engine, note, r) in runs {
-            match r {
-                Ok((rate, steps)) => {
-                    eprintln!("{engine:<22} {:<6} {rate:>12.1} {steps:>8}  {note}", c.name);
-                    results.push(format!(
-                        "{{\"engine\": \"{engine}\", \"config\": \"{}\", \"batch\": {}, \"hidden\": {}, \"seq_per_s\": {rate:.2}, \"steps\": {steps}, \"note\": \"{note}\"}}",
-                        c.name, c.batch, c.hidden
-                    ));
-                }
-                Err(e) => {
-                    eprintln!(
-                        "{engine:<22} {:<6} {:>12} {:>8}  skipped: {e}",
-                        c.name, "-", "-"
-                    );
-                    results.push(format!(
-                        "{{\"engine\": \"{engine}\", \"config\": \"{}\", \"skipped\": \"{}\"}}",
-                        c.name,
-                        e.replace('"', "'")
-                    ));
-                }
+    }
+    if wanted("calibrate") {
+        match calibrate(args.batch, args.hidden) {
+            Ok((step, slot)) => {
+                eprintln!(
+                    "calibrate: fused CPU engine, 1 thread, B={} H={}: {step:.3} ms per step, {slot:.5} ms per slot",
+                    args.batch, args.hidden
+                );
+                results.push(format!(
+                    "{{\"engine\": \"calibrate\", \"batch\": {}, \"hidden\": {}, \"ms_per_step\": {step:.4}, \"ms_per_slot\": {slot:.6}}}",
+                    args.batch, args.hidden
+                ));
+            }
+            Err(e) => {
+                eprintln!("calibrate: failed: {e}");
+                return std::process::ExitCode::FAILURE;
             }
         }
     }
