@@ -14,7 +14,7 @@
 //!
 //! `--only calibrate --batch B --hidden H` (not in the default set) times the fused CPU engine on
 //! one thread at that size and prints the milliseconds one slot costs per step: the figure
-//! `scripts/simulate.sh` gives the workers' `--simulate-ms-per-slot`.
+//! `scripts/simulate.sh` gives the coordinator's `--simulate-ms-per-slot` (which the workers obey).
 //!
 //! `--only ragged` (not in the default set) times the fused CPU engine's `train_step`
 //! alone on a ragged batch (random valid lengths) against the same shape with every step valid,
