@@ -41,10 +41,16 @@ WORK="$(mktemp -d)"
 TOKEN="sim-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
 PIDS=()
 
+net_down() {
+    for ns in $(ip netns list | awk '{print $1}' | grep "^$PREFIX" || true); do
+        ip netns del "$ns" 2>/dev/null || true
+    done
+}
+
 cleanup() {
     for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    for ns in $(ip netns list | awk '{print $1}' | grep "^$PREFIX" || true); do ip netns del "$ns" 2>/dev/null || true; done
+    net_down
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -69,20 +75,6 @@ net_up() {
     done
 }
 addr() { echo "10.77.$(($1 / 250)).$(($1 % 250 + 1))"; }
-
-net_down() {
-    for ns in $(ip netns list | awk '{print $1}' | grep "^$PREFIX" || true); do ip netns del "$ns"; done
-}
-
-# Median of column $2 of metrics.csv $1 over its rows after the first 10 (set-up).
-col_median() {
-    python3 - "$1" "$2" <<'EOF'
-import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))[10:]
-v = sorted(float(r[sys.argv[2]]) for r in rows if r.get(sys.argv[2]) not in (None, ""))
-print(f"{v[len(v) // 2]:.3f}" if v else "nan")
-EOF
-}
 
 run_one() {
     local b=$1 h=$2 w=$3 ms_slot=$4
@@ -110,14 +102,18 @@ run_one() {
     wait 2>/dev/null || true
     PIDS=()
     net_down
-    local step coord_b peer_b ideal
-    step=$(col_median "$out/metrics.csv" step_ms)
-    coord_b=$(col_median "$out/metrics.csv" coord_bytes)
-    peer_b=$(col_median "$out/metrics.csv" peer_bytes)
-    python3 - "$b" "$h" "$w" "$ms_slot" "$step" "$coord_b" "$peer_b" <<'EOF'
-import sys
+    # Medians over the steps after the first 10 (connection set-up).
+    python3 - "$b" "$h" "$w" "$ms_slot" "$out/metrics.csv" <<'EOF'
+import csv, sys
 b, h, w = (int(x) for x in sys.argv[1:4])
-ms_slot, step, coord_b, peer_b = (float(x) for x in sys.argv[4:8])
+ms_slot = float(sys.argv[4])
+rows = list(csv.DictReader(open(sys.argv[5])))[10:]
+if not rows:
+    sys.exit(f"simulate.sh: {sys.argv[5]} has no steps past the first 10: raise --steps")
+def median(col):
+    v = sorted(float(r[col]) for r in rows)
+    return v[len(v) // 2]
+step, coord_b, peer_b = median("step_ms"), median("coord_bytes"), median("peer_bytes")
 ideal = ms_slot * b / w
 busiest = max(coord_b, (peer_b + coord_b) / w)
 print(f"B={b:<5} H={h:<4} W={w:<3} step {step:9.2f} ms  ideal {ideal:9.2f} ms  "

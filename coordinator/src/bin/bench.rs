@@ -262,10 +262,6 @@ fn ragged(seconds: f64, threads: usize) -> Result<Ragged, String> {
         full.push(full_steps / time(&full_b, steps)?);
         rag.push(ragged_steps / time(&ragged_b, steps)?);
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     Ok(Ragged {
         full: median(full),
         ragged: median(rag),
@@ -367,15 +363,11 @@ fn series(threads: usize, hidden: usize) -> Result<(f64, f64, usize), String> {
         eq.push(epoch(&equal)?);
         rag.push(epoch(&lens)?);
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     Ok((median(eq), median(rag), SERIES * LEN))
 }
 
 /// Where a distributed run's steps went: medians per step over its steady steps.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Breakdown {
     compute_ms: f64,
     sum_ms: f64,
@@ -389,25 +381,22 @@ struct Breakdown {
 impl Breakdown {
     /// Medians of the named `metrics.csv` columns over `rows` (each a line's fields).
     fn of(header: &[&str], rows: &[Vec<&str>]) -> Self {
-        let median = |name: &str| -> f64 {
+        // NaN where the column is absent or empty, so a missing figure shows as such.
+        let column = |name: &str| -> f64 {
             let Some(i) = header.iter().position(|h| *h == name) else {
                 return f64::NAN;
             };
-            let mut v: Vec<f64> = rows.iter().filter_map(|r| r.get(i)?.parse().ok()).collect();
-            if v.is_empty() {
-                return f64::NAN;
-            }
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
+            let v: Vec<f64> = rows.iter().filter_map(|r| r.get(i)?.parse().ok()).collect();
+            if v.is_empty() { f64::NAN } else { median(v) }
         };
         Self {
-            compute_ms: median("compute_ms"),
-            sum_ms: median("sum_ms"),
-            sum_wait_ms: median("sum_wait_ms"),
-            update_ms: median("update_ms"),
-            coordinator_ms: median("coord_ms"),
-            peer_bytes: median("peer_bytes"),
-            coordinator_bytes: median("coord_bytes"),
+            compute_ms: column("compute_ms"),
+            sum_ms: column("sum_ms"),
+            sum_wait_ms: column("sum_wait_ms"),
+            update_ms: column("update_ms"),
+            coordinator_ms: column("coord_ms"),
+            peer_bytes: column("peer_bytes"),
+            coordinator_bytes: column("coord_bytes"),
         }
     }
 
@@ -535,8 +524,14 @@ fn calibrate(batch: usize, hidden: usize) -> Result<(f64, f64), String> {
             .map_err(|e| e.to_string())?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    ms.sort_by(f64::total_cmp);
-    Ok((ms[1], ms[1] / batch as f64))
+    let step = median(ms);
+    Ok((step, step / batch as f64))
+}
+
+/// The median of `v` (the upper one of an even count); `v` must not be empty.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn main() -> std::process::ExitCode {
