@@ -236,6 +236,7 @@ pub fn read(
             id_column: spec.id_column.clone(),
             time_column: spec.time_column.clone(),
             columns,
+            missing: crate::table::Missing::Error,
         },
         max_bytes,
     )?;

@@ -14,7 +14,8 @@
 //! Rows are grouped by series in order of each series' first appearance in the file; within a
 //! series rows keep their file order, and that order must have strictly increasing times (a
 //! repeated time is a duplicate, a smaller one is unsorted: both are errors). Every value is a
-//! finite `f32`; nothing is ever treated as missing.
+//! finite `f32`, or `f32::NAN` for a missing value when [`TableSpec::missing`] is
+//! [`Missing::Keep`] (with [`Missing::Error`] a missing value is an error).
 //!
 //! # Ids and times
 //! Ids are text: a CSV cell as written (so `01` and `1` are two series), a Parquet string, or
@@ -69,6 +70,20 @@ pub struct TableSpec {
     /// The value columns to read, in this order; empty: every numeric column except the id and
     /// time columns, in file order (see the module docs for what counts as numeric).
     pub columns: Vec<String>,
+    /// What a missing value cell (an empty CSV cell, NaN, a Parquet null) becomes.
+    pub missing: Missing,
+}
+
+/// What a missing value in a value column becomes. Ids and times are never missing: an empty
+/// id or time is an error whatever the policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Missing {
+    /// An error naming the file, the row and the column (`--missing error`).
+    #[default]
+    Error,
+    /// `f32::NAN` in [`Table::values`], for the series layer to mask out of the loss and fill
+    /// (`--missing mask`). An infinity is still an error.
+    Keep,
 }
 
 /// What the time column holds.

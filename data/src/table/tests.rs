@@ -32,6 +32,7 @@ fn spec(id: Option<&str>, time: Option<&str>, columns: &[&str]) -> TableSpec {
         id_column: id.map(Into::into),
         time_column: time.map(Into::into),
         columns: columns.iter().map(|c| (*c).into()).collect(),
+        missing: Missing::Error,
     }
 }
 
