@@ -124,7 +124,8 @@ fn precise_timers() {
     }
 }
 
-/// Sleeps until `due`, sleeping through most of the wait and spinning the last stretch.
+/// Sleeps until `due`, with this thread's timer slack at its minimum (no spinning: a hold is a
+/// benchmark aid and must not take CPU time from the processes it runs beside).
 fn sleep_until_precisely(due: std::time::Instant) {
     thread_local! {
         static PRECISE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -135,16 +136,8 @@ fn sleep_until_precisely(due: std::time::Instant) {
             p.set(true);
         }
     });
-    loop {
-        let now = std::time::Instant::now();
-        if now >= due {
-            return;
-        }
-        let left = due - now;
-        if left > std::time::Duration::from_micros(60) {
-            std::thread::sleep(left - std::time::Duration::from_micros(50));
-        } else {
-            std::hint::spin_loop();
-        }
+    let left = due.saturating_duration_since(std::time::Instant::now());
+    if !left.is_zero() {
+        std::thread::sleep(left);
     }
 }

@@ -169,6 +169,8 @@ impl Inbox {
         current: &dyn Fn() -> u64,
     ) -> Result<Vec<f32>, Missing> {
         let mut s = self.lock();
+        let waited = Instant::now();
+        let mut logged = false;
         loop {
             if s.view != view || current() != view {
                 return Err(Missing::ViewOver);
@@ -181,6 +183,15 @@ impl Inbox {
             }
             if let Some(v) = s.items.remove(&key) {
                 return Ok(v);
+            }
+            if !logged && waited.elapsed() > Duration::from_secs(2) {
+                logged = true;
+                debug!(
+                    step = key.0,
+                    chunk = key.2,
+                    member = key.3,
+                    "still waiting for a member's chunk"
+                );
             }
             s = self
                 .arrived
@@ -613,7 +624,8 @@ fn dial(
         match attempt {
             Ok(t) => break t,
             Err(e) if started.elapsed() > DIAL_FOR => return Err(format!("connecting: {e}")),
-            Err(_) => {
+            Err(e) => {
+                debug!(peer = %address, view, cause = %e, "a dial failed; retrying");
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(1));
             }
