@@ -1,6 +1,6 @@
 //! Certificates the coordinator makes for itself: a CA that lives as long as the process, and
 //! certificates it signs. The spawned workers' client certificates under mutual TLS
-//! ([`crate::spawn::SpawnTls`]) and every worker's Peer service identity when the job uses TLS
+//! ([`crate::spawn::SpawnTls`]) and every worker's peer port identity when the job uses TLS
 //! come from here; the CA's key never leaves memory.
 
 use rcgen::{

@@ -68,11 +68,11 @@ pub(crate) struct WorkerArgs {
     /// Largest gRPC message accepted, in MiB [default: 64].
     #[arg(long, env = "CARRY_MAX_MESSAGE_MB")]
     pub max_message_mb: Option<usize>,
-    /// Where to serve the Peer service the workers of a view sum their gradients through
+    /// Where to accept the connections the workers of a view sum their gradients over (the peer port)
     /// [default: port 0 on the address this machine reaches the coordinator from].
     #[arg(long, env = "CARRY_PEER_LISTEN")]
     pub peer_listen: Option<SocketAddr>,
-    /// `host` or `host:port` the other workers reach the Peer service at, when it is not the
+    /// `host` or `host:port` the other workers reach the peer port at, when it is not the
     /// listening address (behind NAT; in Kubernetes the pod IP) [default: the listening address,
     /// with an unspecified IP replaced by the one the coordinator is reached from].
     #[arg(long, env = "CARRY_PEER_ADVERTISE")]
@@ -172,7 +172,7 @@ pub(crate) struct WorkerConfig {
     pub give_up: Option<Duration>,
     /// Largest message in bytes.
     pub max_message_bytes: usize,
-    /// Where to serve the Peer service (`None`: derived from the coordinator's address).
+    /// Where to accept peer connections (`None`: derived from the coordinator's address).
     pub peer_listen: Option<SocketAddr>,
     /// What to tell the other workers (`None`: the listening address).
     pub peer_advertise: Option<String>,

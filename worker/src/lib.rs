@@ -12,7 +12,7 @@
 //!   SIGTERM, health.
 //! - `compute`: the compute thread that owns the engine, the replica and the slots' states.
 //! - `exchange`: the gradient sum among the members of a view.
-//! - `peer`: the Peer service those sums travel through, and the links to other members.
+//! - `peer`: the peer port those sums travel through, and the links to other members.
 
 pub mod cli;
 mod client;

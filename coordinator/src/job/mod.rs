@@ -510,7 +510,7 @@ impl Job {
         std::mem::take(&mut self.notices)
     }
 
-    /// Adds a worker serving the Peer service at `peer_address`; returns its secret id. Refused
+    /// Adds a worker accepting peer connections at `peer_address`; returns its secret id. Refused
     /// while the name is in an eviction back-off, when the job has `max_workers` members, or
     /// when the address is not `host:port`.
     pub(crate) fn register(
@@ -835,7 +835,7 @@ impl Job {
 fn check_peer_address(a: &str) -> Result<(), String> {
     let bad = || {
         format!(
-            "peer_address: expected host:port where the worker serves the Peer service, got `{a}`"
+            "peer_address: expected host:port where the worker accepts peer connections, got `{a}`"
         )
     };
     let (host, port) = a.rsplit_once(':').ok_or_else(bad)?;

@@ -1,6 +1,6 @@
 //! The gRPC adapter over [`Job`]: authenticates the caller, decodes and hands over, maps refusals
 //! to statuses, streams each worker's directives, moves large tensors through blobs, computes the
-//! second opinions, issues the Peer service identities under TLS, and reports to the reporter.
+//! second opinions, issues the peer port identities under TLS, and reports to the reporter.
 //! Every rule lives in the job; tensors are decoded and encoded outside the job lock, so a large
 //! report never delays another worker's heartbeat.
 
@@ -77,7 +77,7 @@ pub(crate) struct Shared {
     blobs: Blobs,
     /// CPU engines for second opinions the coordinator computes itself.
     verifiers: Mutex<Vec<CpuEngine>>,
-    /// Signs every worker's Peer service identity when the job uses TLS.
+    /// Signs every worker's peer port identity when the job uses TLS.
     peer_ca: Option<crate::pki::Ca>,
     /// Bytes per step, until its commit is reported.
     traffic: Mutex<BTreeMap<u64, Traffic>>,
