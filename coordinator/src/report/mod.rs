@@ -193,6 +193,9 @@ struct Reporter {
     best: Option<(f64, u64)>,
     /// Validations since the best one.
     since_best: u64,
+    /// One straggler warning per worker a minute: on a busy machine a worker can turn slow and
+    /// fast again every few steps, which the status page shows without a line each time.
+    stragglers: runtime::logs::Limiter,
 }
 
 impl Reporter {
@@ -212,6 +215,7 @@ impl Reporter {
             last_checkpoint: None,
             best: None,
             since_best: 0,
+            stragglers: runtime::logs::Limiter::new(Duration::from_secs(60)),
         }
     }
 
@@ -465,13 +469,16 @@ impl Reporter {
             .committed(&report, val, self.rate, dt.as_secs_f64() * 1e3);
         for (worker, ms, median) in noticed.stragglers {
             prom::straggler(&worker);
-            warn!(
-                %worker,
-                ms_per_slot = format!("{ms:.2}"),
-                others_median = format!("{median:.2}"),
-                "straggler: this worker's shards take {:.1}x as long per slot as the others', and every step waits for it",
-                ms / median.max(1e-9)
-            );
+            if let Some(repeats_not_logged) = self.stragglers.check(&worker, Instant::now()) {
+                warn!(
+                    %worker,
+                    ms_per_slot = format!("{ms:.2}"),
+                    others_median = format!("{median:.2}"),
+                    repeats_not_logged,
+                    "straggler: this worker's shards take {:.1}x as long per slot as the others', and every step waits for it",
+                    ms / median.max(1e-9)
+                );
+            }
         }
         if let Some(ck) = checkpoint {
             self.save(*ck).await?;
