@@ -57,6 +57,8 @@ mod npz;
 mod parquet;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_parquet;
 mod time;
 
 pub use time::format_time;
