@@ -4,9 +4,10 @@
 //! [`read_table`] picks the format by extension:
 //! - `.csv`, `.csv.gz`: a header line, then one row per line; comma-separated, RFC 4180
 //!   quoting, whitespace around fields ignored, blank lines skipped.
-//! - `.parquet` (or `.pq`): flat (non-nested) columns; read by the small reader in `parquet`
-//!   (plain, dictionary, delta-binary-packed and byte-stream-split encodings; data pages v1 and
-//!   v2; uncompressed, snappy, gzip or zstd).
+//! - `.parquet` (or `.pq`): top-level flat columns, read with the `parquet` crate (every
+//!   encoding, data pages v1 and v2, nulls; uncompressed, snappy, gzip, zstd, lz4 or lz4_raw).
+//!   A nested column (list, map, struct) named for a role, or another codec (brotli, lzo), is an
+//!   error naming the column.
 //! - `.npz`: the ragged form, arrays `x` `[rows, F]`, `lengths` `[S]` and optionally `y`
 //!   `[rows, F_out]` (see `npz`).
 //!
@@ -32,8 +33,8 @@
 //!   numeric, empty, or spells NaN/infinity (so that such a cell is reported, not silently
 //!   taken for a text column); a pandas index written without a name has an empty header name
 //!   and is skipped.
-//! - Parquet: each int32/int64/float/double column without a date, time, timestamp or decimal
-//!   annotation, except pandas' `__index_level_N__` columns.
+//! - Parquet: each top-level int32/int64/float/double column without a date, time, timestamp or
+//!   decimal annotation, except pandas' `__index_level_N__` columns.
 //! - npz: `x0..x{F-1}`, then `y0..y{F_out-1}`.
 //!
 //! # Errors
@@ -43,7 +44,7 @@
 //!
 //! # Layout
 //! - `time`: date and date-time parsing, [`format_time`].
-//! - `csv`, `parquet` (a small reader of its own: footer, pages, codecs), `npz`: the readers;
+//! - `csv`, `parquet` (the `parquet` crate's footer and column readers), `npz`: the readers;
 //!   each produces the rows in file order, and this module groups and checks them.
 
 use std::collections::HashMap;
@@ -56,6 +57,8 @@ mod npz;
 mod parquet;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_parquet;
 mod time;
 
 pub use time::format_time;

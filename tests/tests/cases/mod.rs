@@ -4,6 +4,7 @@ mod distributed;
 mod failures;
 mod faults;
 mod figures;
+mod parquet;
 mod peers;
 mod product;
 mod refusals;
