@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use data::series::{Scale, Scaler, SeriesSpec, column_indices, scaled_rows};
+use data::series::{Features, Scale, Scaler, SeriesSpec, Stat, column_indices};
 use data::table::{Table, TimeKind, format_time};
 use model::checkpoint::Checkpoint;
 use model::device::{DeviceChoice, make_engine, resolve};
@@ -42,6 +42,11 @@ pub(crate) struct ColumnArgs {
     /// Target columns [default: the model's].
     #[arg(long, env = "CARRY_TARGET_COLUMNS", value_delimiter = ',')]
     pub target_columns: Option<Vec<String>>,
+    /// What a missing value cell in the history does: mask (filled with the last observation,
+    /// flagged when the model has observed flags; missing truths are left out of the scores) or
+    /// error [default: mask].
+    #[arg(long, env = "CARRY_MISSING", value_enum)]
+    pub missing: Option<data::series::MissingPolicy>,
 }
 
 /// The model and the table `forecast` and `evaluate` apply it to.
@@ -103,7 +108,7 @@ struct Loaded {
     spec: SeriesSpec,
     table: Table,
     scaler: Scaler,
-    inputs: Vec<usize>,
+    features: Features,
     targets: Vec<usize>,
     engine: Box<dyn Engine>,
 }
@@ -113,6 +118,13 @@ fn config_err(field: &str, msg: String) -> CoordError {
         field: field.into(),
         msg,
     }
+}
+
+fn data_err(table: &Table, msg: String) -> CoordError {
+    CoordError::Data(data::DataError::Invalid {
+        source_name: table.source.clone(),
+        msg,
+    })
 }
 
 fn load(a: &SeriesModelArgs) -> Result<Loaded, CoordError> {
@@ -140,13 +152,16 @@ fn load(a: &SeriesModelArgs) -> Result<Loaded, CoordError> {
     if let Some(c) = &cols.target_columns {
         spec.target_columns = c.clone();
     }
+    let policy = cols.missing.unwrap_or_default();
     let m = &ck.spec.model;
-    if spec.input_columns.len() != m.input || spec.target_columns.len() != m.output {
+    if spec.input_columns.len() != spec.target_columns.len()
+        || spec.target_columns.len() != m.output
+    {
         return Err(config_err(
             "input_columns",
             format!(
-                "the model takes {} inputs and gives {} targets, got input columns {:?} and target columns {:?}",
-                m.input, m.output, spec.input_columns, spec.target_columns
+                "the model gives {} targets, fed back as its first {} inputs; got input columns {:?} and target columns {:?}",
+                m.output, m.output, spec.input_columns, spec.target_columns
             ),
         ));
     }
@@ -159,7 +174,29 @@ fn load(a: &SeriesModelArgs) -> Result<Loaded, CoordError> {
             ),
         ));
     }
-    let (table, spec) = data::series::read(data, &spec, None)?;
+    // Missing cells are read as NaN whatever the policy: the rows after a series' last observed
+    // target are the horizon's, whose targets are empty; `--missing error` then refuses a
+    // missing cell in the history.
+    let mut read_spec = spec.clone();
+    read_spec.missing = data::series::MissingPolicy::Mask;
+    let (table, _) = data::series::read(data, &read_spec, None)?;
+    spec.missing = policy;
+    let features = Features::new(&table, &spec)?;
+    if features.width() != m.input {
+        return Err(config_err(
+            "model",
+            format!(
+                "the model takes {} inputs per step; the table's columns make {} (inputs {:?}, past covariates {:?}, future covariates {:?}, calendar {:?}, observed flags {})",
+                m.input,
+                features.width(),
+                spec.input_columns,
+                spec.past_covariates,
+                spec.future_covariates,
+                spec.calendar.iter().map(|c| c.name()).collect::<Vec<_>>(),
+                spec.observed_flags
+            ),
+        ));
+    }
     let mut scaler = ck.scaler.clone().unwrap_or_else(|| Scaler {
         kind: Scale::None,
         columns: table.columns.clone(),
@@ -167,7 +204,6 @@ fn load(a: &SeriesModelArgs) -> Result<Loaded, CoordError> {
         series: Default::default(),
     });
     scaler.extend(&table);
-    let inputs = column_indices(&table, &spec.input_columns)?;
     let targets = column_indices(&table, &spec.target_columns)?;
     let compute = resolve(a.device)?;
     let engine = make_engine(a.engine, &compute, m, 1)?;
@@ -176,39 +212,188 @@ fn load(a: &SeriesModelArgs) -> Result<Loaded, CoordError> {
         spec,
         table,
         scaler,
-        inputs,
+        features,
         targets,
         engine,
     })
 }
 
 impl Loaded {
+    /// Rows of series `i` up to its last observed target (the rest are the horizon's rows).
+    fn history_rows(&self, i: usize) -> Result<usize, CoordError> {
+        let t = &self.table;
+        let w = t.columns.len();
+        let a = t.offsets[i];
+        (0..self.rows(i))
+            .rev()
+            .find(|&r| {
+                self.targets
+                    .iter()
+                    .any(|&c| !t.values[(a + r) * w + c].is_nan())
+            })
+            .map(|r| r + 1)
+            .ok_or_else(|| {
+                data_err(
+                    t,
+                    format!(
+                        "series {:?} has no observed value of its target columns {:?}; there is nothing to forecast from",
+                        t.ids[i], self.spec.target_columns
+                    ),
+                )
+            })
+    }
+
+    /// The times of the `horizon` steps after the first `hist` rows of series `i`: the table's
+    /// rows after them while there are, then continuing the last interval.
+    fn horizon_times(&self, i: usize, hist: usize, horizon: usize) -> Vec<f64> {
+        let t = &self.table;
+        let times = &t.times[t.offsets[i]..t.offsets[i + 1]];
+        let have = times.len().min(hist + horizon);
+        let mut out: Vec<f64> = times[hist..have].to_vec();
+        let known = &times[..have];
+        for k in 1..=hist + horizon - have {
+            out.push(next_time(t.time_kind, known, k));
+        }
+        out
+    }
+
+    /// Checks that the history of series `i` (its first `hist` rows) has no missing cell under
+    /// `--missing error`, and that the table gives the future covariates of every horizon row.
+    fn check_rows(&self, i: usize, hist: usize, horizon: usize) -> Result<(), CoordError> {
+        let t = &self.table;
+        let w = t.columns.len();
+        let a = t.offsets[i];
+        let id = &t.ids[i];
+        let when = |r: usize| format_time(t.time_kind, t.times[a + r]);
+        if self.spec.missing == data::series::MissingPolicy::Error {
+            let mut cols: Vec<usize> = self.features.now_columns().to_vec();
+            cols.extend(self.features.next_columns());
+            for r in 0..hist {
+                for &c in &cols {
+                    if t.values[(a + r) * w + c].is_nan() {
+                        return Err(data_err(
+                            t,
+                            format!(
+                                "series {id:?}, time {}, column {:?}: expected a number, found a missing value (`--missing mask` forecasts through missing values)",
+                                when(r),
+                                t.columns[c]
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let next = self.features.next_columns();
+        if next.is_empty() {
+            return Ok(());
+        }
+        let have = self.rows(i) - hist;
+        if have < horizon {
+            let times = self.horizon_times(i, hist, horizon);
+            let missing: Vec<String> = times[have..]
+                .iter()
+                .map(|&v| format_time(t.time_kind, v))
+                .collect();
+            return Err(data_err(
+                t,
+                format!(
+                    "series {id:?}: the future covariates {:?} are needed for the {horizon} forecast times, and the table has rows for {have} of them; missing {} (add rows with the covariates and empty targets after the series' last observation)",
+                    self.spec.future_covariates,
+                    shorten(&missing)
+                ),
+            ));
+        }
+        for r in hist..hist + horizon {
+            for &c in next {
+                if t.values[(a + r) * w + c].is_nan() {
+                    return Err(data_err(
+                        t,
+                        format!(
+                            "series {id:?}, time {}: future covariate {:?} is missing; a forecast needs it at every forecast time",
+                            when(r),
+                            t.columns[c]
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Forecasts `horizon` steps after the first `hist[i]` rows of every series, in user units
     /// (`[horizon, targets]` per series).
     fn forecast(&mut self, hist: &[usize], horizon: usize) -> Result<Vec<Vec<f64>>, CoordError> {
         let t = &self.table;
-        let mut scaled = Vec::with_capacity(t.ids.len());
+        let n = t.ids.len();
+        for (i, &h) in hist.iter().enumerate() {
+            self.check_rows(i, h, horizon)?;
+        }
+        let w = t.columns.len();
+        let f = &self.features;
+        let (now_cols, next_cols) = (f.now_columns(), f.next_columns());
+        let k = self.targets.len();
+        let mut scaled = Vec::with_capacity(n);
+        let mut fills = Vec::with_capacity(n);
+        let mut times = Vec::with_capacity(n);
+        let mut next_stats = Vec::with_capacity(n);
         for (i, id) in t.ids.iter().enumerate() {
             let a = t.offsets[i];
+            let h = hist[i];
+            let mut fill = f.fill();
             let mut v = Vec::new();
-            scaled_rows(t, &self.scaler, id, &self.inputs, a..a + hist[i], &mut v);
+            f.push_table_steps(t, &self.scaler, i, 0..h - 1, &mut fill, &mut v);
+            // the history's last step reads the first horizon row's covariates and time
+            let stat = |c: usize| self.scaler.stat(id, &t.columns[c]);
+            let now: Vec<f32> = now_cols
+                .iter()
+                .map(|&c| Scaler::apply(stat(c), t.values[(a + h - 1) * w + c]))
+                .collect();
+            let sx: Vec<Stat> = next_cols.iter().map(|&c| stat(c)).collect();
+            let ht = self.horizon_times(i, h, horizon);
+            let next: Vec<f32> = next_cols
+                .iter()
+                .zip(&sx)
+                .map(|(&c, &st)| Scaler::apply(st, t.values[(a + h) * w + c]))
+                .collect();
+            f.push_step(&mut fill, &now, &next, ht[0], &mut v);
             scaled.push(v);
+            fills.push(fill);
+            times.push(ht);
+            next_stats.push(sx);
         }
         let rows: Vec<&[f32]> = scaled.iter().map(|v| v.as_slice()).collect();
-        let out = model::packed::rollout(
+        let n_past = now_cols.len() - k;
+        let mut now = Vec::new();
+        let mut next = Vec::new();
+        let out = model::packed::rollout_with(
             self.engine.as_mut(),
             &self.ck.spec.model,
             &self.ck.params,
             &rows,
             horizon,
             GROUP,
+            &mut |r, step, pred, x| {
+                // the targets are fed back; past covariates are unknown over the horizon (carried
+                // forward, flagged as not observed); future covariates come from the table
+                now.clear();
+                now.extend_from_slice(&pred[..k]);
+                now.extend(std::iter::repeat_n(f32::NAN, n_past));
+                next.clear();
+                let row = t.offsets[r] + hist[r] + step;
+                next.extend(
+                    next_cols
+                        .iter()
+                        .zip(&next_stats[r])
+                        .map(|(&c, &st)| Scaler::apply(st, t.values[row * w + c])),
+                );
+                f.push_step(&mut fills[r], &now, &next, times[r][step], x);
+            },
         )?;
-        let k = self.targets.len();
         Ok(out
             .iter()
             .zip(&t.ids)
-            .map(|(f, id)| {
-                f.iter()
+            .map(|(fc, id)| {
+                fc.iter()
                     .enumerate()
                     .map(|(j, &v)| {
                         let name = &t.columns[self.targets[j % k]];
@@ -219,7 +404,8 @@ impl Loaded {
             .collect())
     }
 
-    /// Values of the target columns of rows `range` of series `i`, in user units.
+    /// Values of the target columns of rows `range` of series `i`, in user units (`NaN` where
+    /// missing).
     fn targets_of(&self, i: usize, range: std::ops::Range<usize>) -> Vec<f64> {
         let t = &self.table;
         let w = t.columns.len();
@@ -235,6 +421,16 @@ impl Loaded {
 
     fn rows(&self, i: usize) -> usize {
         self.table.offsets[i + 1] - self.table.offsets[i]
+    }
+}
+
+/// At most a few items of `list`, for a message.
+fn shorten(list: &[String]) -> String {
+    const SHOWN: usize = 5;
+    if list.len() <= SHOWN {
+        list.join(", ")
+    } else {
+        format!("{}, ... ({} in all)", list[..SHOWN].join(", "), list.len())
     }
 }
 
@@ -272,7 +468,9 @@ pub(crate) fn forecast(a: &ForecastArgs) -> Result<ForecastSummary, CoordError> 
         ));
     }
     let mut l = load(&a.from)?;
-    let hist: Vec<usize> = (0..l.table.ids.len()).map(|i| l.rows(i)).collect();
+    let hist: Vec<usize> = (0..l.table.ids.len())
+        .map(|i| l.history_rows(i))
+        .collect::<Result<_, _>>()?;
     let fc = l.forecast(&hist, a.horizon)?;
     let t = &l.table;
     let k = l.targets.len();
@@ -288,11 +486,9 @@ pub(crate) fn forecast(a: &ForecastArgs) -> Result<ForecastSummary, CoordError> 
     csv.push('\n');
     let mut plots = Vec::new();
     for (i, id) in t.ids.iter().enumerate() {
-        let times = &t.times[t.offsets[i]..t.offsets[i + 1]];
-        let mut ft = Vec::with_capacity(a.horizon);
-        for s in 0..a.horizon {
-            let time = next_time(t.time_kind, times, s + 1);
-            ft.push(time);
+        let times = &t.times[t.offsets[i]..t.offsets[i] + hist[i]];
+        let ft = l.horizon_times(i, hist[i], a.horizon);
+        for (s, &time) in ft.iter().enumerate() {
             let mut row = vec![
                 crate::report::csv::field(id),
                 format_time(t.time_kind, time),
@@ -302,7 +498,7 @@ pub(crate) fn forecast(a: &ForecastArgs) -> Result<ForecastSummary, CoordError> 
             csv.push('\n');
         }
         if plots.len() < PLOTTED {
-            let n = l.rows(i);
+            let n = hist[i];
             let from = n.saturating_sub(PLOT_HISTORY);
             let history = l.targets_of(i, from..n);
             plots.push(PlotSeries {

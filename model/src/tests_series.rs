@@ -46,6 +46,7 @@ fn series_spec(val_steps: usize, timesteps: usize, scale: Scale) -> SeriesSpec {
         val_steps,
         shuffle: true,
         timesteps,
+        ..Default::default()
     }
 }
 
@@ -237,4 +238,147 @@ fn the_learning_rate_schedule_reaches_the_update() {
     // Adam moves a weight by about lr per step: 3 * 0.01 without warm-up, 6 * 1e-5 with it
     assert!(plain > 0.01, "{plain}");
     assert!(warm < 1e-4, "{warm}");
+}
+
+/// [`table`] with the cells `(row, column)` (rows counted over the whole table) missing.
+fn with_gaps(mut t: Table, gaps: &[(usize, usize)]) -> Table {
+    for &(r, c) in gaps {
+        t.values[r * 2 + c] = f32::NAN;
+    }
+    t
+}
+
+#[test]
+fn missing_inputs_are_carried_forward_and_flagged() {
+    // series 0: rows 0..7; column a missing at rows 0 and 3-4, column b at row 5
+    let t = with_gaps(table(&[7, 5]), &[(0, 0), (3, 0), (4, 0), (5, 1)]);
+    let mut s = series_spec(0, 3, Scale::Series);
+    s.fit_observed_flags(&t).unwrap();
+    assert!(s.observed_flags, "an input cell is missing");
+    let d = SeriesData::new(&t, &s, None).unwrap();
+    assert_eq!(d.fi, 4, "two inputs and their flags");
+    let st = |c: &str| d.scaler.stat("s0", c);
+    // statistics leave the missing values out
+    let obs: Vec<f64> = [1, 2, 5, 6]
+        .iter()
+        .map(|&r| f64::from(t.values[r * 2]))
+        .collect();
+    let mean = obs.iter().sum::<f64>() / 4.0;
+    assert!((st("a")[0] - mean).abs() < 1e-9);
+    let x = d.x_of(0);
+    let a = |r: usize| Scaler::apply(st("a"), t.values[r * 2]);
+    let b = |r: usize| Scaler::apply(st("b"), t.values[r * 2 + 1]);
+    // step: [a, b, a observed, b observed]
+    assert_eq!(
+        &x[0..4],
+        &[0.0, b(0), 0.0, 1.0],
+        "zero before the first observation"
+    );
+    assert_eq!(&x[4..8], &[a(1), b(1), 1.0, 1.0]);
+    assert_eq!(
+        &x[12..16],
+        &[a(2), b(3), 0.0, 1.0],
+        "last observation carried forward"
+    );
+    assert_eq!(&x[16..20], &[a(2), b(4), 0.0, 1.0]);
+    assert_eq!(&x[20..24], &[a(5), b(4), 1.0, 0.0]);
+    // targets: row 3's a is missing, so step 2's first target is masked
+    let o = d.observed_of(0).unwrap();
+    assert_eq!(&o[4..6], &[false, true]);
+    assert_eq!(d.y_of(0)[4], 0.0);
+    assert_eq!(
+        d.observed_in(0, 0..6),
+        12 - 3,
+        "three of twelve targets missing"
+    );
+    // --missing error: no flags even with gaps (the reader refuses them)
+    let mut e = series_spec(0, 3, Scale::Series);
+    e.missing = MissingPolicy::Error;
+    e.fit_observed_flags(&t).unwrap();
+    assert!(!e.observed_flags);
+    // a complete table: no flags, no mask
+    let mut c = series_spec(0, 3, Scale::Series);
+    c.fit_observed_flags(&table(&[7, 5])).unwrap();
+    assert!(!c.observed_flags);
+    let d = SeriesData::new(&table(&[7, 5]), &c, None).unwrap();
+    assert!(d.observed.is_none() && d.fi == 2);
+}
+
+#[test]
+fn a_series_with_too_few_observed_targets_is_named() {
+    // s1 (rows 6..10) has no observed value of column b among its training targets
+    let t = with_gaps(table(&[6, 4]), &[(7, 1), (8, 1), (9, 1)]);
+    let e = SeriesData::new(&t, &series_spec(0, 3, Scale::None), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"s1\"") && e.contains("\"b\"") && e.contains("no observed value"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_targets_add_nothing_and_the_divisor_counts_observed_outputs() {
+    // one epoch, no shuffle, weights held still: every step's loss times its divisor sums to
+    // the loss of each series alone over its observed targets only
+    let lens = [8, 3, 6, 5];
+    let t = with_gaps(
+        table(&lens),
+        &[(2, 0), (3, 1), (5, 0), (5, 1), (13, 1), (19, 0)],
+    );
+    let mut s = series_spec(0, 3, Scale::None);
+    s.shuffle = false;
+    s.fit_observed_flags(&t).unwrap();
+    let d = Arc::new(SeriesData::new(&t, &s, None).unwrap());
+    let mut spec = train_spec(2, &s);
+    spec.epochs = 1;
+    spec.adam.lr = 1e-12;
+    spec.model.input = d.fi;
+    let mut tr = Trainer::new(spec.clone(), d.clone()).unwrap();
+    let params = tr.params().to_vec();
+    let mut engine = CpuEngine::new(&spec.model, 1);
+    let (mut total, mut outputs) = (0.0f64, 0usize);
+    while let Some(plan) = tr.plan() {
+        let n = tr.outputs_in(&plan);
+        let shard = tr.shard(&plan, 0..2);
+        let seen = shard
+            .observed
+            .as_ref()
+            .expect("the mask travels with the shard");
+        let valid = shard.valid.as_ref().unwrap();
+        let counted: usize = (0..2)
+            .map(|r| {
+                seen[r * 3 * 2..(r * 3 + valid[r] as usize) * 2]
+                    .iter()
+                    .filter(|&&o| o)
+                    .count()
+            })
+            .sum();
+        assert_eq!(n, counted.max(1), "the divisor is the observed outputs");
+        let c = tr.step_local(&mut engine).unwrap().unwrap();
+        total += c.loss * n as f64;
+        outputs += counted;
+    }
+    let mut want = 0.0f64;
+    use crate::engine::Engine;
+    for i in 0..lens.len() {
+        let init = crate::state::SlotStates::zeros(spec.model.layers, 1, spec.model.hidden);
+        let (p, _) = engine
+            .forward(&params, d.x_of(i), 1, d.train_steps[i], &init)
+            .unwrap();
+        let o = d.observed_of(i).unwrap();
+        for ((pv, yv), _) in p.iter().zip(d.y_of(i)).zip(o).filter(|(_, seen)| **seen) {
+            want += f64::from(pv - yv).powi(2);
+        }
+    }
+    let all: usize = d.train_steps.iter().sum::<usize>() * 2;
+    assert_eq!(
+        outputs,
+        all - 6,
+        "the six missing targets of the training steps"
+    );
+    assert!(
+        (total - want).abs() <= 1e-5 * want.abs().max(1.0),
+        "{total} vs {want}"
+    );
 }

@@ -159,6 +159,9 @@ pub struct ShardData {
     pub valid: Option<Vec<u32>>,
     /// Slots that start a new series: their initial state is zero whatever `init` holds.
     pub resets: Option<Vec<bool>>,
+    /// Whether each target was observed (`[n, t, F_out]`; `None`: every one was): unobserved
+    /// targets (missing values) add nothing to the loss or the gradients.
+    pub observed: Option<Vec<bool>>,
     /// The loss per output.
     pub loss: Loss,
 }
@@ -220,6 +223,7 @@ impl ShardData {
             slots: &self.slots,
             dropout: self.dropout,
             valid: self.valid.as_deref(),
+            observed: self.observed.as_deref(),
             loss: self.loss,
         };
         let reset_rows;
@@ -565,17 +569,23 @@ impl Trainer {
         self.at_cursor_epoch(plan).outputs
     }
 
-    /// Valid outputs of the step `a`.
+    /// Valid outputs of the step `a`: outputs of valid steps whose target was observed.
     fn outputs_of(&self, a: &Ahead) -> usize {
         let fo = self.data.output_features();
         match (&a.series, &self.data) {
             (None, _) => self.spec.batch_size * self.timesteps() * fo,
             (Some((_, p)), Data::Series(d)) => {
                 let t = self.timesteps();
-                (0..self.spec.batch_size)
-                    .map(|s| chunk_valid(d, &p.at(a.plan.cursor.step, s), t))
-                    .sum::<usize>()
-                    * fo
+                let observed: usize = (0..self.spec.batch_size)
+                    .map(|s| match p.at(a.plan.cursor.step, s) {
+                        w @ SlotWork::Chunk { series, chunk } => {
+                            d.observed_in(series, chunk * t..chunk * t + chunk_valid(d, &w, t))
+                        }
+                        SlotWork::Idle => 0,
+                    })
+                    .sum();
+                // a step whose every target is missing has a zero gradient; its divisor stays 1
+                observed.max(1)
             }
             _ => unreachable!("series plans with series data"),
         }
@@ -719,6 +729,8 @@ impl Trainer {
                 let works: Vec<SlotWork> =
                     slots.clone().map(|s| p.at(plan.cursor.step, s)).collect();
                 let (mut x, mut y) = (Vec::new(), Vec::new());
+                let mut observed = Vec::new();
+                let masked = with_data && d.observed.is_some();
                 let mut valid = Vec::with_capacity(works.len());
                 for w in &works {
                     let len = chunk_valid(d, w, t);
@@ -727,9 +739,15 @@ impl Trainer {
                             let a = chunk * t;
                             x.extend_from_slice(&d.x_of(series)[a * d.fi..(a + len) * d.fi]);
                             y.extend_from_slice(&d.y_of(series)[a * d.fo..(a + len) * d.fo]);
+                            if let Some(o) = d.observed_of(series) {
+                                observed.extend_from_slice(&o[a * d.fo..(a + len) * d.fo]);
+                            }
                         }
                         x.resize(x.len() + (t - len) * d.fi, 0.0);
                         y.resize(y.len() + (t - len) * d.fo, 0.0);
+                        if masked {
+                            observed.resize(y.len(), false);
+                        }
                     }
                     valid.push(len as u32);
                 }
@@ -744,6 +762,7 @@ impl Trainer {
                     dropout: plan.dropout,
                     valid: Some(valid),
                     resets: Some(works.iter().map(SlotWork::resets).collect()),
+                    observed: masked.then_some(observed),
                     loss,
                 }
             }
@@ -864,7 +883,7 @@ impl Trainer {
     /// Windows are laid out as `B` streams like training and start from the final training states
     /// (or zero, per `val_state`). Series continue from their state at the end of their training
     /// part: each series is run from zero over its training steps, and its last `--val-steps`
-    /// steps are scored.
+    /// steps are scored (their observed targets only).
     pub fn validate(&self, engine: &mut dyn Engine) -> Result<Option<f64>, ModelError> {
         match &self.data {
             Data::Windows(d) => self.validate_windows(d, engine),
@@ -891,13 +910,30 @@ impl Trainer {
             self.spec.batch_size,
         )?;
         let loss = self.spec.loss_fn();
-        let mut total = 0.0f64;
+        let (mut total, mut count) = (0.0f64, 0usize);
         for (i, p) in preds.iter().enumerate() {
             let y = d.y_of(i);
             let a = d.train_steps[i] * d.fo;
-            total += loss_sum(loss, &p[a..], &y[a..]);
+            match d.observed_of(i) {
+                None => {
+                    total += loss_sum(loss, &p[a..], &y[a..]);
+                    count += k * d.fo;
+                }
+                Some(o) => {
+                    for ((&pv, &yv), _) in p[a..]
+                        .iter()
+                        .zip(&y[a..])
+                        .zip(&o[a..])
+                        .filter(|(_, seen)| **seen)
+                    {
+                        total += loss_sum(loss, &[pv], &[yv]);
+                        count += 1;
+                    }
+                }
+            }
         }
-        Ok(Some(total / (d.len() * k * d.fo) as f64))
+        // every validation target missing: nothing to score
+        Ok((count > 0).then(|| total / count as f64))
     }
 
     fn validate_windows(
@@ -1131,6 +1167,7 @@ fn gather_shard(
         dropout: plan.dropout,
         valid: None,
         resets: None,
+        observed: None,
         loss: Loss::Mse,
     }
 }

@@ -9,7 +9,8 @@
 //!
 //! All engines take parameters and return gradients in the flat PyTorch layout of
 //! [`crate::params`], and compute the gradient of the *sum* of the per-output losses ([`Loss`]) of
-//! their shard's valid steps, so shard results add up to the whole batch's.
+//! their shard's valid steps (and observed targets, [`Batch::observed`]), so shard results add up
+//! to the whole batch's.
 
 pub mod burn_ref;
 pub mod cpu;
@@ -43,6 +44,10 @@ pub struct Batch<'a> {
     /// padding: they add nothing to the loss or the gradients, and the row's final state is its
     /// state after its last valid step (its initial state when it has none).
     pub valid: Option<&'a [u32]>,
+    /// Whether each target was observed (`[n, t, output]`; `None`: all were). An unobserved
+    /// target (a missing value of a table) adds nothing to the loss or the gradients, like a
+    /// padded step; the states run through its step as usual.
+    pub observed: Option<&'a [bool]>,
     /// The loss whose sum is computed.
     pub loss: Loss,
 }
@@ -168,6 +173,19 @@ pub(crate) fn check_batch(
     let (n, t) = (batch.n, batch.t);
     check_forward(cfg, params_len, expected_params, batch.x, n, t, init)?;
     check_len("targets", batch.y, n, t, cfg.output)?;
+    if let Some(o) = batch.observed
+        && o.len() != n * t * cfg.output
+    {
+        return Err(ModelError::Shape {
+            what: "observed targets".into(),
+            expected: format!(
+                "{} flags for ({n}, {t}, {})",
+                n * t * cfg.output,
+                cfg.output
+            ),
+            got: format!("{} flags", o.len()),
+        });
+    }
     if batch.slots.len() != n {
         return Err(ModelError::shape("slot ids", &[n], &[batch.slots.len()]));
     }

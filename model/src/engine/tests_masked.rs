@@ -1,7 +1,8 @@
 //! Ragged batches and loss kinds: every engine's loss, gradient, final states and initial-state
 //! gradients against a plain f64 reference that runs each row over its valid steps only (its
 //! gradients by central finite differences), padded values that change nothing, and a batch
-//! without padding that equals the unmasked one exactly.
+//! without padding that equals the unmasked one exactly. Unobserved targets (missing values,
+//! [`Batch::observed`]) against the same reference with those terms dropped by hand.
 
 use crate::config::{Head, ModelConfig};
 use crate::dropout::{DropoutKey, DropoutMask};
@@ -41,6 +42,8 @@ struct Case {
     slots: Vec<u64>,
     key: Option<DropoutKey>,
     init: SlotStates,
+    /// Whether each target was observed (`None`: all).
+    observed: Option<Vec<bool>>,
 }
 
 impl Case {
@@ -59,10 +62,20 @@ impl Case {
             slots: (0..n as u64).map(|s| 11 * s + 3).collect(),
             key,
             init: random_states(&cfg, n, seed + 3),
+            observed: None,
             cfg,
             n,
             t,
         }
+    }
+
+    /// The same shard with about a third of its targets unobserved (seeded), some steps with
+    /// none of their outputs observed and some with part of them.
+    fn with_missing(mut self, seed: u64) -> Self {
+        let mut rng = Rng::new(seed, "tests-masked-observed");
+        let len = self.n * self.t * self.cfg.output;
+        self.observed = Some((0..len).map(|_| rng.range(0.0, 1.0) > 0.35).collect());
+        self
     }
 
     fn batch(&self, loss: Loss) -> Batch<'_> {
@@ -74,6 +87,7 @@ impl Case {
             slots: &self.slots,
             dropout: self.key,
             valid: Some(&self.valid),
+            observed: self.observed.as_deref(),
             loss,
         }
     }
@@ -193,7 +207,11 @@ fn reference(c: &Case, loss: Loss, p: &[f64], h0: &[f64], c0: &[f64]) -> (f64, V
                 z = e.iter().map(|a| a / sum).collect();
             }
             for (o, &pv) in z.iter().enumerate() {
-                total += loss64(loss, pv, f64::from(c.y[(r * t + s) * fo + o]));
+                let i = (r * t + s) * fo + o;
+                // an unobserved target's term is dropped
+                if c.observed.as_ref().is_none_or(|seen| seen[i]) {
+                    total += loss64(loss, pv, f64::from(c.y[i]));
+                }
             }
         }
     }
@@ -332,6 +350,92 @@ fn check_engine(make: &dyn Fn(&ModelConfig) -> Box<dyn Engine>) {
     }
 }
 
+/// The same shard with other random values in every unobserved target.
+fn refilled_targets(c: &Case, seed: u64) -> Vec<f32> {
+    let other = random(c.y.len(), seed, 3.0);
+    let seen = c.observed.as_ref().expect("a case with missing targets");
+    c.y.iter()
+        .zip(&other)
+        .zip(seen)
+        .map(|((&y, &o), &s)| if s { y } else { o })
+        .collect()
+}
+
+/// For every configuration and loss, on ragged shards with a third of their targets missing:
+/// `engine`'s loss, gradient, final states and initial-state gradients equal the reference that
+/// drops the missing terms by hand, other values in the missing targets change nothing, and a
+/// mask with every target observed equals no mask exactly.
+fn check_engine_observed(make: &dyn Fn(&ModelConfig) -> Box<dyn Engine>) {
+    for (ci, cfg) in configs().into_iter().enumerate() {
+        let case = Case::new(cfg.clone(), 140 + 10 * ci as u64).with_missing(7 + ci as u64);
+        let mut e = make(&cfg);
+        for loss in LOSSES {
+            let what = format!(
+                "{} {:?} dropout {} {loss:?} with missing targets",
+                e.describe(),
+                cfg.head,
+                cfg.dropout
+            );
+            let want = expected(&case, loss);
+            let got = e
+                .train_step(&case.p, &case.batch(loss), &case.init, true)
+                .unwrap();
+            assert_matches(&what, &got, &want);
+            // the dropped terms really are dropped: the full loss differs
+            let full = Case {
+                observed: None,
+                ..Case::new(cfg.clone(), 140 + 10 * ci as u64)
+            };
+            let all = e
+                .train_step(&full.p, &full.batch(loss), &full.init, true)
+                .unwrap();
+            assert!(all.loss_sum > got.loss_sum, "{what}: nothing was masked");
+
+            let y = refilled_targets(&case, 600 + ci as u64);
+            let other = Batch {
+                y: &y,
+                ..case.batch(loss)
+            };
+            let again = e.train_step(&case.p, &other, &case.init, true).unwrap();
+            assert_same(&format!("{what} refilled"), &again, &got);
+
+            let seen = vec![true; case.y.len()];
+            let every = Batch {
+                observed: Some(&seen),
+                ..full.batch(loss)
+            };
+            let a = e.train_step(&full.p, &every, &full.init, true).unwrap();
+            assert_same(&format!("{what} all observed"), &a, &all);
+        }
+    }
+}
+
+#[test]
+fn missing_targets_on_the_cpu_engine_match_the_reference_without_their_terms() {
+    for threads in [1, 3] {
+        check_engine_observed(&|cfg| Box::new(CpuEngine::new(cfg, threads)));
+    }
+}
+
+#[test]
+fn missing_targets_on_the_burn_engine_match_the_reference_without_their_terms() {
+    check_engine_observed(&|cfg| {
+        Box::new(BurnEngine::new(cfg, burn::tensor::Device::flex(), "flex"))
+    });
+}
+
+/// Needs a wgpu adapter, like the other device tests.
+#[test]
+fn missing_targets_on_the_fused_wgpu_engine_match_the_reference_without_their_terms() {
+    use crate::engine::wgpu_fused::WgpuFusedEngine;
+    let compute = crate::device::resolve(crate::device::DeviceChoice::Wgpu)
+        .expect("a wgpu adapter (install mesa-vulkan-drivers for a software one)");
+    let crate::device::Compute::Wgpu { device, adapter } = compute else {
+        panic!("expected wgpu")
+    };
+    check_engine_observed(&|cfg| Box::new(WgpuFusedEngine::new(cfg, &device, &adapter).unwrap()));
+}
+
 #[test]
 fn masked_cpu_engine_matches_the_per_row_reference() {
     for threads in [1, 3] {
@@ -394,6 +498,7 @@ fn masked_cpu_engine_matches_burn_on_larger_shapes() {
                     step: 1,
                 }),
                 valid: Some(&valid),
+                observed: None,
                 loss,
             };
             let b = stock.train_step(&p, &batch, &init, true).unwrap();
@@ -455,6 +560,7 @@ fn cpu_threads_split_ragged_shards_without_changing_rows() {
                 step: trial,
             }),
             valid: Some(&valid),
+            observed: None,
             loss: Loss::Huber(0.5),
         };
         let one = CpuEngine::new(&cfg, 1)

@@ -9,4 +9,5 @@ mod refusals;
 mod security;
 mod series;
 mod serving;
+mod tables;
 mod ui;
