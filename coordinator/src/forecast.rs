@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use data::series::{Features, Scale, Scaler, SeriesSpec, Stat, column_indices};
-use data::table::{Table, TimeKind, format_time};
+use data::table::{Table, format_time};
 use model::checkpoint::Checkpoint;
 use model::device::{DeviceChoice, make_engine, resolve};
 use model::engine::{Engine, EngineKind};
@@ -252,7 +252,7 @@ impl Loaded {
         let mut out: Vec<f64> = times[hist..have].to_vec();
         let known = &times[..have];
         for k in 1..=hist + horizon - have {
-            out.push(next_time(t.time_kind, known, k));
+            out.push(data::series::next_time(t.time_kind, known, k));
         }
         out
     }
@@ -432,22 +432,6 @@ fn shorten(list: &[String]) -> String {
     } else {
         format!("{}, ... ({} in all)", list[..SHOWN].join(", "), list.len())
     }
-}
-
-/// The time `k` steps after the last of `times`, continuing the series' spacing (the last
-/// interval; one unit, one day or one hour when the series has a single row).
-fn next_time(kind: TimeKind, times: &[f64], k: usize) -> f64 {
-    let last = times[times.len() - 1];
-    let step = if times.len() >= 2 {
-        last - times[times.len() - 2]
-    } else {
-        match kind {
-            TimeKind::Date => 86_400.0,
-            TimeKind::DateTime => 3_600.0,
-            TimeKind::Index | TimeKind::Number => 1.0,
-        }
-    };
-    last + step * k as f64
 }
 
 /// What `forecast` wrote.

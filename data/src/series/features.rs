@@ -83,6 +83,64 @@ impl Calendar {
     }
 }
 
+/// How many inputs of each part a step has (the layout of the module docs), from a spec alone:
+/// what a server needs to build a roll-out step from the values a request gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLayout {
+    /// Input columns (the first inputs; a forecast feeds the targets back into them).
+    pub inputs: usize,
+    /// Past covariates.
+    pub past: usize,
+    /// Future covariates.
+    pub future: usize,
+    /// Calendar features (two inputs each).
+    pub calendar: usize,
+    /// One observed flag per column of the first three parts.
+    pub flags: bool,
+}
+
+impl InputLayout {
+    /// The layout of `spec`'s steps.
+    pub fn of(spec: &SeriesSpec) -> Self {
+        Self {
+            inputs: spec.input_columns.len(),
+            past: spec.past_covariates.len(),
+            future: spec.future_covariates.len(),
+            calendar: spec.calendar.len(),
+            flags: spec.observed_flags,
+        }
+    }
+
+    /// Inputs per step.
+    pub fn width(&self) -> usize {
+        let cols = self.inputs + self.past + self.future;
+        cols + 2 * self.calendar + if self.flags { cols } else { 0 }
+    }
+
+    /// Inputs known ahead of a step: the future covariates, then the `sin` and `cos` of each
+    /// calendar feature.
+    pub fn ahead(&self) -> usize {
+        self.future + 2 * self.calendar
+    }
+
+    /// Appends the inputs of a roll-out step: `fed` the values fed back into the input columns,
+    /// the past covariates held at their values in `last` (the series' last input row, which
+    /// they are unknown after: flagged as not observed), and `ahead` ([`InputLayout::ahead`]
+    /// values).
+    pub fn roll_out_step(&self, fed: &[f32], last: &[f32], ahead: &[f32], out: &mut Vec<f32>) {
+        debug_assert_eq!(fed.len(), self.inputs);
+        debug_assert_eq!(ahead.len(), self.ahead());
+        out.extend_from_slice(fed);
+        out.extend_from_slice(&last[self.inputs..self.inputs + self.past]);
+        out.extend_from_slice(ahead);
+        if self.flags {
+            out.extend(std::iter::repeat_n(1.0, self.inputs));
+            out.extend(std::iter::repeat_n(0.0, self.past));
+            out.extend(std::iter::repeat_n(1.0, self.future));
+        }
+    }
+}
+
 /// Which columns of a table make a step's inputs, and how (see the module docs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Features {
@@ -344,6 +402,49 @@ mod tests {
         assert_eq!(x[..8], [1.0, 10.0, 0.0, tue[0], tue[1], 1.0, 1.0, 0.0]);
         // step 1: y of row 1 missing (1 carried), p of row 1, f of row 2, Wednesday
         assert_eq!(x[8..], [1.0, 20.0, 300.0, wed[0], wed[1], 0.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn a_roll_out_step_holds_past_covariates_and_takes_the_values_known_ahead() {
+        let l = InputLayout::of(&spec());
+        assert_eq!((l.width(), l.ahead()), (8, 3));
+        let t = table(TimeKind::Date);
+        assert_eq!(l.width(), Features::new(&t, &spec()).unwrap().width());
+        let last = [1.0, 10.0, 300.0, 0.5, 0.5, 1.0, 1.0, 1.0];
+        let mut x = Vec::new();
+        l.roll_out_step(&[2.5], &last, &[7.0, 0.1, 0.9], &mut x);
+        assert_eq!(x, [2.5, 10.0, 7.0, 0.1, 0.9, 1.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn the_next_times_keep_calendar_months_and_otherwise_the_last_interval() {
+        use super::super::next_time;
+        let day = |y, m, d| at(y, m, d, 0.0);
+        let monthly = [day(2023, 12, 1), day(2024, 1, 1)];
+        let want: Vec<f64> = [(2024, 2), (2024, 3), (2024, 12), (2025, 1)]
+            .iter()
+            .map(|&(y, m)| day(y, m, 1))
+            .collect();
+        let got: Vec<f64> = [1, 2, 11, 12]
+            .iter()
+            .map(|&k| next_time(TimeKind::Date, &monthly, k))
+            .collect();
+        assert_eq!(got, want);
+        let quarterly = [day(2023, 11, 15), day(2024, 2, 15)];
+        assert_eq!(next_time(TimeKind::Date, &quarterly, 2), day(2024, 8, 15));
+        // daily, weekly, hourly and numbers: the last interval
+        let daily = [day(2024, 1, 30), day(2024, 1, 31)];
+        assert_eq!(next_time(TimeKind::Date, &daily, 1), day(2024, 2, 1));
+        let hourly = [at(2024, 1, 1, 22.0), at(2024, 1, 1, 23.0)];
+        assert_eq!(
+            next_time(TimeKind::DateTime, &hourly, 2),
+            at(2024, 1, 2, 1.0)
+        );
+        assert_eq!(next_time(TimeKind::Number, &[3.0, 5.0], 3), 11.0);
+        assert_eq!(
+            next_time(TimeKind::Date, &[day(2024, 1, 1)], 2),
+            day(2024, 1, 3)
+        );
     }
 
     #[test]

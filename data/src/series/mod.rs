@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::DataError;
 use crate::table::Table;
-pub use features::{Calendar, Features, Fill};
+pub use features::{Calendar, Features, Fill, InputLayout};
 
 /// What a missing value cell (an empty CSV cell, NaN, a Parquet null) of a table does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -394,6 +394,39 @@ pub fn read(
         spec.target_columns = spec.input_columns.clone();
     }
     Ok((table, spec))
+}
+
+/// The time `k` steps after the last of `times` (seconds since the epoch for dates), continuing
+/// the series' spacing: whole calendar months when the last two dates or date-times fall on the
+/// same day of the month and time of day (monthly, quarterly and yearly series keep their day),
+/// else the last interval; one unit, one day or one hour when the series has a single row.
+pub fn next_time(kind: crate::table::TimeKind, times: &[f64], k: usize) -> f64 {
+    use crate::table::{TimeKind, civil_from_days, days_from_civil};
+    const DAY: f64 = 86_400.0;
+    let last = times[times.len() - 1];
+    if times.len() < 2 {
+        let step = match kind {
+            TimeKind::Date => DAY,
+            TimeKind::DateTime => 3_600.0,
+            TimeKind::Index | TimeKind::Number => 1.0,
+        };
+        return last + step * k as f64;
+    }
+    let prev = times[times.len() - 2];
+    if matches!(kind, TimeKind::Date | TimeKind::DateTime) {
+        let split = |t: f64| {
+            let days = (t / DAY).floor();
+            (civil_from_days(days as i64), t - days * DAY)
+        };
+        let (((y0, m0, d0), s0), ((y1, m1, d1), s1)) = (split(prev), split(last));
+        let months = (y1 - y0) * 12 + i64::from(m1) - i64::from(m0);
+        if d0 == d1 && s0 == s1 && (1..=12).contains(&months) && d1 <= 28 {
+            let m = i64::from(m1) - 1 + months * k as i64;
+            let (y, m) = (y1 + m.div_euclid(12), m.rem_euclid(12) as u32 + 1);
+            return days_from_civil(y, m, d1) as f64 * DAY + s1;
+        }
+    }
+    last + (last - prev) * k as f64
 }
 
 /// Column indices of `names` in `table`, or an error naming the missing one.

@@ -260,3 +260,395 @@ fn series_data_takes_forecasting_defaults_and_says_so() {
         "{log}"
     );
 }
+
+/// Daily sales of `series` shops over `days` days, driven by a promotion flag known ahead (sales
+/// jump by 40% on promotion days), plus a visitors column known only up to each day. With
+/// `future` extra days, those rows have the promotion and an empty sales and visitors cell
+/// (the days to forecast).
+fn write_promo_csv(path: &Path, series: usize, days: usize, future: usize, seed: u64) {
+    let mut rng = Lcg(seed);
+    let mut text = String::from("shop,date,sales,promo,visitors\n");
+    for i in 0..series {
+        let level = 50.0 + 10.0 * i as f64;
+        for d in 0..days + future {
+            let promo = u8::from(rng.next() % 10 < 3);
+            let noise = (rng.next() % 1000) as f64 / 1000.0 - 0.5;
+            let sales = level * (1.0 + 0.4 * f64::from(promo)) + 2.0 * noise;
+            let date = civil(d as i64);
+            if d < days {
+                let visitors = sales / 3.0 + noise;
+                text.push_str(&format!("s{i},{date},{sales:.2},{promo},{visitors:.2}\n"));
+            } else {
+                text.push_str(&format!("s{i},{date},,{promo},\n"));
+            }
+        }
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// `YYYY-MM-DD` of day `d` after 2023-01-01.
+fn civil(d: i64) -> String {
+    let z = d + 19_358 + 719_468; // days from 0000-03-01
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{day:02}")
+}
+
+#[test]
+fn a_future_covariate_that_drives_the_target_improves_the_forecast() {
+    let dir = TempDir::new("tables-covariates");
+    let data = dir.join("promo.csv");
+    write_promo_csv(&data, 6, 90, 0, 3);
+    assert_eq!(civil(0), "2023-01-01");
+    assert_eq!(civil(59), "2023-03-01");
+    let train = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let mut args = vec![
+            "train",
+            "--data",
+            s(&data),
+            "--id-column",
+            "shop",
+            "--time-column",
+            "date",
+            "--input-columns",
+            "sales",
+            "--target-columns",
+            "sales",
+            "--val-steps",
+            "10",
+            "--timesteps",
+            "30",
+            "--hidden",
+            "16",
+            "--epochs",
+            "80",
+            "--seed",
+            "3",
+            "--spawn-workers",
+            "0",
+            "--out",
+            s(&out),
+        ];
+        args.extend_from_slice(extra);
+        carry_it::coordinator_ok(&dir, name, &args);
+        out
+    };
+    let mae = |name: &str, model: &Path| {
+        let json = dir.join(&format!("{name}.json"));
+        carry_it::coordinator_ok(
+            &dir,
+            name,
+            &[
+                "evaluate",
+                "--model",
+                s(model),
+                "--data",
+                s(&data),
+                "--holdout",
+                "10",
+                "--json-out",
+                s(&json),
+            ],
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        v["overall"]["model"]["mae"].as_f64().unwrap()
+    };
+    let without = train("without", &[]);
+    let with = train("with", &["--future-covariates", "promo"]);
+    let ck = model::checkpoint::Checkpoint::load(&with).unwrap();
+    assert_eq!(
+        ck.spec.series.as_ref().unwrap().future_covariates,
+        ["promo"],
+        "the checkpoint records the covariate"
+    );
+    assert_eq!(ck.spec.model.input, 2);
+    let (a, b) = (mae("eval-without", &without), mae("eval-with", &with));
+    eprintln!("held-out MAE: {b:.3} with the future covariate, {a:.3} without");
+    assert!(
+        b < 0.6 * a,
+        "knowing the promotions ahead: MAE {b} with the covariate against {a} without"
+    );
+
+    // forecast: the table gives the promotions of the days to forecast
+    let future = dir.join("future.csv");
+    write_promo_csv(&future, 6, 90, 5, 3);
+    let fc = dir.join("forecast.csv");
+    carry_it::coordinator_ok(
+        &dir,
+        "forecast",
+        &[
+            "forecast",
+            "--model",
+            s(&with),
+            "--data",
+            s(&future),
+            "--horizon",
+            "5",
+            "--out",
+            s(&fc),
+        ],
+    );
+    let text = std::fs::read_to_string(&fc).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1 + 6 * 5, "{text}");
+    let table = std::fs::read_to_string(&future).unwrap();
+    let promo: std::collections::HashMap<(String, String), bool> = table
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            ((f[0].to_string(), f[1].to_string()), f[3] == "1")
+        })
+        .collect();
+    // on promotion days the forecast is higher than the shop's other forecast days
+    let mut lifts = Vec::new();
+    for shop in 0..6 {
+        let rows: Vec<(bool, f64)> = lines[1..]
+            .iter()
+            .filter(|l| l.starts_with(&format!("s{shop},")))
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (
+                    promo[&(f[0].to_string(), f[1].to_string())],
+                    f[2].parse().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows.len(),
+            5,
+            "the forecast days are the table's future rows"
+        );
+        let mean = |p: bool| {
+            let v: Vec<f64> = rows.iter().filter(|r| r.0 == p).map(|r| r.1).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
+        if let (Some(on), Some(off)) = (mean(true), mean(false)) {
+            lifts.push(on / off);
+        }
+    }
+    assert!(
+        !lifts.is_empty() && lifts.iter().all(|&l| l > 1.15),
+        "{lifts:?}"
+    );
+    // a horizon past the rows the table gives is refused, naming the series and the times
+    let e = carry_it::coordinator_fails(
+        &dir,
+        "forecast-short",
+        &[
+            "forecast",
+            "--model",
+            s(&with),
+            "--data",
+            s(&future),
+            "--horizon",
+            "7",
+            "--out",
+            s(&fc),
+        ],
+    );
+    assert!(
+        e.contains("series \"s0\"")
+            && e.contains("\"promo\"")
+            && e.contains(&civil(95))
+            && e.contains(&civil(96))
+            && e.contains("rows for 5 of them"),
+        "{e}"
+    );
+
+    // past covariates and calendar features: trained, recorded, forecast over the horizon
+    let all = train(
+        "all",
+        &[
+            "--future-covariates",
+            "promo",
+            "--past-covariates",
+            "visitors",
+            "--calendar",
+            "dow,month",
+        ],
+    );
+    let ck = model::checkpoint::Checkpoint::load(&all).unwrap();
+    assert_eq!(ck.spec.model.input, 1 + 1 + 1 + 4);
+    carry_it::coordinator_ok(
+        &dir,
+        "forecast-all",
+        &[
+            "forecast",
+            "--model",
+            s(&all),
+            "--data",
+            s(&future),
+            "--horizon",
+            "5",
+            "--out",
+            s(&fc),
+        ],
+    );
+    let text = std::fs::read_to_string(&fc).unwrap();
+    for l in text.lines().skip(1) {
+        let v: f64 = l.split(',').nth(2).unwrap().parse().unwrap();
+        assert!(v.is_finite() && v > 0.0, "{l}");
+    }
+}
+
+#[test]
+fn serve_forecasts_with_the_covariates_a_request_gives() {
+    use super::serving::{TOKEN, http, serve};
+    use serde_json::{Value, json};
+    let dir = TempDir::new("tables-serve");
+    let data = dir.join("promo.csv");
+    write_promo_csv(&data, 3, 40, 0, 8);
+    let out = dir.join("run");
+    carry_it::coordinator_ok(
+        &dir,
+        "train",
+        &[
+            "train",
+            "--data",
+            s(&data),
+            "--id-column",
+            "shop",
+            "--time-column",
+            "date",
+            "--input-columns",
+            "sales",
+            "--future-covariates",
+            "promo",
+            "--calendar",
+            "dow",
+            "--timesteps",
+            "10",
+            "--hidden",
+            "8",
+            "--epochs",
+            "3",
+            "--spawn-workers",
+            "0",
+            "--out",
+            s(&out),
+        ],
+    );
+    let (_p, grpc, addr) = serve(&dir, "serve", s(&out), &[]);
+    // a step's inputs: sales, the next day's promotion, sin and cos of its weekday
+    let history = json!([
+        [0.1, 1.0, 0.0, 1.0],
+        [0.3, 0.0, 0.78, 0.62],
+        [-0.2, 0.0, 0.97, -0.22]
+    ]);
+    for id in ["a", "b"] {
+        let (st, _) = http(
+            &addr,
+            "POST",
+            &format!("/v1/streams/{id}/predict"),
+            Some(json!({ "x": history })),
+            Some(TOKEN),
+        );
+        assert_eq!(st, 200);
+    }
+    let future = json!([[1.0, 0.43, -0.9], [0.0, -0.43, -0.9]]);
+    let forecast = |f: Value| {
+        http(
+            &addr,
+            "POST",
+            "/v1/streams/a/forecast",
+            Some(json!({"horizon": 3, "future": f})),
+            Some(TOKEN),
+        )
+    };
+    let (st, body) = forecast(future.clone());
+    assert_eq!(st, 200, "{body}");
+    let y: Vec<f64> = body["y"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_f64().unwrap())
+        .collect();
+    assert_eq!(y.len(), 3);
+    // the same steps by hand on stream b: the prediction fed back, the covariates given
+    let mut last = y[0];
+    for (k, row) in future.as_array().unwrap().iter().enumerate() {
+        let mut x = vec![json!(last)];
+        x.extend(row.as_array().unwrap().iter().cloned());
+        let (st, b) = http(
+            &addr,
+            "POST",
+            "/v1/streams/b/predict",
+            Some(json!({ "x": [x] })),
+            Some(TOKEN),
+        );
+        assert_eq!(st, 200, "{b}");
+        last = b["y"][0][0].as_f64().unwrap();
+        assert!(
+            (last - y[k + 1]).abs() < 1e-5,
+            "step {}: {last} vs {}",
+            k + 1,
+            y[k + 1]
+        );
+    }
+    // gRPC answers the same, the covariates in a tensor
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let g = rt.block_on(async {
+        let mut c = super::serving::client(&grpc).await;
+        let r = c
+            .forecast(proto::pb::ForecastRequest {
+                stream_id: "a".into(),
+                horizon: 3,
+                future: Some(proto::convert::tensor(
+                    &[2, 3],
+                    &[1.0, 0.43, -0.9, 0.0, -0.43, -0.9],
+                )),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        proto::convert::decode_any(r.y.as_ref(), "y").unwrap().0
+    });
+    for (a, b) in g.iter().zip(&y) {
+        assert!((f64::from(*a) - b).abs() < 1e-5, "gRPC {g:?} vs HTTP {y:?}");
+    }
+    // other promotions, another forecast; the first step, computed already, stays
+    let (_, other) = forecast(json!([[0.0, 0.43, -0.9], [1.0, -0.43, -0.9]]));
+    let z: Vec<f64> = other["y"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_f64().unwrap())
+        .collect();
+    assert_eq!(z[0], y[0]);
+    assert!(
+        (z[1] - y[1]).abs() > 1e-6,
+        "the covariate reaches the forecast"
+    );
+    // no covariates, or the wrong shape: a clear 400
+    let (st, e) = http(
+        &addr,
+        "POST",
+        "/v1/streams/a/forecast",
+        Some(json!({"horizon": 3})),
+        Some(TOKEN),
+    );
+    assert_eq!(st, 400);
+    let e = e["error"].as_str().unwrap().to_string();
+    assert!(e.contains("future") && e.contains("(2, 3)"), "{e}");
+    let (st, e) = forecast(json!([[1.0, 0.4]]));
+    assert_eq!(st, 400);
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("expected shape (2, 3)"),
+        "{e}"
+    );
+}
