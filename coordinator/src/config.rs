@@ -85,6 +85,11 @@ pub(crate) struct TrainArgs {
     /// dow (day of week), dom (day of month), doy (day of year), month, hour (needs date-times).
     #[arg(long, env = "CARRY_CALENDAR", value_delimiter = ',', value_enum)]
     pub calendar: Option<Vec<data::series::Calendar>>,
+    /// Series data: quantile levels to forecast, comma-separated (e.g. 0.1,0.5,0.9): one output
+    /// per level per target, trained with the pinball loss; forecasts write one column per level
+    /// [default: point forecasts].
+    #[arg(long, env = "CARRY_QUANTILES", value_delimiter = ',')]
+    pub quantiles: Option<Vec<f32>>,
     /// Loss per output: mse, mae or huber [default: mse].
     #[arg(long, env = "CARRY_LOSS", value_enum)]
     pub loss: Option<model::config::LossKind>,
@@ -314,7 +319,7 @@ impl TrainArgs {
     pub(crate) fn fill_from(&mut self, mut file: TrainArgs) {
         runtime::fill_from!(self, file; data, id_column, time_column, input_columns,
             target_columns, scale, val_steps, shuffle_series, missing, past_covariates,
-            future_covariates, calendar, loss, huber_delta, lr_schedule,
+            future_covariates, calendar, quantiles, loss, huber_delta, lr_schedule,
             warmup_steps, lr_gamma, lr_step_epochs, patience, sequences, val_sequences, timesteps, features,
             max_data_mb, epochs, steps, batch_size, hidden, layers, dropout, head, lr, beta1, beta2,
             epsilon, clip_norm, compat, init_from, seed, reset_states, val_state, init_from_cond, initial_state, listen,
@@ -611,6 +616,7 @@ impl TrainArgs {
                     ("past_covariates", self.past_covariates.is_some()),
                     ("future_covariates", self.future_covariates.is_some()),
                     ("calendar", self.calendar.is_some()),
+                    ("quantiles", self.quantiles.is_some()),
                 ];
                 if let Some((f, _)) = given.iter().find(|g| g.1) {
                     return Err(bad(
@@ -667,7 +673,14 @@ impl TrainArgs {
             lr_gamma: self.lr_gamma.unwrap_or(0.5),
             lr_step_epochs: self.lr_step_epochs.unwrap_or(1),
             series,
+            quantiles: self.quantiles.clone().unwrap_or_default(),
         };
+        if self.quantiles.is_some() && self.loss.is_some() {
+            return Err(bad(
+                "quantiles",
+                "--quantiles trains with the pinball loss; --loss chooses the loss of point forecasts, so give one of them".into(),
+            ));
+        }
         let pair = proto::security::cert_and_key(self.tls_cert, self.tls_key)
             .map_err(|(field, msg)| bad(field, msg))?;
         let tls = match pair {
@@ -722,7 +735,9 @@ impl TrainArgs {
                     dropout: self.dropout.is_none(),
                     hidden: self.hidden.is_none(),
                     lr: self.lr.is_none(),
-                    loss: self.loss.is_none() && self.head != Some(Head::Softmax),
+                    loss: self.loss.is_none()
+                        && self.head != Some(Head::Softmax)
+                        && self.quantiles.is_none(),
                 }
             } else {
                 SeriesDefaults::default()
@@ -1238,6 +1253,34 @@ mod tests {
             e.contains("past_covariates") && e.contains("series data"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn quantiles_are_levels_of_a_series_model_trained_without_another_loss() {
+        let c = args(&["--data", "t.csv", "--quantiles", "0.1,0.5,0.9"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.spec.quantiles, [0.1, 0.5, 0.9]);
+        assert!(
+            !c.series_defaults.loss,
+            "the pinball loss, not the default one"
+        );
+        let file: TrainArgs = toml::from_str("quantiles = [0.05, 0.95]\n").unwrap();
+        assert_eq!(file.quantiles, Some(vec![0.05, 0.95]));
+        for (list, want) in [
+            ("0.9,0.1", "ascending"),
+            ("0.5,1", "strictly between 0 and 1"),
+            ("0,0.5", "strictly between 0 and 1"),
+        ] {
+            let e = error(&["--data", "t.csv", "--quantiles", list]);
+            assert!(e.contains("quantiles") && e.contains(want), "{list}: {e}");
+        }
+        let e = error(&["--data", "t.csv", "--quantiles", "0.5", "--loss", "mae"]);
+        assert!(e.contains("quantiles") && e.contains("--loss"), "{e}");
+        let e = error(&["--quantiles", "0.5"]);
+        assert!(e.contains("quantiles") && e.contains("series data"), "{e}");
+        let e = error(&["--data", "t.csv", "--quantiles", "a"]);
+        assert!(e.contains("quantiles") && e.contains("'a'"), "{e}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use data::series::{Features, Scale, Scaler, SeriesSpec, Stat, column_indices};
 use data::table::{Table, format_time};
 use model::checkpoint::Checkpoint;
 use model::device::{DeviceChoice, make_engine, resolve};
-use model::engine::{Engine, EngineKind};
+use model::engine::{Engine, EngineKind, Quantiles};
 
 use crate::error::CoordError;
 use crate::report::{PlotSeries, forecast_svg};
@@ -154,14 +154,14 @@ fn load(a: &SeriesModelArgs) -> Result<Loaded, CoordError> {
     }
     let policy = cols.missing.unwrap_or_default();
     let m = &ck.spec.model;
-    if spec.input_columns.len() != spec.target_columns.len()
-        || spec.target_columns.len() != m.output
+    let targets = m.output / ck.spec.outputs_per_target();
+    if spec.input_columns.len() != spec.target_columns.len() || spec.target_columns.len() != targets
     {
         return Err(config_err(
             "input_columns",
             format!(
-                "the model gives {} targets, fed back as its first {} inputs; got input columns {:?} and target columns {:?}",
-                m.output, m.output, spec.input_columns, spec.target_columns
+                "the model gives {targets} targets, fed back as its first {targets} inputs; got input columns {:?} and target columns {:?}",
+                spec.input_columns, spec.target_columns
             ),
         ));
     }
@@ -363,6 +363,8 @@ impl Loaded {
         }
         let rows: Vec<&[f32]> = scaled.iter().map(|v| v.as_slice()).collect();
         let n_past = now_cols.len() - k;
+        let per = self.per();
+        let mid = self.levels().map_or(0, |q| q.middle());
         let mut now = Vec::new();
         let mut next = Vec::new();
         let out = model::packed::rollout_with(
@@ -373,10 +375,15 @@ impl Loaded {
             horizon,
             GROUP,
             &mut |r, step, pred, x| {
-                // the targets are fed back; past covariates are unknown over the horizon (carried
+                // the targets are fed back (a quantile model's middle level, its levels sorted
+                // per target first); past covariates are unknown over the horizon (carried
                 // forward, flagged as not observed); future covariates come from the table
                 now.clear();
-                now.extend_from_slice(&pred[..k]);
+                for j in 0..k {
+                    let mut levels = pred[j * per..(j + 1) * per].to_vec();
+                    levels.sort_by(f32::total_cmp);
+                    now.push(levels[mid]);
+                }
                 now.extend(std::iter::repeat_n(f32::NAN, n_past));
                 next.clear();
                 let row = t.offsets[r] + hist[r] + step;
@@ -389,19 +396,42 @@ impl Loaded {
                 f.push_step(&mut fills[r], &now, &next, times[r][step], x);
             },
         )?;
+        // quantiles do not cross: each step's levels of a target are sorted
         Ok(out
             .iter()
             .zip(&t.ids)
             .map(|(fc, id)| {
-                fc.iter()
+                let mut v: Vec<f64> = fc
+                    .iter()
                     .enumerate()
                     .map(|(j, &v)| {
-                        let name = &t.columns[self.targets[j % k]];
+                        let name = &t.columns[self.targets[(j / per) % k]];
                         Scaler::invert(self.scaler.stat(id, name), v)
                     })
-                    .collect()
+                    .collect();
+                for levels in v.chunks_mut(per) {
+                    levels.sort_by(f64::total_cmp);
+                }
+                v
             })
             .collect())
+    }
+
+    /// Outputs per target: one per quantile level (1 for a point forecast).
+    fn per(&self) -> usize {
+        self.ck.spec.outputs_per_target()
+    }
+
+    /// The quantile levels of a quantile model.
+    fn levels(&self) -> Option<Quantiles> {
+        Quantiles::new(&self.ck.spec.quantiles).ok()
+    }
+
+    /// The point forecast (`[horizon, targets]`) of a forecast (`[horizon, targets * per]`): the
+    /// middle level of a quantile forecast.
+    fn point(&self, fc: &[f64]) -> Vec<f64> {
+        let (per, mid) = (self.per(), self.levels().map_or(0, |q| q.middle()));
+        fc.chunks(per).map(|levels| levels[mid]).collect()
     }
 
     /// Values of the target columns of rows `range` of series `i`, in user units (`NaN` where
@@ -458,12 +488,24 @@ pub(crate) fn forecast(a: &ForecastArgs) -> Result<ForecastSummary, CoordError> 
     let fc = l.forecast(&hist, a.horizon)?;
     let t = &l.table;
     let k = l.targets.len();
+    let per = l.per();
+    let levels = l.levels();
     let id_name = l.spec.id_column.clone().unwrap_or_else(|| "id".into());
     let time_name = l.spec.time_column.clone().unwrap_or_else(|| "step".into());
     let mut csv = String::new();
+    // one column per target, or per target and quantile level (`sales_q0.1`)
+    let values: Vec<String> = l
+        .spec
+        .target_columns
+        .iter()
+        .flat_map(|c| match &levels {
+            Some(q) => q.levels().iter().map(|v| format!("{c}_q{v}")).collect(),
+            None => vec![c.clone()],
+        })
+        .collect();
     let header: Vec<String> = [id_name, time_name]
         .into_iter()
-        .chain(l.spec.target_columns.iter().cloned())
+        .chain(values)
         .map(|s| crate::report::csv::field(&s))
         .collect();
     csv.push_str(&header.join(","));
@@ -477,7 +519,11 @@ pub(crate) fn forecast(a: &ForecastArgs) -> Result<ForecastSummary, CoordError> 
                 crate::report::csv::field(id),
                 format_time(t.time_kind, time),
             ];
-            row.extend(fc[i][s * k..(s + 1) * k].iter().map(|v| format!("{v}")));
+            row.extend(
+                fc[i][s * k * per..(s + 1) * k * per]
+                    .iter()
+                    .map(|v| format!("{v}")),
+            );
             csv.push_str(&row.join(","));
             csv.push('\n');
         }
@@ -485,14 +531,24 @@ pub(crate) fn forecast(a: &ForecastArgs) -> Result<ForecastSummary, CoordError> 
             let n = hist[i];
             let from = n.saturating_sub(PLOT_HISTORY);
             let history = l.targets_of(i, from..n);
+            // the first target: its middle level, and its outermost levels as the band
+            let first = |level: usize| fc[i].iter().skip(level).step_by(k * per).copied();
             plots.push(PlotSeries {
                 id: id.clone(),
                 column: l.spec.target_columns[0].clone(),
                 history_t: times[from..].to_vec(),
                 history: history.iter().step_by(k).copied().collect(),
                 forecast_t: ft,
-                forecast: fc[i].iter().step_by(k).copied().collect(),
+                forecast: l.point(&fc[i]).iter().step_by(k).copied().collect(),
                 actual: None,
+                band: levels.map(|q| {
+                    let lv = q.levels();
+                    (
+                        first(0).collect(),
+                        first(per - 1).collect(),
+                        format!("{}%-{}%", lv[0] * 100.0, lv[per - 1] * 100.0),
+                    )
+                }),
             });
         }
     }
@@ -548,10 +604,13 @@ pub(crate) fn evaluate(a: &EvaluateArgs) -> Result<Scores, CoordError> {
             id: l.table.ids[i].clone(),
             history: l.targets_of(i, 0..hist[i]),
             actual: l.targets_of(i, hist[i]..hist[i] + h),
-            forecast: fc[i].clone(),
+            forecast: l.point(&fc[i]),
         })
         .collect();
-    let scores = score(&series, &l.spec.target_columns, h, a.season)?;
+    let mut scores = score(&series, &l.spec.target_columns, h, a.season)?;
+    if let Some(q) = l.levels() {
+        scores.quantiles = Some(crate::scores::score_quantiles(&series, &fc, q.levels()));
+    }
     if let Some(p) = &a.json_out {
         let json = serde_json::to_string_pretty(&scores).expect("scores serialize");
         runtime::fs::write_atomic(p, json.as_bytes())

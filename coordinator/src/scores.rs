@@ -104,6 +104,95 @@ pub struct Scores {
     pub overall: MethodScores,
     /// Per series, in input order.
     pub series: Vec<SeriesScores>,
+    /// A quantile forecast's scores (its point forecast, above, is its middle level).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantiles: Option<QuantileScores>,
+}
+
+/// The scores of a quantile forecast against the actual values: the pinball loss of its levels
+/// and how often the interval between its lowest and highest level held the actual value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QuantileScores {
+    /// The levels.
+    pub levels: Vec<f32>,
+    /// The nominal coverage of the interval, highest level less lowest (0.8 for 0.1 to 0.9).
+    pub interval: f64,
+    /// Over all observed points of all series and columns.
+    pub overall: QuantileMetrics,
+    /// Per series, in input order.
+    pub series: Vec<SeriesQuantileMetrics>,
+}
+
+/// The quantile metrics of a set of points.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct QuantileMetrics {
+    /// The pinball loss, in the table's units, averaged over the points and the levels: for
+    /// level `q`, `q (A - F)` where the actual value is above the forecast, else
+    /// `(1 - q) (F - A)`. NaN (`null`) without observed points.
+    pub pinball: f64,
+    /// The fraction of observed points within `[lowest level, highest level]`.
+    pub coverage: f64,
+    /// Observed points.
+    pub points: usize,
+}
+
+/// The quantile metrics of one series.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeriesQuantileMetrics {
+    /// The series id.
+    pub id: String,
+    /// Its metrics.
+    #[serde(flatten)]
+    pub metrics: QuantileMetrics,
+}
+
+/// The quantile scores of `forecasts` (per series `[h, k, levels]`: each target's levels side by
+/// side, ascending) against the actual values of `series` (whose `forecast` is not used);
+/// missing actual values are left out.
+pub fn score_quantiles(
+    series: &[SeriesForecast],
+    forecasts: &[Vec<f64>],
+    levels: &[f32],
+) -> QuantileScores {
+    let per = levels.len();
+    let metrics = |loss: f64, inside: usize, points: usize| QuantileMetrics {
+        pinball: loss / (points * per) as f64,
+        coverage: inside as f64 / points as f64,
+        points,
+    };
+    let (mut loss, mut inside, mut points) = (0.0, 0usize, 0usize);
+    let mut rows = Vec::with_capacity(series.len());
+    for (s, fc) in series.iter().zip(forecasts) {
+        let (mut sl, mut si, mut sp) = (0.0, 0usize, 0usize);
+        for (&a, f) in s.actual.iter().zip(fc.chunks(per)) {
+            if a.is_nan() {
+                continue;
+            }
+            sp += 1;
+            for (&q, &v) in levels.iter().zip(f) {
+                let q = f64::from(q);
+                sl += if a > v {
+                    q * (a - v)
+                } else {
+                    (1.0 - q) * (v - a)
+                };
+            }
+            if f[0] <= a && a <= f[per - 1] {
+                si += 1;
+            }
+        }
+        rows.push(SeriesQuantileMetrics {
+            id: s.id.clone(),
+            metrics: metrics(sl, si, sp),
+        });
+        (loss, inside, points) = (loss + sl, inside + si, points + sp);
+    }
+    QuantileScores {
+        levels: levels.to_vec(),
+        interval: f64::from(levels[per - 1] - levels[0]),
+        overall: metrics(loss, inside, points),
+        series: rows,
+    }
 }
 
 /// Scores `series`, each with `columns.len()` target columns and `horizon` forecast steps,
@@ -169,6 +258,7 @@ pub fn score(
             seasonal_naive: (pooled[2].sums.points > 0).then(|| pooled[2].metrics()),
         },
         series: rows,
+        quantiles: None,
     })
 }
 
@@ -492,6 +582,18 @@ impl Scores {
         } else {
             ")\n"
         });
+        if let Some(q) = &self.quantiles {
+            let levels: Vec<String> = q.levels.iter().map(|v| v.to_string()).collect();
+            let _ = writeln!(
+                t,
+                "quantiles {} (the model's point forecast above is its middle level): pinball loss {}, the {}% interval held {:.1}% of {} values",
+                levels.join(", "),
+                fmt_num(q.overall.pinball),
+                (1000.0 * q.interval).round() / 10.0,
+                100.0 * q.overall.coverage,
+                q.overall.points
+            );
+        }
         t
     }
 }
@@ -578,6 +680,38 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("`d` forecast"), "{e}");
+    }
+
+    #[test]
+    fn quantile_forecasts_score_their_pinball_loss_and_coverage() {
+        let nan = f64::NAN;
+        // levels 0.1, 0.9; actual 5 inside [4, 6], 9 above [7, 8], missing, 0 inside [0, 1]
+        let s = [series(
+            "a",
+            &[1.0],
+            &[5.0, 9.0, nan, 0.0],
+            &[5.0, 7.5, 3.0, 0.5],
+        )];
+        let fc = vec![vec![4.0, 6.0, 7.0, 8.0, 2.0, 4.0, 0.0, 1.0]];
+        let q = score_quantiles(&s, &fc, &[0.1, 0.9]);
+        // pinball: (0.1*1 + 0.1*1) + (0.1*2 + 0.9*1) + (0.9*0 + 0.1*1) over 3 points x 2 levels
+        let want = (0.2 + 1.1 + 0.1) / 6.0;
+        assert!((q.overall.pinball - want).abs() < 1e-6, "{:?}", q.overall);
+        assert!((q.overall.coverage - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(q.overall.points, 3);
+        assert!((q.interval - 0.8).abs() < 1e-6);
+        assert_eq!(q.series[0].metrics, q.overall);
+        let mut r = score(&s, &cols(&["y"]), 4, None).unwrap();
+        r.quantiles = Some(q);
+        let table = r.table();
+        assert!(
+            table.contains("quantiles 0.1, 0.9")
+                && table.contains("80% interval held 66.7% of 3 values"),
+            "{table}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["quantiles"]["series"][0]["id"], "a");
+        assert!(json["quantiles"]["overall"]["coverage"].as_f64().is_some());
     }
 
     #[test]

@@ -108,7 +108,7 @@ pub(crate) fn trainer(cfg: &TrainConfig, data: Data) -> Result<Trainer, CoordErr
     let mut spec = cfg.spec.clone();
     spec.series = data.series().map(|d| d.spec.clone());
     spec.model.input = data.input_features();
-    spec.model.output = data.output_features();
+    spec.model.output = data.output_features() * spec.outputs_per_target();
     spec.model.cond = if cfg.init_from_cond {
         data.cond_width()
     } else {
@@ -203,13 +203,13 @@ fn init_from(
             ),
         ));
     }
-    if f.output != data.output_features() {
+    if f.output != spec.model.output {
         return Err(bad(
             "init_from",
             format!(
-                "head `{}` kernel: expected {} outputs (the data's targets), the file has {} (shape {})",
+                "head `{}` kernel: expected {} outputs (the data's targets, times the quantiles), the file has {} (shape {})",
                 names.head,
-                data.output_features(),
+                spec.model.output,
                 f.output,
                 model::error::fmt_shape(&[f.hidden, f.output])
             ),

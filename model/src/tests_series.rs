@@ -178,7 +178,7 @@ fn masked_training_equals_running_each_series_alone() {
             let init = crate::state::SlotStates::zeros(spec.model.layers, 1, spec.model.hidden);
             use crate::engine::Engine;
             let (p, _) = engine.forward(&params, x, 1, steps, &init).unwrap();
-            want += crate::trainer::loss_sum(spec.loss_fn(), &p, d.y_of(i));
+            want += crate::trainer::loss_sum(spec.loss_fn(), 2, &p, d.y_of(i));
         }
         let count: usize = d.train_steps.iter().sum::<usize>() * 2;
         assert_eq!(outputs, count, "every valid output counted once");
@@ -208,7 +208,7 @@ fn validation_continues_each_series_after_its_training_part() {
             .forward(tr.params(), d.x_of(i), 1, steps, &init)
             .unwrap();
         let a = (steps - 3) * 2;
-        sum += crate::trainer::loss_sum(Loss::Mse, &p[a..], &d.y_of(i)[a..]);
+        sum += crate::trainer::loss_sum(Loss::Mse, 2, &p[a..], &d.y_of(i)[a..]);
     }
     let want = sum / (3 * 3 * 2) as f64;
     assert!((got - want).abs() < 1e-9, "{got} vs {want}");
@@ -381,4 +381,41 @@ fn missing_targets_add_nothing_and_the_divisor_counts_observed_outputs() {
         (total - want).abs() <= 1e-5 * want.abs().max(1.0),
         "{total} vs {want}"
     );
+}
+
+#[test]
+fn a_quantile_model_repeats_each_target_once_per_level() {
+    let t = with_gaps(table(&[7, 5]), &[(3, 0)]);
+    let mut s = series_spec(2, 3, Scale::Series);
+    s.shuffle = false;
+    let d = Arc::new(SeriesData::new(&t, &s, None).unwrap());
+    let mut spec = train_spec(2, &s);
+    spec.quantiles = vec![0.1, 0.5, 0.9];
+    // two targets of three levels each
+    let e = Trainer::new(spec.clone(), d.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("6 target features") && e.contains("3 quantiles"),
+        "{e}"
+    );
+    spec.model.output = 6;
+    let mut tr = Trainer::new(spec.clone(), d.clone()).unwrap();
+    let plan = tr.plan().unwrap();
+    let shard = tr.shard(&plan, 0..2);
+    // slot 0 holds s0's first chunk: steps 0..3, targets rows 1..4 (row 3's first one missing)
+    let y0 = d.y_of(0);
+    assert_eq!(&shard.y[..6], &[y0[0], y0[0], y0[0], y0[1], y0[1], y0[1]]);
+    let seen = shard.observed.as_ref().unwrap();
+    assert_eq!(&seen[12..18], &[false, false, false, true, true, true]);
+    assert_eq!(
+        tr.outputs_in(&plan),
+        (3 * 2 - 1 + 2 * 2) * 3,
+        "s0 misses one, s1 has 2 steps"
+    );
+    let mut engine = CpuEngine::new(&spec.model, 1);
+    let c = tr.step_local(&mut engine).unwrap().unwrap();
+    assert!(c.loss.is_finite() && c.loss > 0.0);
+    assert!(tr.validate(&mut engine).unwrap().unwrap() > 0.0);
+    assert!(matches!(tr.spec().loss_fn(), Loss::Pinball(q) if q.levels() == [0.1, 0.5, 0.9]));
 }

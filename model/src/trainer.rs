@@ -569,7 +569,8 @@ impl Trainer {
         self.at_cursor_epoch(plan).outputs
     }
 
-    /// Valid outputs of the step `a`: outputs of valid steps whose target was observed.
+    /// Valid outputs of the step `a`: outputs of valid steps whose target was observed (one per
+    /// quantile level of a quantile model).
     fn outputs_of(&self, a: &Ahead) -> usize {
         let fo = self.data.output_features();
         match (&a.series, &self.data) {
@@ -585,7 +586,7 @@ impl Trainer {
                     })
                     .sum();
                 // a step whose every target is missing has a zero gradient; its divisor stays 1
-                observed.max(1)
+                (observed * self.spec.outputs_per_target()).max(1)
             }
             _ => unreachable!("series plans with series data"),
         }
@@ -751,6 +752,19 @@ impl Trainer {
                     }
                     valid.push(len as u32);
                 }
+                // a quantile model has one output per level of each target: each target is
+                // repeated once per level
+                let per = self.spec.outputs_per_target();
+                if per > 1 {
+                    y = y
+                        .iter()
+                        .flat_map(|&v| std::iter::repeat_n(v, per))
+                        .collect();
+                    observed = observed
+                        .iter()
+                        .flat_map(|&v| std::iter::repeat_n(v, per))
+                        .collect();
+                }
                 ShardData {
                     slots: slot_list.iter().map(|&s| s as u64).collect(),
                     t,
@@ -910,23 +924,17 @@ impl Trainer {
             self.spec.batch_size,
         )?;
         let loss = self.spec.loss_fn();
+        let per = self.spec.outputs_per_target();
+        let width = d.fo * per;
         let (mut total, mut count) = (0.0f64, 0usize);
         for (i, p) in preds.iter().enumerate() {
-            let y = d.y_of(i);
-            let a = d.train_steps[i] * d.fo;
-            match d.observed_of(i) {
-                None => {
-                    total += loss_sum(loss, &p[a..], &y[a..]);
-                    count += k * d.fo;
-                }
-                Some(o) => {
-                    for ((&pv, &yv), _) in p[a..]
-                        .iter()
-                        .zip(&y[a..])
-                        .zip(&o[a..])
-                        .filter(|(_, seen)| **seen)
-                    {
-                        total += loss_sum(loss, &[pv], &[yv]);
+            let (y, o) = (d.y_of(i), d.observed_of(i));
+            // output j of step s predicts target j / per of that step
+            for s in d.train_steps[i]..d.train_steps[i] + k {
+                for j in 0..width {
+                    let t = s * d.fo + j / per;
+                    if o.is_none_or(|o| o[t]) {
+                        total += loss_value(loss, j, p[s * width + j], y[t]);
                         count += 1;
                     }
                 }
@@ -970,7 +978,7 @@ impl Trainer {
                 },
             };
             let (pred, fin) = net::forward(engine, model, &self.params, &x, b, t, start)?;
-            total += loss_sum(loss, &pred, &y);
+            total += loss_sum(loss, val.y.f, &pred, &y);
             states = Some(fin);
         }
         let count = streams.steps_per_epoch as f64 * (b * t * val.y.f) as f64;
@@ -1059,15 +1067,21 @@ pub fn digest(values: &[f32]) -> u64 {
     h.digest()
 }
 
-/// Sum of the loss over predictions `p` and targets `y`, in f64.
-pub fn loss_sum(loss: Loss, p: &[f32], y: &[f32]) -> f64 {
+/// Sum of the loss over predictions `p` and targets `y` of steps of `width` outputs, in f64.
+pub fn loss_sum(loss: Loss, width: usize, p: &[f32], y: &[f32]) -> f64 {
     p.iter()
         .zip(y)
-        .map(|(&a, &b)| match loss {
-            Loss::Mse => f64::from(a - b).powi(2),
-            _ => f64::from(loss.value_and_grad(a, b).0),
-        })
+        .enumerate()
+        .map(|(i, (&a, &b))| loss_value(loss, i % width, a, b))
         .sum()
+}
+
+/// The loss of output `o` of a step (the squared error in f64).
+fn loss_value(loss: Loss, o: usize, p: f32, y: f32) -> f64 {
+    match loss {
+        Loss::Mse => f64::from(p - y).powi(2),
+        _ => f64::from(loss.value_and_grad(o, p, y).0),
+    }
 }
 
 /// Steps per chunk of a series run.
@@ -1192,12 +1206,18 @@ pub fn check_spec_fits_data(spec: &TrainSpec, data: &Data) -> Result<(), ModelEr
             ),
         );
     }
-    if m.output != data.output_features() {
+    let per = spec.outputs_per_target();
+    if m.output != data.output_features() * per {
         return err(
             "output",
             format!(
-                "expected the data's {} target features, got {}",
-                data.output_features(),
+                "expected the data's {} target features{}, got {}",
+                data.output_features() * per,
+                if per > 1 {
+                    format!(" ({} targets x {per} quantiles)", data.output_features())
+                } else {
+                    String::new()
+                },
                 m.output
             ),
         );

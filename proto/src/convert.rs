@@ -261,10 +261,15 @@ pub fn assignment(a: &AssignmentOut<'_>) -> pb::Assignment {
             Loss::Mse => pb::Loss::Mse,
             Loss::Mae => pb::Loss::Mae,
             Loss::Huber(_) => pb::Loss::Huber,
+            Loss::Pinball(_) => pb::Loss::Pinball,
         } as i32,
         huber_delta: match d.loss {
             Loss::Huber(delta) => delta,
             _ => 0.0,
+        },
+        quantiles: match d.loss {
+            Loss::Pinball(q) => q.levels().to_vec(),
+            _ => Vec::new(),
         },
         view: a.view,
         lr: a.lr,
@@ -285,9 +290,12 @@ fn loss(a: &pb::Assignment) -> Result<Loss, WireError> {
             "a positive finite value".into(),
             a.huber_delta.to_string(),
         )),
+        Ok(pb::Loss::Pinball) => model::engine::Quantiles::new(&a.quantiles)
+            .map(Loss::Pinball)
+            .map_err(|m| shape_error("quantiles", m, format!("{:?}", a.quantiles))),
         Err(_) => Err(shape_error(
             "loss",
-            "LOSS_MSE, LOSS_MAE or LOSS_HUBER".into(),
+            "LOSS_MSE, LOSS_MAE, LOSS_HUBER or LOSS_PINBALL".into(),
             a.loss.to_string(),
         )),
     }
@@ -403,6 +411,18 @@ pub fn work(a: &pb::Assignment, cfg: &ModelConfig) -> Result<Work, WireError> {
         }
     };
     let loss = loss(a)?;
+    if let Loss::Pinball(q) = loss
+        && !cfg.output.is_multiple_of(q.len())
+    {
+        return Err(shape_error(
+            "quantiles",
+            format!(
+                "a number of levels that divides the model's {} outputs",
+                cfg.output
+            ),
+            format!("{} levels", q.len()),
+        ));
+    }
     let end = a.first_slot.checked_add(n as u64).ok_or_else(|| {
         shape_error(
             "first_slot",
@@ -777,6 +797,22 @@ mod tests {
                 .to_string()
                 .contains("one per slot")
         );
+        let pinball = ShardData {
+            loss: Loss::Pinball(model::engine::Quantiles::new(&[0.1, 0.9]).unwrap()),
+            ..data.clone()
+        };
+        let wire_q = assignment(&AssignmentOut {
+            data: &pinball,
+            ..out
+        });
+        assert_eq!(work(&wire_q, &cfg).unwrap().data.loss, pinball.loss);
+        let mut bad = wire_q.clone();
+        bad.quantiles = vec![0.9, 0.1];
+        let e = work(&bad, &cfg).unwrap_err().to_string();
+        assert!(e.contains("quantiles") && e.contains("ascending"), "{e}");
+        bad.quantiles = vec![0.1, 0.5, 0.9];
+        let e = work(&bad, &cfg).unwrap_err().to_string();
+        assert!(e.contains("quantiles") && e.contains("3 levels"), "{e}");
         let mut bad = wire.clone();
         bad.loss = 9;
         assert!(

@@ -704,12 +704,25 @@ impl Server {
             calendar: 0,
             flags: false,
         });
-        if layout.inputs != m.output {
+        // a quantile model feeds back each target's middle level, its levels sorted first
+        let spec = self.model.checkpoint.as_ref().map(|c| &c.spec);
+        let per = spec.map_or(1, |s| s.outputs_per_target());
+        let mid = spec
+            .and_then(|s| model::engine::Quantiles::new(&s.quantiles).ok())
+            .map_or(0, |q| q.middle());
+        if layout.inputs * per != m.output {
             return Err(ServeError::Precondition(format!(
-                "a forecast feeds each prediction back as the next input, so the model's outputs ({}) must be its input columns ({})",
-                m.output, layout.inputs
+                "a forecast feeds each prediction back as the next input, so the model's targets ({}) must be its input columns ({})",
+                m.output / per,
+                layout.inputs
             )));
         }
+        let sorted = |y: &mut [f32]| {
+            for levels in y.chunks_mut(per) {
+                levels.sort_by(f32::total_cmp);
+            }
+        };
+        let middle = |y: &[f32]| -> Vec<f32> { y.chunks(per).map(|l| l[mid]).collect() };
         let a = layout.ahead();
         let ahead: Vec<f32> = match future {
             None if a == 0 || horizon == 1 => Vec::new(),
@@ -762,16 +775,18 @@ impl Server {
         let (l, hd) = (m.layers, m.hidden);
         let mut state = SlotStates::from_flat(l, 1, hd, s.h.clone(), s.c.clone())
             .map_err(|e| ServeError::Internal(e.to_string()))?;
-        let mut out = first.clone();
         let mut y = first;
+        sorted(&mut y);
+        let mut out = y.clone();
         let mut x = Vec::with_capacity(m.input);
         for k in 1..horizon {
             x.clear();
-            layout.roll_out_step(&y, &last, &ahead[(k - 1) * a..k * a], &mut x);
-            let (next, fin) = self
+            layout.roll_out_step(&middle(&y), &last, &ahead[(k - 1) * a..k * a], &mut x);
+            let (mut next, fin) = self
                 .engine
                 .forward(&self.model.params, &x, 1, 1, &state)
                 .map_err(|e| ServeError::Internal(e.to_string()))?;
+            sorted(&mut next);
             out.extend_from_slice(&next);
             y = next;
             state = fin;

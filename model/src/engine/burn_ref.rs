@@ -259,6 +259,14 @@ impl Engine for BurnEngine {
                 let linear = (a.clone() - 0.5 * delta) * delta;
                 (d.powi_scalar(2) * 0.5).mask_where(a.greater_elem(delta), linear)
             }
+            Loss::Pinball(levels) => {
+                // (1 - q) d where the prediction is at or above the target, else -q d
+                let q: Vec<f32> = (0..n * t * fo).map(|i| levels.level(i % fo)).collect();
+                let q = Tensor::<3>::from_data(TensorData::new(q, [n, t, fo]), &dev);
+                let below = d.clone().lower_elem(0.0);
+                let above = (q.clone().neg() + 1.0) * d.clone();
+                above.mask_where(below, q.neg() * d)
+            }
         };
         if valid.is_some() || batch.observed.is_some() {
             let mut m = vec![1.0f32; n * t * fo];

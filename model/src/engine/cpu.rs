@@ -648,18 +648,19 @@ impl Workspace {
                 .iter_mut()
                 .zip(&self.pred[v0..v1])
                 .zip(&y[v0..v1]);
+            // `j % fo` is the output's index within its step (the pinball loss's level)
             match tr.observed {
                 None => {
-                    for ((dz, &pv), &yv) in outs {
-                        let (l, g) = loss_kind.value_and_grad(pv, yv);
+                    for (j, ((dz, &pv), &yv)) in outs.enumerate() {
+                        let (l, g) = loss_kind.value_and_grad(j % fo, pv, yv);
                         loss += f64::from(l);
                         *dz = g;
                     }
                 }
                 Some(o) => {
-                    for (((dz, &pv), &yv), &seen) in outs.zip(&o[v0..v1]) {
+                    for (j, (((dz, &pv), &yv), &seen)) in outs.zip(&o[v0..v1]).enumerate() {
                         *dz = if seen {
-                            let (l, g) = loss_kind.value_and_grad(pv, yv);
+                            let (l, g) = loss_kind.value_and_grad(j % fo, pv, yv);
                             loss += f64::from(l);
                             g
                         } else {

@@ -15,7 +15,16 @@ use crate::rng::Rng;
 use crate::state::SlotStates;
 use crate::tests::{random, random_states};
 
-const LOSSES: [Loss; 3] = [Loss::Mse, Loss::Mae, Loss::Huber(0.5)];
+/// Every loss: squared, absolute, Huber, and the pinball loss at two levels (the model has two
+/// outputs: one target, two quantiles, or two targets of one level each when read as such).
+fn losses() -> [Loss; 4] {
+    [
+        Loss::Mse,
+        Loss::Mae,
+        Loss::Huber(0.5),
+        Loss::Pinball(crate::engine::Quantiles::new(&[0.2, 0.7]).unwrap()),
+    ]
+}
 
 /// The small model of these tests: input 2, hidden 4, 2 layers, output 2.
 fn config(head: Head, dropout: f32) -> ModelConfig {
@@ -108,9 +117,14 @@ impl Case {
     }
 }
 
-fn loss64(loss: Loss, p: f64, y: f64) -> f64 {
+/// The loss of output `o` of a step, in f64.
+fn loss64(loss: Loss, o: usize, p: f64, y: f64) -> f64 {
     let d = p - y;
     match loss {
+        Loss::Pinball(levels) => {
+            let q = f64::from(levels.level(o));
+            if d < 0.0 { -q * d } else { (1.0 - q) * d }
+        }
         Loss::Mse => d * d,
         Loss::Mae => d.abs(),
         Loss::Huber(delta) => {
@@ -210,7 +224,7 @@ fn reference(c: &Case, loss: Loss, p: &[f64], h0: &[f64], c0: &[f64]) -> (f64, V
                 let i = (r * t + s) * fo + o;
                 // an unobserved target's term is dropped
                 if c.observed.as_ref().is_none_or(|seen| seen[i]) {
-                    total += loss64(loss, pv, f64::from(c.y[i]));
+                    total += loss64(loss, o, pv, f64::from(c.y[i]));
                 }
             }
         }
@@ -310,7 +324,7 @@ fn check_engine(make: &dyn Fn(&ModelConfig) -> Box<dyn Engine>) {
     for (ci, cfg) in configs().into_iter().enumerate() {
         let case = Case::new(cfg.clone(), 40 + 10 * ci as u64);
         let mut e = make(&cfg);
-        for loss in LOSSES {
+        for loss in losses() {
             let what = format!(
                 "{} {:?} dropout {} {loss:?}",
                 e.describe(),
@@ -369,7 +383,7 @@ fn check_engine_observed(make: &dyn Fn(&ModelConfig) -> Box<dyn Engine>) {
     for (ci, cfg) in configs().into_iter().enumerate() {
         let case = Case::new(cfg.clone(), 140 + 10 * ci as u64).with_missing(7 + ci as u64);
         let mut e = make(&cfg);
-        for loss in LOSSES {
+        for loss in losses() {
             let what = format!(
                 "{} {:?} dropout {} {loss:?} with missing targets",
                 e.describe(),
@@ -485,7 +499,7 @@ fn masked_cpu_engine_matches_burn_on_larger_shapes() {
             .collect();
         valid[..3].copy_from_slice(&[0, t as u32, 1]);
         let mut stock = BurnEngine::new(&cfg, burn::tensor::Device::flex(), "flex");
-        for loss in LOSSES {
+        for loss in losses() {
             let batch = Batch {
                 n,
                 t,
@@ -595,7 +609,7 @@ fn cpu_engine_never_reads_padding() {
         }
         for threads in [1, 3] {
             let mut e = CpuEngine::new(&cfg, threads);
-            for loss in LOSSES {
+            for loss in losses() {
                 let clean = e
                     .train_step(&case.p, &case.batch(loss), &case.init, true)
                     .unwrap();
@@ -623,7 +637,7 @@ fn rows_without_valid_steps_change_nothing() {
         Box::new(BurnEngine::new(&cfg, burn::tensor::Device::flex(), "flex")),
     ];
     for mut e in engines {
-        for loss in LOSSES {
+        for loss in losses() {
             let b = Batch {
                 valid: Some(&none),
                 ..case.batch(loss)
@@ -657,6 +671,23 @@ fn bad_huber_deltas_and_valid_lengths_are_rejected() {
                 e.describe()
             );
         }
+        let three = Loss::Pinball(crate::engine::Quantiles::new(&[0.1, 0.5, 0.9]).unwrap());
+        let r = e.train_step(&case.p, &case.batch(three), &case.init, false);
+        assert!(
+            matches!(r, Err(ModelError::Config { ref field, .. }) if field == "quantiles"),
+            "{}: three levels of two outputs",
+            e.describe()
+        );
+        let seen = vec![true; case.y.len() - 1];
+        let b = Batch {
+            observed: Some(&seen),
+            ..case.batch(Loss::Mse)
+        };
+        assert!(
+            matches!(e.train_step(&case.p, &b, &case.init, false), Err(ModelError::Shape { ref what, .. }) if what == "observed targets"),
+            "{}",
+            e.describe()
+        );
         for v in [&long, &short] {
             let b = Batch {
                 valid: Some(v),

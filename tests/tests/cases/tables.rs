@@ -652,3 +652,189 @@ fn serve_forecasts_with_the_covariates_a_request_gives() {
         "{e}"
     );
 }
+
+/// `series` daily series of `days` days: a level and a weekly pattern of their own plus Gaussian
+/// noise of standard deviation `sd` (seeded), so that each day's quantiles are known.
+fn write_noisy_csv(path: &Path, series: usize, days: usize, sd: f64, seed: u64) {
+    let mut rng = Lcg(seed);
+    let mut uniform = || ((rng.next() % 1_000_000) as f64 + 0.5) / 1_000_000.0;
+    let mut text = String::from("id,date,y\n");
+    for i in 0..series {
+        let level = 20.0 + 3.0 * i as f64;
+        let amp = 2.0 + (i % 4) as f64;
+        for d in 0..days {
+            // Box-Muller
+            let z = (-2.0 * uniform().ln()).sqrt() * (std::f64::consts::TAU * uniform()).cos();
+            let week = (std::f64::consts::TAU * d as f64 / 7.0).sin();
+            let y = level + amp * week + sd * z;
+            text.push_str(&format!("n{i},{},{y:.4}\n", civil(d as i64)));
+        }
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_quantile_models_80_percent_interval_covers_about_80_percent_of_held_out_values() {
+    let dir = TempDir::new("tables-quantiles");
+    let data = dir.join("noisy.csv");
+    write_noisy_csv(&data, 16, 100, 1.5, 21);
+    let out = dir.join("run");
+    let args = |out: &Path, epochs: &'static str| {
+        let mut a = vec![
+            "train".to_string(),
+            "--data".into(),
+            s(&data).into(),
+            "--id-column".into(),
+            "id".into(),
+            "--time-column".into(),
+            "date".into(),
+            "--quantiles".into(),
+            "0.1,0.5,0.9".into(),
+            "--val-steps".into(),
+            "12".into(),
+            "--timesteps".into(),
+            "32".into(),
+            "--hidden".into(),
+            "16".into(),
+            "--epochs".into(),
+            epochs.into(),
+            "--seed".into(),
+            "5".into(),
+            "--out".into(),
+            s(out).into(),
+        ];
+        a.extend(["--spawn-workers".into(), "0".into()]);
+        a
+    };
+    let a = args(&out, "150");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    carry_it::coordinator_ok(&dir, "train", &a);
+    let ck = model::checkpoint::Checkpoint::load(&out).unwrap();
+    assert_eq!(
+        ck.spec.quantiles,
+        [0.1, 0.5, 0.9],
+        "the checkpoint records the levels"
+    );
+    assert_eq!(ck.spec.model.output, 3, "one output per level");
+
+    let json = dir.join("scores.json");
+    let p = carry_it::coordinator_ok(
+        &dir,
+        "evaluate",
+        &[
+            "evaluate",
+            "--model",
+            s(&out),
+            "--data",
+            s(&data),
+            "--holdout",
+            "12",
+            "--json-out",
+            s(&json),
+        ],
+    );
+    assert!(p.log().contains("80% interval held"), "{}", p.log());
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let q = &v["quantiles"]["overall"];
+    let coverage = q["coverage"].as_f64().unwrap();
+    eprintln!(
+        "held-out coverage of the 10%-90% interval: {coverage:.3} of {} values, pinball {}",
+        q["points"], q["pinball"]
+    );
+    assert_eq!(q["points"], 16 * 12);
+    assert!(
+        (0.7..=0.9).contains(&coverage),
+        "the 80% interval covers {coverage} of the held-out values"
+    );
+    assert!(q["pinball"].as_f64().unwrap() > 0.0);
+
+    // forecast: one column per level, never crossing, and the interval drawn
+    let fc = dir.join("forecast.csv");
+    carry_it::coordinator_ok(
+        &dir,
+        "forecast",
+        &[
+            "forecast",
+            "--model",
+            s(&out),
+            "--data",
+            s(&data),
+            "--horizon",
+            "6",
+            "--out",
+            s(&fc),
+        ],
+    );
+    let text = std::fs::read_to_string(&fc).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("id,date,y_q0.1,y_q0.5,y_q0.9"));
+    for l in lines {
+        let v: Vec<f64> = l.split(',').skip(2).map(|x| x.parse().unwrap()).collect();
+        assert!(v[0] <= v[1] && v[1] <= v[2], "quantiles do not cross: {l}");
+    }
+    let svg = std::fs::read_to_string(dir.join("forecast.svg")).unwrap();
+    assert!(
+        svg.contains("10%-90%") && svg.contains("<polygon"),
+        "the interval is drawn"
+    );
+
+    // serve: a forecast feeds back the median and returns every level, sorted
+    {
+        use super::serving::{TOKEN, http, serve};
+        use serde_json::json;
+        let (_p, _grpc, addr) = serve(&dir, "serve", s(&out), &[]);
+        let x = json!([[0.1], [0.4], [-0.3], [0.2]]);
+        let (st, b) = http(
+            &addr,
+            "POST",
+            "/v1/streams/n0/predict",
+            Some(json!({ "x": x })),
+            Some(TOKEN),
+        );
+        assert_eq!(st, 200, "{b}");
+        let (st, b) = http(
+            &addr,
+            "POST",
+            "/v1/streams/n0/forecast",
+            Some(json!({"horizon": 5})),
+            Some(TOKEN),
+        );
+        assert_eq!(st, 200, "{b}");
+        let rows = b["y"].as_array().unwrap();
+        assert_eq!(rows.len(), 5);
+        for r in rows {
+            let v: Vec<f64> = r
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert!(v.len() == 3 && v[0] <= v[1] && v[1] <= v[2], "{v:?}");
+        }
+    }
+
+    // the levels travel to the workers: 2 workers equal the in-process run
+    let (r, w) = (dir.join("q-ref"), dir.join("q-w2"));
+    let a = args(&r, "2");
+    carry_it::coordinator_ok(
+        &dir,
+        "q-ref",
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let mut a = args(&w, "2");
+    a.truncate(a.len() - 2);
+    a.extend([
+        "--spawn-workers".into(),
+        "2".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ]);
+    let p = carry_it::coordinator_ok(
+        &dir,
+        "q-w2",
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let d = max_diff(&params(&w), &params(&r));
+    p.check(d <= 1e-5, &format!("2 workers: max difference {d}"));
+}

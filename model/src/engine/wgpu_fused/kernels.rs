@@ -391,7 +391,8 @@ pub(super) fn lstm_backward<V: Size>(
 /// `slot * t + s` counts only if `s` is below the slot's valid step count (`[n]` as f32 in
 /// `data` at `valid_off`); padded rows get a zero loss and gradient. When `observed`, each
 /// output's loss and gradient are weighted by its 0/1 weight (`[rows, o]` in `data` at
-/// `observed_off`): an unobserved target adds nothing.
+/// `observed_off`): an unobserved target adds nothing. With `pinball`, output `q` has the
+/// pinball loss at the level in `data` at `levels_off + q`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn head_kernel(
@@ -410,6 +411,7 @@ pub(super) fn head_kernel(
     t: u32,
     valid_off: u32,
     observed_off: u32,
+    levels_off: u32,
     delta: f32,
     #[comptime] h: usize,
     #[comptime] o: usize,
@@ -419,6 +421,7 @@ pub(super) fn head_kernel(
     #[comptime] observed: bool,
     #[comptime] mae: bool,
     #[comptime] huber: bool,
+    #[comptime] pinball: bool,
 ) {
     let row = linear_pos();
     if row < rows as usize {
@@ -469,6 +472,15 @@ pub(super) fn head_kernel(
                         }
                         if e < 0.0f32 {
                             g = -1.0f32;
+                        }
+                    } else if pinball {
+                        let lv = data[levels_off as usize + q];
+                        if e < 0.0f32 {
+                            l = -lv * e;
+                            g = -lv;
+                        } else {
+                            l = (1.0f32 - lv) * e;
+                            g = 1.0f32 - lv;
                         }
                     } else if huber {
                         let a = f32::abs(e);

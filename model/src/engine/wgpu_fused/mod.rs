@@ -82,13 +82,15 @@ impl Buf {
 /// Offsets inside the packed upload and result buffers for one shard shape.
 #[derive(Debug, Clone, Copy)]
 struct Packing {
-    /// `[x n*t*I | y n*t*O | h0 L*n*H | c0 L*n*H | mask n*t*H | valid n | observed n*t*O]`.
+    /// `[x n*t*I | y n*t*O | h0 L*n*H | c0 L*n*H | mask n*t*H | valid n | observed n*t*O |
+    /// levels O]`.
     y: usize,
     h0: usize,
     c0: usize,
     mask: usize,
     valid: usize,
     observed: usize,
+    levels: usize,
     data_len: usize,
     /// `[grad P | loss n*t | hT L*n*H | cT L*n*H | dh0 L*n*H | dc0 L*n*H]`.
     loss: usize,
@@ -108,7 +110,8 @@ impl Packing {
         let mask = c0 + st;
         let valid = mask + nt * cfg.hidden;
         let observed = valid + n;
-        let data_len = observed + nt * cfg.output;
+        let levels = observed + nt * cfg.output;
+        let data_len = levels + cfg.output;
         let loss = params;
         let ht = loss + nt;
         let ct = ht + st;
@@ -121,6 +124,7 @@ impl Packing {
             mask,
             valid,
             observed,
+            levels,
             data_len,
             loss,
             ht,
@@ -438,10 +442,11 @@ impl WgpuFusedEngine {
     fn run(&self, ws: &Workspace, train: Option<Step>, masked: bool) -> Result<(), ModelError> {
         let ragged = train.is_some_and(|s| s.ragged);
         let observed = train.is_some_and(|s| s.observed);
-        let (mae, huber, delta) = match train.map_or(Loss::Mse, |s| s.loss) {
-            Loss::Mse => (false, false, 0.0),
-            Loss::Mae => (true, false, 0.0),
-            Loss::Huber(d) => (false, true, d),
+        let (mae, huber, pinball, delta) = match train.map_or(Loss::Mse, |s| s.loss) {
+            Loss::Mse => (false, false, false, 0.0),
+            Loss::Mae => (true, false, false, 0.0),
+            Loss::Huber(d) => (false, true, false, d),
+            Loss::Pinball(_) => (false, false, true, 0.0),
         };
         let cfg = &self.cfg;
         let (n, t, h, fo) = (ws.n, ws.t, cfg.hidden, cfg.output);
@@ -520,6 +525,7 @@ impl WgpuFusedEngine {
                 t as u32,
                 pk.valid as u32,
                 pk.observed as u32,
+                pk.levels as u32,
                 delta,
                 h,
                 fo,
@@ -529,6 +535,7 @@ impl WgpuFusedEngine {
                 observed,
                 mae,
                 huber,
+                pinball,
             );
         }
         if train.is_none() {
@@ -755,6 +762,15 @@ impl Engine for WgpuFusedEngine {
             let off = ws.pack.observed;
             for (dst, &seen) in ws.staging[off..off + o.len()].iter_mut().zip(o) {
                 *dst = if seen { 1.0 } else { 0.0 };
+            }
+        }
+        if let Loss::Pinball(q) = batch.loss {
+            let off = ws.pack.levels;
+            for (o, dst) in ws.staging[off..off + self.cfg.output]
+                .iter_mut()
+                .enumerate()
+            {
+                *dst = q.level(o);
             }
         }
         self.upload(&mut ws, params, batch.x, Some(batch.y), init);
