@@ -1,5 +1,8 @@
 //! The CSV reader (`.csv`, `.csv.gz`): a header line naming the columns, then data rows with
 //! exactly as many fields. Rows are named `data row N (line L)`, L counting the header as line 1.
+//! A value cell that is empty, spells NaN or is one of the markers pandas reads as missing
+//! (`NA`, `N/A`, `null`, ...: [`MISSING_MARKERS`]) is a missing value: `NaN` with
+//! [`Missing::Keep`], an error naming the row and the column with [`Missing::Error`].
 
 use std::cell::Cell;
 use std::fs::File;
