@@ -66,6 +66,30 @@ pub(crate) struct TrainArgs {
     /// as many chunks; false takes them in file order [default: true].
     #[arg(long, env = "CARRY_SHUFFLE_SERIES", num_args = 0..=1, default_missing_value = "true", value_parser = boolish!())]
     pub shuffle_series: Option<bool>,
+    /// Series data: what a missing value cell (empty, NA, NaN, a Parquet null) does: mask
+    /// (missing targets add nothing to the loss, missing inputs are filled with the last
+    /// observation and flagged) or error [default: mask].
+    #[arg(long, env = "CARRY_MISSING", value_enum)]
+    pub missing: Option<data::series::MissingPolicy>,
+    /// Series data: columns known up to each step's time, comma-separated: inputs only (not
+    /// predicted, not fed back); over a forecast's horizon they are unknown, so their last value
+    /// is carried (flagged as not observed when the model has observed flags).
+    #[arg(long, env = "CARRY_PAST_COVARIATES", value_delimiter = ',')]
+    pub past_covariates: Option<Vec<String>>,
+    /// Series data: columns known ahead (planned prices, holidays), comma-separated: the model
+    /// sees each one's value at the time it predicts, and a forecast needs them for the
+    /// horizon's rows.
+    #[arg(long, env = "CARRY_FUTURE_COVARIATES", value_delimiter = ',')]
+    pub future_covariates: Option<Vec<String>>,
+    /// Series data: calendar features of the time column, each as its sin and cos, comma-separated:
+    /// dow (day of week), dom (day of month), doy (day of year), month, hour (needs date-times).
+    #[arg(long, env = "CARRY_CALENDAR", value_delimiter = ',', value_enum)]
+    pub calendar: Option<Vec<data::series::Calendar>>,
+    /// Series data: quantile levels to forecast, comma-separated (e.g. 0.1,0.5,0.9): one output
+    /// per level per target, trained with the pinball loss; forecasts write one column per level
+    /// [default: point forecasts].
+    #[arg(long, env = "CARRY_QUANTILES", value_delimiter = ',')]
+    pub quantiles: Option<Vec<f32>>,
     /// Loss per output: mse, mae or huber [default: mse].
     #[arg(long, env = "CARRY_LOSS", value_enum)]
     pub loss: Option<model::config::LossKind>,
@@ -112,7 +136,8 @@ pub(crate) struct TrainArgs {
     /// Stop after this many steps in total (default: all epochs).
     #[arg(long, env = "CARRY_STEPS")]
     pub steps: Option<u64>,
-    /// Global batch size B: parallel streams [default: 10].
+    /// Global batch size B: parallel streams [default: 10; series data: the number of series,
+    /// at most 64].
     #[arg(long, env = "CARRY_BATCH_SIZE")]
     pub batch_size: Option<usize>,
     /// LSTM units per layer [default: 8].
@@ -121,7 +146,7 @@ pub(crate) struct TrainArgs {
     /// Stacked LSTM layers [default: 2].
     #[arg(long, env = "CARRY_LAYERS")]
     pub layers: Option<usize>,
-    /// Dropout on the last LSTM layer's outputs [default: 0.2].
+    /// Dropout on the last LSTM layer's outputs [default: 0.2; series data: 0].
     #[arg(long, env = "CARRY_DROPOUT")]
     pub dropout: Option<f32>,
     /// Head activation [default: linear].
@@ -293,7 +318,8 @@ impl TrainArgs {
     /// Fills every option not given by a flag or environment variable from `file`.
     pub(crate) fn fill_from(&mut self, mut file: TrainArgs) {
         runtime::fill_from!(self, file; data, id_column, time_column, input_columns,
-            target_columns, scale, val_steps, shuffle_series, loss, huber_delta, lr_schedule,
+            target_columns, scale, val_steps, shuffle_series, missing, past_covariates,
+            future_covariates, calendar, quantiles, loss, huber_delta, lr_schedule,
             warmup_steps, lr_gamma, lr_step_epochs, patience, sequences, val_sequences, timesteps, features,
             max_data_mb, epochs, steps, batch_size, hidden, layers, dropout, head, lr, beta1, beta2,
             epsilon, clip_norm, compat, init_from, seed, reset_states, val_state, init_from_cond, initial_state, listen,
@@ -407,6 +433,10 @@ pub(crate) struct TrainConfig {
     pub max_data_bytes: Option<u64>,
     /// Model and optimization settings (input/output widths are filled from the data).
     pub spec: TrainSpec,
+    /// The options of series data left to the series defaults ([`SeriesDefaults`]); the batch
+    /// size and the epochs are fitted to the table once it is read
+    /// ([`TrainConfig::fit_series_defaults`]).
+    pub series_defaults: SeriesDefaults,
     /// Whether to learn the initial-state projection from `cond`.
     pub init_from_cond: bool,
     /// Epochs without a better validation loss before the run stops.
@@ -464,6 +494,48 @@ pub(crate) struct TrainConfig {
     /// Benchmark aid: how long every report is held before it is handled.
     pub link_delay: runtime::net::LinkDelay,
 }
+
+/// Which options of a run on series data were not given and take the series defaults, which
+/// differ from the windows defaults (the seed model's): a forecasting model is trained on the
+/// whole panel of series at once, so an epoch is only a few steps and it needs more of them,
+/// a larger step size, more units and no dropout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SeriesDefaults {
+    /// `--batch-size`: the number of series, at most [`SERIES_MAX_BATCH`].
+    pub batch_size: bool,
+    /// `--epochs`: about [`SERIES_STEP_BUDGET`] steps, within [`SERIES_EPOCHS`].
+    pub epochs: bool,
+    /// `--dropout`: [`SERIES_DROPOUT`].
+    pub dropout: bool,
+    /// `--hidden`: [`SERIES_HIDDEN`].
+    pub hidden: bool,
+    /// `--lr`: [`SERIES_LR`].
+    pub lr: bool,
+    /// `--loss`: Huber (robust to the outliers real series have; like squared error for the
+    /// usual errors, which are under one standard deviation of the series), unless the head is
+    /// softmax.
+    pub loss: bool,
+}
+
+/// The most slots the default batch of series data has: up to it, every series of a table runs
+/// in every step (one gradient step sees the whole panel, as forecasting libraries train);
+/// past it, an epoch keeps several steps and a step's cost stops growing.
+pub(crate) const SERIES_MAX_BATCH: usize = 64;
+/// The dropout of series data: small recurrent forecasters are trained without it (it mostly
+/// adds noise to their predictions); the windows default, 0.2, is the seed model's.
+pub(crate) const SERIES_DROPOUT: f32 = 0.0;
+/// The units per layer of series data: a panel of series needs more than the seed model's 8
+/// (darts' recurrent models default to 25).
+pub(crate) const SERIES_HIDDEN: usize = 32;
+/// Adam's step size for series data: with the whole panel in a batch there are few steps, and
+/// 1e-3 does not converge within the default epochs.
+pub(crate) const SERIES_LR: f64 = 5e-3;
+/// About how many steps a run on series data takes by default (forecasting libraries count
+/// training in steps, neuralforecast's default being 1000): the default epochs are this many
+/// steps over the steps of an epoch, ...
+pub(crate) const SERIES_STEP_BUDGET: u64 = 1200;
+/// ... at least and at most this many epochs.
+pub(crate) const SERIES_EPOCHS: (u64, u64) = (10, 300);
 
 /// A name for a fresh run directory: `runs/<YYYYmmdd-HHMMSS>` (UTC), with a suffix when taken.
 fn fresh_run_dir() -> PathBuf {
@@ -525,6 +597,11 @@ impl TrainArgs {
                 val_steps: self.val_steps.unwrap_or(0),
                 shuffle: self.shuffle_series.unwrap_or(true),
                 timesteps: self.timesteps.unwrap_or(96),
+                missing: self.missing.unwrap_or_default(),
+                observed_flags: false,
+                past_covariates: self.past_covariates.clone().unwrap_or_default(),
+                future_covariates: self.future_covariates.clone().unwrap_or_default(),
+                calendar: self.calendar.clone().unwrap_or_default(),
             }),
             _ => {
                 let given = [
@@ -535,6 +612,11 @@ impl TrainArgs {
                     ("scale", self.scale.is_some()),
                     ("val_steps", self.val_steps.is_some()),
                     ("shuffle_series", self.shuffle_series.is_some()),
+                    ("missing", self.missing.is_some()),
+                    ("past_covariates", self.past_covariates.is_some()),
+                    ("future_covariates", self.future_covariates.is_some()),
+                    ("calendar", self.calendar.is_some()),
+                    ("quantiles", self.quantiles.is_some()),
                 ];
                 if let Some((f, _)) = given.iter().find(|g| g.1) {
                     return Err(bad(
@@ -545,38 +627,60 @@ impl TrainArgs {
                 None
             }
         };
+        let is_series = series.is_some();
         let spec = TrainSpec {
             model: ModelConfig {
                 input: self.features.unwrap_or(2),
-                hidden: self.hidden.unwrap_or(8),
+                hidden: self
+                    .hidden
+                    .unwrap_or(if is_series { SERIES_HIDDEN } else { 8 }),
                 layers: self.layers.unwrap_or(2),
                 output: self.features.unwrap_or(2),
                 head: self.head.unwrap_or(Head::Linear),
-                dropout: self.dropout.unwrap_or(0.2),
+                dropout: self
+                    .dropout
+                    .unwrap_or(if is_series { SERIES_DROPOUT } else { 0.2 }),
                 cond: None,
             },
             adam: AdamConfig {
-                lr: self.lr.unwrap_or(1e-3),
+                lr: self.lr.unwrap_or(if is_series { SERIES_LR } else { 1e-3 }),
                 beta1: self.beta1.unwrap_or(0.9),
                 beta2: self.beta2.unwrap_or(0.999),
                 epsilon: self.epsilon.unwrap_or(1e-7),
             },
-            batch_size: self.batch_size.unwrap_or(10),
-            epochs: self.epochs.unwrap_or(10),
+            batch_size: self
+                .batch_size
+                .unwrap_or(if is_series { SERIES_MAX_BATCH } else { 10 }),
+            epochs: self
+                .epochs
+                .unwrap_or(if is_series { SERIES_EPOCHS.1 } else { 10 }),
             max_steps: self.steps,
             seed: self.seed.unwrap_or(42),
             reset: self.reset_states.unwrap_or(ResetPolicy::Epoch),
             val_state: self.val_state.unwrap_or(ValState::Carry),
             clip_norm: self.clip_norm,
             compat: self.compat.unwrap_or_default(),
-            loss: self.loss.unwrap_or_default(),
+            loss: self
+                .loss
+                .unwrap_or(if is_series && self.head != Some(Head::Softmax) {
+                    model::config::LossKind::Huber
+                } else {
+                    model::config::LossKind::Mse
+                }),
             huber_delta: self.huber_delta.unwrap_or(1.0),
             lr_schedule: self.lr_schedule.unwrap_or_default(),
             warmup_steps: self.warmup_steps.unwrap_or(0),
             lr_gamma: self.lr_gamma.unwrap_or(0.5),
             lr_step_epochs: self.lr_step_epochs.unwrap_or(1),
             series,
+            quantiles: self.quantiles.clone().unwrap_or_default(),
         };
+        if self.quantiles.is_some() && self.loss.is_some() {
+            return Err(bad(
+                "quantiles",
+                "--quantiles trains with the pinball loss; --loss chooses the loss of point forecasts, so give one of them".into(),
+            ));
+        }
         let pair = proto::security::cert_and_key(self.tls_cert, self.tls_key)
             .map_err(|(field, msg)| bad(field, msg))?;
         let tls = match pair {
@@ -624,6 +728,20 @@ impl TrainArgs {
             features: self.features.unwrap_or(2),
             max_data_bytes: self.max_data_mb.map(|mb| mb.saturating_mul(1 << 20)),
             spec,
+            series_defaults: if is_series {
+                SeriesDefaults {
+                    batch_size: self.batch_size.is_none(),
+                    epochs: self.epochs.is_none(),
+                    dropout: self.dropout.is_none(),
+                    hidden: self.hidden.is_none(),
+                    lr: self.lr.is_none(),
+                    loss: self.loss.is_none()
+                        && self.head != Some(Head::Softmax)
+                        && self.quantiles.is_none(),
+                }
+            } else {
+                SeriesDefaults::default()
+            },
             init_from_cond: self.init_from_cond.unwrap_or(false),
             patience: self.patience,
             initial_state: self.initial_state,
@@ -695,6 +813,65 @@ impl TrainArgs {
 }
 
 impl TrainConfig {
+    /// Applies the defaults of series data that depend on the table, `series` series whose
+    /// training parts have `chunks` chunks each: the batch covers every series, up to
+    /// [`SERIES_MAX_BATCH`]; the epochs make about [`SERIES_STEP_BUDGET`] steps. Logs every
+    /// series default the run takes, so that a user sees how they differ from the windows
+    /// defaults.
+    pub(crate) fn fit_series_defaults(&mut self, series: usize, chunks: &[u64]) {
+        let d = self.series_defaults;
+        if d.batch_size {
+            self.spec.batch_size = series.clamp(1, SERIES_MAX_BATCH);
+        }
+        if d.epochs {
+            // an epoch runs each series' chunks on one slot: at least the longest series' count,
+            // and at least the chunks spread evenly over the slots
+            let b = self.spec.batch_size as u64;
+            let steps = chunks
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(1)
+                .max(chunks.iter().sum::<u64>().div_ceil(b))
+                .max(1);
+            self.spec.epochs = SERIES_STEP_BUDGET
+                .div_ceil(steps)
+                .clamp(SERIES_EPOCHS.0, SERIES_EPOCHS.1);
+        }
+        self.series_defaults = SeriesDefaults::default();
+        let mut chosen = Vec::new();
+        if d.batch_size {
+            chosen.push(format!(
+                "--batch-size {} (the {series} series, at most {SERIES_MAX_BATCH})",
+                self.spec.batch_size
+            ));
+        }
+        if d.epochs {
+            chosen.push(format!(
+                "--epochs {} (about {SERIES_STEP_BUDGET} steps)",
+                self.spec.epochs
+            ));
+        }
+        if d.hidden {
+            chosen.push(format!("--hidden {}", self.spec.model.hidden));
+        }
+        if d.lr {
+            chosen.push(format!("--lr {}", self.spec.adam.lr));
+        }
+        if d.loss {
+            chosen.push(format!("--loss {}", self.spec.loss));
+        }
+        if d.dropout {
+            chosen.push(format!("--dropout {}", self.spec.model.dropout));
+        }
+        if !chosen.is_empty() {
+            tracing::info!(
+                "series data: defaults for forecasting, unlike the windows defaults (give a flag to set one): {}",
+                chosen.join(", ")
+            );
+        }
+    }
+
     /// Checks ranges and combinations; errors name the field.
     pub(crate) fn validate(&self) -> Result<(), CoordError> {
         let bad = |field: &str, msg: String| {
@@ -712,6 +889,17 @@ impl TrainConfig {
         })?;
         if self.timesteps == 0 {
             return bad("timesteps", "expected at least 1 time step, got 0".into());
+        }
+        if let Some(s) = &self.spec.series {
+            if let Err((field, msg)) = s.check_roles() {
+                return bad(field, msg);
+            }
+            if !s.calendar.is_empty() && s.time_column.is_none() {
+                return bad(
+                    "calendar",
+                    "calendar features come from the time column, so --time-column is expected too (a column of dates or date-times)".into(),
+                );
+            }
         }
         if self.features == 0 {
             return bad("features", "expected at least 1 feature, got 0".into());
@@ -921,6 +1109,178 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("tls_key"), "{e}");
+    }
+
+    #[test]
+    fn series_data_gets_its_own_defaults_unless_the_flags_are_set() {
+        let c = args(&["--data", "t.csv"]).resolve().unwrap();
+        assert_eq!(c.spec.model.dropout, SERIES_DROPOUT);
+        assert_eq!(c.spec.model.hidden, SERIES_HIDDEN);
+        assert_eq!(c.spec.adam.lr, SERIES_LR);
+        assert_eq!(c.spec.loss, model::config::LossKind::Huber);
+        let all = SeriesDefaults {
+            batch_size: true,
+            epochs: true,
+            dropout: true,
+            hidden: true,
+            lr: true,
+            loss: true,
+        };
+        assert_eq!(c.series_defaults, all);
+        let mut c2 = c.clone();
+        c2.fit_series_defaults(23, &[4, 3, 1]);
+        assert_eq!(c2.spec.batch_size, 23, "every series in one batch");
+        assert_eq!(c2.spec.epochs, 300, "1200 steps of 4 each");
+        assert_eq!(c2.series_defaults, SeriesDefaults::default());
+        let mut c3 = c.clone();
+        // 500 series of 8 chunks over 64 slots: 63 steps an epoch
+        c3.fit_series_defaults(500, &[8; 500]);
+        assert_eq!(c3.spec.batch_size, SERIES_MAX_BATCH, "at most the limit");
+        assert_eq!(c3.spec.epochs, 20, "about 1200 steps");
+        let mut c4 = c.clone();
+        c4.fit_series_defaults(5000, &[40; 5000]);
+        assert_eq!(c4.spec.epochs, SERIES_EPOCHS.0, "at least");
+        // given by a flag, the environment or the file: kept
+        let c = args(&[
+            "--data",
+            "t.csv",
+            "--batch-size",
+            "4",
+            "--dropout",
+            "0.3",
+            "--epochs",
+            "7",
+            "--hidden",
+            "5",
+            "--lr",
+            "0.01",
+            "--loss",
+            "mse",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.series_defaults, SeriesDefaults::default());
+        let mut c5 = c.clone();
+        c5.fit_series_defaults(23, &[4]);
+        assert_eq!(
+            (
+                c5.spec.batch_size,
+                c5.spec.model.dropout,
+                c5.spec.epochs,
+                c5.spec.model.hidden
+            ),
+            (4, 0.3, 7, 5)
+        );
+        let mut a = args(&["--data", "t.csv"]);
+        a.fill_from(toml::from_str("batch_size = 5\ndropout = 0.1\nepochs = 3\n").unwrap());
+        let c = a.resolve().unwrap();
+        assert_eq!(
+            (c.spec.batch_size, c.spec.model.dropout, c.spec.epochs),
+            (5, 0.1, 3)
+        );
+        assert!(!c.series_defaults.batch_size && !c.series_defaults.epochs && c.series_defaults.lr);
+        // windows keep the seed model's defaults
+        let c = args(&[]).resolve().unwrap();
+        assert_eq!(
+            (c.spec.batch_size, c.spec.model.dropout, c.spec.model.hidden),
+            (10, 0.2, 8)
+        );
+        assert_eq!((c.spec.epochs, c.spec.adam.lr), (10, 1e-3));
+        assert_eq!(c.series_defaults, SeriesDefaults::default());
+    }
+
+    #[test]
+    fn covariates_and_calendar_are_checked_with_the_flag_named() {
+        let c = args(&[
+            "--data",
+            "t.csv",
+            "--time-column",
+            "day",
+            "--past-covariates",
+            "visits,temp",
+            "--future-covariates",
+            "price",
+            "--calendar",
+            "dow,month",
+            "--missing",
+            "error",
+        ])
+        .resolve()
+        .unwrap();
+        let s = c.spec.series.unwrap();
+        assert_eq!(s.past_covariates, ["visits", "temp"]);
+        assert_eq!(s.future_covariates, ["price"]);
+        use data::series::{Calendar, MissingPolicy};
+        assert_eq!(s.calendar, [Calendar::Dow, Calendar::Month]);
+        assert_eq!(s.missing, MissingPolicy::Error);
+        let file: TrainArgs = toml::from_str(
+            "future_covariates = [\"price\"]\ncalendar = [\"hour\"]\nmissing = \"mask\"\n",
+        )
+        .unwrap();
+        assert_eq!(file.calendar, Some(vec![Calendar::Hour]));
+        let e = error(&[
+            "--data",
+            "t.csv",
+            "--past-covariates",
+            "a",
+            "--future-covariates",
+            "a",
+        ]);
+        assert!(
+            e.contains("future_covariates") && e.contains("\"a\"") && e.contains("one role"),
+            "{e}"
+        );
+        let e = error(&[
+            "--data",
+            "t.csv",
+            "--input-columns",
+            "a,b",
+            "--past-covariates",
+            "b",
+        ]);
+        assert!(
+            e.contains("past_covariates") && e.contains("--input-columns"),
+            "{e}"
+        );
+        let e = error(&["--data", "t.csv", "--calendar", "dow"]);
+        assert!(e.contains("calendar") && e.contains("--time-column"), "{e}");
+        let e = error(&["--data", "t.csv", "--calendar", "week"]);
+        assert!(e.contains("week") && e.contains("dow"), "{e}");
+        let e = error(&["--data", "t.csv", "--missing", "drop"]);
+        assert!(e.contains("drop") && e.contains("mask"), "{e}");
+        let e = error(&["--past-covariates", "a"]);
+        assert!(
+            e.contains("past_covariates") && e.contains("series data"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn quantiles_are_levels_of_a_series_model_trained_without_another_loss() {
+        let c = args(&["--data", "t.csv", "--quantiles", "0.1,0.5,0.9"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.spec.quantiles, [0.1, 0.5, 0.9]);
+        assert!(
+            !c.series_defaults.loss,
+            "the pinball loss, not the default one"
+        );
+        let file: TrainArgs = toml::from_str("quantiles = [0.05, 0.95]\n").unwrap();
+        assert_eq!(file.quantiles, Some(vec![0.05, 0.95]));
+        for (list, want) in [
+            ("0.9,0.1", "ascending"),
+            ("0.5,1", "strictly between 0 and 1"),
+            ("0,0.5", "strictly between 0 and 1"),
+        ] {
+            let e = error(&["--data", "t.csv", "--quantiles", list]);
+            assert!(e.contains("quantiles") && e.contains(want), "{list}: {e}");
+        }
+        let e = error(&["--data", "t.csv", "--quantiles", "0.5", "--loss", "mae"]);
+        assert!(e.contains("quantiles") && e.contains("--loss"), "{e}");
+        let e = error(&["--quantiles", "0.5"]);
+        assert!(e.contains("quantiles") && e.contains("series data"), "{e}");
+        let e = error(&["--data", "t.csv", "--quantiles", "a"]);
+        assert!(e.contains("quantiles") && e.contains("'a'"), "{e}");
     }
 
     #[test]

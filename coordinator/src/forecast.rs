@@ -10,11 +10,11 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use data::series::{Scale, Scaler, SeriesSpec, column_indices, scaled_rows};
-use data::table::{Table, TimeKind, format_time};
+use data::series::{Features, Scale, Scaler, SeriesSpec, Stat, column_indices};
+use data::table::{Table, format_time};
 use model::checkpoint::Checkpoint;
 use model::device::{DeviceChoice, make_engine, resolve};
-use model::engine::{Engine, EngineKind};
+use model::engine::{Engine, EngineKind, Quantiles};
 
 use crate::error::CoordError;
 use crate::report::{PlotSeries, forecast_svg};
@@ -42,6 +42,11 @@ pub(crate) struct ColumnArgs {
     /// Target columns [default: the model's].
     #[arg(long, env = "CARRY_TARGET_COLUMNS", value_delimiter = ',')]
     pub target_columns: Option<Vec<String>>,
+    /// What a missing value cell in the history does: mask (filled with the last observation,
+    /// flagged when the model has observed flags; missing truths are left out of the scores) or
+    /// error [default: mask].
+    #[arg(long, env = "CARRY_MISSING", value_enum)]
+    pub missing: Option<data::series::MissingPolicy>,
 }
 
 /// The model and the table `forecast` and `evaluate` apply it to.
@@ -103,7 +108,7 @@ struct Loaded {
     spec: SeriesSpec,
     table: Table,
     scaler: Scaler,
-    inputs: Vec<usize>,
+    features: Features,
     targets: Vec<usize>,
     engine: Box<dyn Engine>,
 }
@@ -113,6 +118,13 @@ fn config_err(field: &str, msg: String) -> CoordError {
         field: field.into(),
         msg,
     }
+}
+
+fn data_err(table: &Table, msg: String) -> CoordError {
+    CoordError::Data(data::DataError::Invalid {
+        source_name: table.source.clone(),
+        msg,
+    })
 }
 
 fn load(a: &SeriesModelArgs) -> Result<Loaded, CoordError> {
@@ -140,13 +152,16 @@ fn load(a: &SeriesModelArgs) -> Result<Loaded, CoordError> {
     if let Some(c) = &cols.target_columns {
         spec.target_columns = c.clone();
     }
+    let policy = cols.missing.unwrap_or_default();
     let m = &ck.spec.model;
-    if spec.input_columns.len() != m.input || spec.target_columns.len() != m.output {
+    let targets = m.output / ck.spec.outputs_per_target();
+    if spec.input_columns.len() != spec.target_columns.len() || spec.target_columns.len() != targets
+    {
         return Err(config_err(
             "input_columns",
             format!(
-                "the model takes {} inputs and gives {} targets, got input columns {:?} and target columns {:?}",
-                m.input, m.output, spec.input_columns, spec.target_columns
+                "the model gives {targets} targets, fed back as its first {targets} inputs; got input columns {:?} and target columns {:?}",
+                spec.input_columns, spec.target_columns
             ),
         ));
     }
@@ -159,7 +174,29 @@ fn load(a: &SeriesModelArgs) -> Result<Loaded, CoordError> {
             ),
         ));
     }
-    let (table, spec) = data::series::read(data, &spec, None)?;
+    // Missing cells are read as NaN whatever the policy: the rows after a series' last observed
+    // target are the horizon's, whose targets are empty; `--missing error` then refuses a
+    // missing cell in the history.
+    let mut read_spec = spec.clone();
+    read_spec.missing = data::series::MissingPolicy::Mask;
+    let (table, _) = data::series::read(data, &read_spec, None)?;
+    spec.missing = policy;
+    let features = Features::new(&table, &spec)?;
+    if features.width() != m.input {
+        return Err(config_err(
+            "model",
+            format!(
+                "the model takes {} inputs per step; the table's columns make {} (inputs {:?}, past covariates {:?}, future covariates {:?}, calendar {:?}, observed flags {})",
+                m.input,
+                features.width(),
+                spec.input_columns,
+                spec.past_covariates,
+                spec.future_covariates,
+                spec.calendar.iter().map(|c| c.name()).collect::<Vec<_>>(),
+                spec.observed_flags
+            ),
+        ));
+    }
     let mut scaler = ck.scaler.clone().unwrap_or_else(|| Scaler {
         kind: Scale::None,
         columns: table.columns.clone(),
@@ -167,7 +204,6 @@ fn load(a: &SeriesModelArgs) -> Result<Loaded, CoordError> {
         series: Default::default(),
     });
     scaler.extend(&table);
-    let inputs = column_indices(&table, &spec.input_columns)?;
     let targets = column_indices(&table, &spec.target_columns)?;
     let compute = resolve(a.device)?;
     let engine = make_engine(a.engine, &compute, m, 1)?;
@@ -176,50 +212,230 @@ fn load(a: &SeriesModelArgs) -> Result<Loaded, CoordError> {
         spec,
         table,
         scaler,
-        inputs,
+        features,
         targets,
         engine,
     })
 }
 
 impl Loaded {
+    /// Rows of series `i` up to its last observed target (the rest are the horizon's rows).
+    fn history_rows(&self, i: usize) -> Result<usize, CoordError> {
+        let t = &self.table;
+        let w = t.columns.len();
+        let a = t.offsets[i];
+        (0..self.rows(i))
+            .rev()
+            .find(|&r| {
+                self.targets
+                    .iter()
+                    .any(|&c| !t.values[(a + r) * w + c].is_nan())
+            })
+            .map(|r| r + 1)
+            .ok_or_else(|| {
+                data_err(
+                    t,
+                    format!(
+                        "series {:?} has no observed value of its target columns {:?}; there is nothing to forecast from",
+                        t.ids[i], self.spec.target_columns
+                    ),
+                )
+            })
+    }
+
+    /// The times of the `horizon` steps after the first `hist` rows of series `i`: the table's
+    /// rows after them while there are, then continuing the last interval.
+    fn horizon_times(&self, i: usize, hist: usize, horizon: usize) -> Vec<f64> {
+        let t = &self.table;
+        let times = &t.times[t.offsets[i]..t.offsets[i + 1]];
+        let have = times.len().min(hist + horizon);
+        let mut out: Vec<f64> = times[hist..have].to_vec();
+        let known = &times[..have];
+        for k in 1..=hist + horizon - have {
+            out.push(data::series::next_time(t.time_kind, known, k));
+        }
+        out
+    }
+
+    /// Checks that the history of series `i` (its first `hist` rows) has no missing cell under
+    /// `--missing error`, and that the table gives the future covariates of every horizon row.
+    fn check_rows(&self, i: usize, hist: usize, horizon: usize) -> Result<(), CoordError> {
+        let t = &self.table;
+        let w = t.columns.len();
+        let a = t.offsets[i];
+        let id = &t.ids[i];
+        let when = |r: usize| format_time(t.time_kind, t.times[a + r]);
+        if self.spec.missing == data::series::MissingPolicy::Error {
+            let mut cols: Vec<usize> = self.features.now_columns().to_vec();
+            cols.extend(self.features.next_columns());
+            for r in 0..hist {
+                for &c in &cols {
+                    if t.values[(a + r) * w + c].is_nan() {
+                        return Err(data_err(
+                            t,
+                            format!(
+                                "series {id:?}, time {}, column {:?}: expected a number, found a missing value (`--missing mask` forecasts through missing values)",
+                                when(r),
+                                t.columns[c]
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let next = self.features.next_columns();
+        if next.is_empty() {
+            return Ok(());
+        }
+        let have = self.rows(i) - hist;
+        if have < horizon {
+            let times = self.horizon_times(i, hist, horizon);
+            let missing: Vec<String> = times[have..]
+                .iter()
+                .map(|&v| format_time(t.time_kind, v))
+                .collect();
+            return Err(data_err(
+                t,
+                format!(
+                    "series {id:?}: the future covariates {:?} are needed for the {horizon} forecast times, and the table has rows for {have} of them; missing {} (add rows with the covariates and empty targets after the series' last observation)",
+                    self.spec.future_covariates,
+                    shorten(&missing)
+                ),
+            ));
+        }
+        for r in hist..hist + horizon {
+            for &c in next {
+                if t.values[(a + r) * w + c].is_nan() {
+                    return Err(data_err(
+                        t,
+                        format!(
+                            "series {id:?}, time {}: future covariate {:?} is missing; a forecast needs it at every forecast time",
+                            when(r),
+                            t.columns[c]
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Forecasts `horizon` steps after the first `hist[i]` rows of every series, in user units
     /// (`[horizon, targets]` per series).
     fn forecast(&mut self, hist: &[usize], horizon: usize) -> Result<Vec<Vec<f64>>, CoordError> {
         let t = &self.table;
-        let mut scaled = Vec::with_capacity(t.ids.len());
+        let n = t.ids.len();
+        for (i, &h) in hist.iter().enumerate() {
+            self.check_rows(i, h, horizon)?;
+        }
+        let w = t.columns.len();
+        let f = &self.features;
+        let (now_cols, next_cols) = (f.now_columns(), f.next_columns());
+        let k = self.targets.len();
+        let mut scaled = Vec::with_capacity(n);
+        let mut fills = Vec::with_capacity(n);
+        let mut times = Vec::with_capacity(n);
+        let mut next_stats = Vec::with_capacity(n);
         for (i, id) in t.ids.iter().enumerate() {
             let a = t.offsets[i];
+            let h = hist[i];
+            let mut fill = f.fill();
             let mut v = Vec::new();
-            scaled_rows(t, &self.scaler, id, &self.inputs, a..a + hist[i], &mut v);
+            f.push_table_steps(t, &self.scaler, i, 0..h - 1, &mut fill, &mut v);
+            // the history's last step reads the first horizon row's covariates and time
+            let stat = |c: usize| self.scaler.stat(id, &t.columns[c]);
+            let now: Vec<f32> = now_cols
+                .iter()
+                .map(|&c| Scaler::apply(stat(c), t.values[(a + h - 1) * w + c]))
+                .collect();
+            let sx: Vec<Stat> = next_cols.iter().map(|&c| stat(c)).collect();
+            let ht = self.horizon_times(i, h, horizon);
+            let next: Vec<f32> = next_cols
+                .iter()
+                .zip(&sx)
+                .map(|(&c, &st)| Scaler::apply(st, t.values[(a + h) * w + c]))
+                .collect();
+            f.push_step(&mut fill, &now, &next, ht[0], &mut v);
             scaled.push(v);
+            fills.push(fill);
+            times.push(ht);
+            next_stats.push(sx);
         }
         let rows: Vec<&[f32]> = scaled.iter().map(|v| v.as_slice()).collect();
-        let out = model::packed::rollout(
+        let n_past = now_cols.len() - k;
+        let per = self.per();
+        let mid = self.levels().map_or(0, |q| q.middle());
+        let mut now = Vec::new();
+        let mut next = Vec::new();
+        let out = model::packed::rollout_with(
             self.engine.as_mut(),
             &self.ck.spec.model,
             &self.ck.params,
             &rows,
             horizon,
             GROUP,
+            &mut |r, step, pred, x| {
+                // the targets are fed back (a quantile model's middle level, its levels sorted
+                // per target first); past covariates are unknown over the horizon (carried
+                // forward, flagged as not observed); future covariates come from the table
+                now.clear();
+                for j in 0..k {
+                    let mut levels = pred[j * per..(j + 1) * per].to_vec();
+                    levels.sort_by(f32::total_cmp);
+                    now.push(levels[mid]);
+                }
+                now.extend(std::iter::repeat_n(f32::NAN, n_past));
+                next.clear();
+                let row = t.offsets[r] + hist[r] + step;
+                next.extend(
+                    next_cols
+                        .iter()
+                        .zip(&next_stats[r])
+                        .map(|(&c, &st)| Scaler::apply(st, t.values[row * w + c])),
+                );
+                f.push_step(&mut fills[r], &now, &next, times[r][step], x);
+            },
         )?;
-        let k = self.targets.len();
+        // quantiles do not cross: each step's levels of a target are sorted
         Ok(out
             .iter()
             .zip(&t.ids)
-            .map(|(f, id)| {
-                f.iter()
+            .map(|(fc, id)| {
+                let mut v: Vec<f64> = fc
+                    .iter()
                     .enumerate()
                     .map(|(j, &v)| {
-                        let name = &t.columns[self.targets[j % k]];
+                        let name = &t.columns[self.targets[(j / per) % k]];
                         Scaler::invert(self.scaler.stat(id, name), v)
                     })
-                    .collect()
+                    .collect();
+                for levels in v.chunks_mut(per) {
+                    levels.sort_by(f64::total_cmp);
+                }
+                v
             })
             .collect())
     }
 
-    /// Values of the target columns of rows `range` of series `i`, in user units.
+    /// Outputs per target: one per quantile level (1 for a point forecast).
+    fn per(&self) -> usize {
+        self.ck.spec.outputs_per_target()
+    }
+
+    /// The quantile levels of a quantile model.
+    fn levels(&self) -> Option<Quantiles> {
+        Quantiles::new(&self.ck.spec.quantiles).ok()
+    }
+
+    /// The point forecast (`[horizon, targets]`) of a forecast (`[horizon, targets * per]`): the
+    /// middle level of a quantile forecast.
+    fn point(&self, fc: &[f64]) -> Vec<f64> {
+        let (per, mid) = (self.per(), self.levels().map_or(0, |q| q.middle()));
+        fc.chunks(per).map(|levels| levels[mid]).collect()
+    }
+
+    /// Values of the target columns of rows `range` of series `i`, in user units (`NaN` where
+    /// missing).
     fn targets_of(&self, i: usize, range: std::ops::Range<usize>) -> Vec<f64> {
         let t = &self.table;
         let w = t.columns.len();
@@ -238,20 +454,14 @@ impl Loaded {
     }
 }
 
-/// The time `k` steps after the last of `times`, continuing the series' spacing (the last
-/// interval; one unit, one day or one hour when the series has a single row).
-fn next_time(kind: TimeKind, times: &[f64], k: usize) -> f64 {
-    let last = times[times.len() - 1];
-    let step = if times.len() >= 2 {
-        last - times[times.len() - 2]
+/// At most a few items of `list`, for a message.
+fn shorten(list: &[String]) -> String {
+    const SHOWN: usize = 5;
+    if list.len() <= SHOWN {
+        list.join(", ")
     } else {
-        match kind {
-            TimeKind::Date => 86_400.0,
-            TimeKind::DateTime => 3_600.0,
-            TimeKind::Index | TimeKind::Number => 1.0,
-        }
-    };
-    last + step * k as f64
+        format!("{}, ... ({} in all)", list[..SHOWN].join(", "), list.len())
+    }
 }
 
 /// What `forecast` wrote.
@@ -272,47 +482,73 @@ pub(crate) fn forecast(a: &ForecastArgs) -> Result<ForecastSummary, CoordError> 
         ));
     }
     let mut l = load(&a.from)?;
-    let hist: Vec<usize> = (0..l.table.ids.len()).map(|i| l.rows(i)).collect();
+    let hist: Vec<usize> = (0..l.table.ids.len())
+        .map(|i| l.history_rows(i))
+        .collect::<Result<_, _>>()?;
     let fc = l.forecast(&hist, a.horizon)?;
     let t = &l.table;
     let k = l.targets.len();
+    let per = l.per();
+    let levels = l.levels();
     let id_name = l.spec.id_column.clone().unwrap_or_else(|| "id".into());
     let time_name = l.spec.time_column.clone().unwrap_or_else(|| "step".into());
     let mut csv = String::new();
+    // one column per target, or per target and quantile level (`sales_q0.1`)
+    let values: Vec<String> = l
+        .spec
+        .target_columns
+        .iter()
+        .flat_map(|c| match &levels {
+            Some(q) => q.levels().iter().map(|v| format!("{c}_q{v}")).collect(),
+            None => vec![c.clone()],
+        })
+        .collect();
     let header: Vec<String> = [id_name, time_name]
         .into_iter()
-        .chain(l.spec.target_columns.iter().cloned())
+        .chain(values)
         .map(|s| crate::report::csv::field(&s))
         .collect();
     csv.push_str(&header.join(","));
     csv.push('\n');
     let mut plots = Vec::new();
     for (i, id) in t.ids.iter().enumerate() {
-        let times = &t.times[t.offsets[i]..t.offsets[i + 1]];
-        let mut ft = Vec::with_capacity(a.horizon);
-        for s in 0..a.horizon {
-            let time = next_time(t.time_kind, times, s + 1);
-            ft.push(time);
+        let times = &t.times[t.offsets[i]..t.offsets[i] + hist[i]];
+        let ft = l.horizon_times(i, hist[i], a.horizon);
+        for (s, &time) in ft.iter().enumerate() {
             let mut row = vec![
                 crate::report::csv::field(id),
                 format_time(t.time_kind, time),
             ];
-            row.extend(fc[i][s * k..(s + 1) * k].iter().map(|v| format!("{v}")));
+            row.extend(
+                fc[i][s * k * per..(s + 1) * k * per]
+                    .iter()
+                    .map(|v| format!("{v}")),
+            );
             csv.push_str(&row.join(","));
             csv.push('\n');
         }
         if plots.len() < PLOTTED {
-            let n = l.rows(i);
+            let n = hist[i];
             let from = n.saturating_sub(PLOT_HISTORY);
             let history = l.targets_of(i, from..n);
+            // the first target: its middle level, and its outermost levels as the band
+            let first = |level: usize| fc[i].iter().skip(level).step_by(k * per).copied();
             plots.push(PlotSeries {
                 id: id.clone(),
                 column: l.spec.target_columns[0].clone(),
                 history_t: times[from..].to_vec(),
                 history: history.iter().step_by(k).copied().collect(),
                 forecast_t: ft,
-                forecast: fc[i].iter().step_by(k).copied().collect(),
+                forecast: l.point(&fc[i]).iter().step_by(k).copied().collect(),
                 actual: None,
+                band: levels.map(|q| {
+                    let lv = q.levels();
+                    (
+                        first(0).collect(),
+                        first(per - 1).collect(),
+                        format!("{}%-{}%", lv[0] * 100.0, lv[per - 1] * 100.0),
+                    )
+                }),
             });
         }
     }
@@ -368,10 +604,13 @@ pub(crate) fn evaluate(a: &EvaluateArgs) -> Result<Scores, CoordError> {
             id: l.table.ids[i].clone(),
             history: l.targets_of(i, 0..hist[i]),
             actual: l.targets_of(i, hist[i]..hist[i] + h),
-            forecast: fc[i].clone(),
+            forecast: l.point(&fc[i]),
         })
         .collect();
-    let scores = score(&series, &l.spec.target_columns, h, a.season)?;
+    let mut scores = score(&series, &l.spec.target_columns, h, a.season)?;
+    if let Some(q) = l.levels() {
+        scores.quantiles = Some(crate::scores::score_quantiles(&series, &fc, q.levels()));
+    }
     if let Some(p) = &a.json_out {
         let json = serde_json::to_string_pretty(&scores).expect("scores serialize");
         runtime::fs::write_atomic(p, json.as_bytes())

@@ -24,7 +24,14 @@
 //! - MASE: the mean of the per-series MASE over the series where it is defined.
 //!
 //! Every series has the same horizon and columns, so the pooled MAE equals the mean of the
-//! per-series MAE. Seasonal naive needs at least `m` history rows; a series with fewer has no
+//! per-series MAE (without missing values).
+//!
+//! # Missing values
+//! A missing actual value (`NaN`) is left out: each metric counts the observed points only, and a
+//! column (or series) without any is left out of the means (its metrics are undefined, `-` in
+//! the table and `null` in JSON). The baselines are computed from the history with each missing
+//! value replaced by the last observed one (the first observed one before it), and MASE's scale
+//! uses the pairs of history values that are both observed. Seasonal naive needs at least `m` history rows; a series with fewer has no
 //! seasonal naive scores, and the overall seasonal naive scores cover the other series only.
 
 use std::fmt::Write as _;
@@ -37,9 +44,10 @@ use serde::Serialize;
 pub struct SeriesForecast {
     /// The series id, shown in the table and the JSON.
     pub id: String,
-    /// `[n_hist, k]`: the values before the holdout, oldest first; `n_hist >= 1`.
+    /// `[n_hist, k]`: the values before the holdout, oldest first; `n_hist >= 1`; `NaN` where
+    /// missing, with at least one observed value per column.
     pub history: Vec<f64>,
-    /// `[h, k]`: the held-out values.
+    /// `[h, k]`: the held-out values; `NaN` where missing.
     pub actual: Vec<f64>,
     /// `[h, k]`: the model's forecast of them.
     pub forecast: Vec<f64>,
@@ -96,6 +104,95 @@ pub struct Scores {
     pub overall: MethodScores,
     /// Per series, in input order.
     pub series: Vec<SeriesScores>,
+    /// A quantile forecast's scores (its point forecast, above, is its middle level).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantiles: Option<QuantileScores>,
+}
+
+/// The scores of a quantile forecast against the actual values: the pinball loss of its levels
+/// and how often the interval between its lowest and highest level held the actual value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QuantileScores {
+    /// The levels.
+    pub levels: Vec<f32>,
+    /// The nominal coverage of the interval, highest level less lowest (0.8 for 0.1 to 0.9).
+    pub interval: f64,
+    /// Over all observed points of all series and columns.
+    pub overall: QuantileMetrics,
+    /// Per series, in input order.
+    pub series: Vec<SeriesQuantileMetrics>,
+}
+
+/// The quantile metrics of a set of points.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct QuantileMetrics {
+    /// The pinball loss, in the table's units, averaged over the points and the levels: for
+    /// level `q`, `q (A - F)` where the actual value is above the forecast, else
+    /// `(1 - q) (F - A)`. NaN (`null`) without observed points.
+    pub pinball: f64,
+    /// The fraction of observed points within `[lowest level, highest level]`.
+    pub coverage: f64,
+    /// Observed points.
+    pub points: usize,
+}
+
+/// The quantile metrics of one series.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeriesQuantileMetrics {
+    /// The series id.
+    pub id: String,
+    /// Its metrics.
+    #[serde(flatten)]
+    pub metrics: QuantileMetrics,
+}
+
+/// The quantile scores of `forecasts` (per series `[h, k, levels]`: each target's levels side by
+/// side, ascending) against the actual values of `series` (whose `forecast` is not used);
+/// missing actual values are left out.
+pub fn score_quantiles(
+    series: &[SeriesForecast],
+    forecasts: &[Vec<f64>],
+    levels: &[f32],
+) -> QuantileScores {
+    let per = levels.len();
+    let metrics = |loss: f64, inside: usize, points: usize| QuantileMetrics {
+        pinball: loss / (points * per) as f64,
+        coverage: inside as f64 / points as f64,
+        points,
+    };
+    let (mut loss, mut inside, mut points) = (0.0, 0usize, 0usize);
+    let mut rows = Vec::with_capacity(series.len());
+    for (s, fc) in series.iter().zip(forecasts) {
+        let (mut sl, mut si, mut sp) = (0.0, 0usize, 0usize);
+        for (&a, f) in s.actual.iter().zip(fc.chunks(per)) {
+            if a.is_nan() {
+                continue;
+            }
+            sp += 1;
+            for (&q, &v) in levels.iter().zip(f) {
+                let q = f64::from(q);
+                sl += if a > v {
+                    q * (a - v)
+                } else {
+                    (1.0 - q) * (v - a)
+                };
+            }
+            if f[0] <= a && a <= f[per - 1] {
+                si += 1;
+            }
+        }
+        rows.push(SeriesQuantileMetrics {
+            id: s.id.clone(),
+            metrics: metrics(sl, si, sp),
+        });
+        (loss, inside, points) = (loss + sl, inside + si, points + sp);
+    }
+    QuantileScores {
+        levels: levels.to_vec(),
+        interval: f64::from(levels[per - 1] - levels[0]),
+        overall: metrics(loss, inside, points),
+        series: rows,
+    }
 }
 
 /// Scores `series`, each with `columns.len()` target columns and `horizon` forecast steps,
@@ -133,8 +230,9 @@ pub fn score(
         check(s, k, horizon)?;
         let n = s.history.len() / k;
         let scale: Vec<Option<f64>> = (0..k).map(|c| mase_scale(&s.history, k, c, m)).collect();
-        let persistence = persistence(&s.history, k, horizon);
-        let naive = (seasonal && n >= m).then(|| seasonal_naive(&s.history, k, m, horizon));
+        let filled = filled(&s.history, k);
+        let persistence = persistence(&filled, k, horizon);
+        let naive = (seasonal && n >= m).then(|| seasonal_naive(&filled, k, m, horizon));
         let mut eval = |i: usize, pred: &[f64]| {
             let (metrics, sums) = series_metrics(&s.actual, pred, k, &scale);
             pooled[i].add(&sums, metrics.mase);
@@ -160,6 +258,7 @@ pub fn score(
             seasonal_naive: (pooled[2].sums.points > 0).then(|| pooled[2].metrics()),
         },
         series: rows,
+        quantiles: None,
     })
 }
 
@@ -182,12 +281,25 @@ fn check(s: &SeriesForecast, k: usize, h: usize) -> Result<(), ModelError> {
             });
         }
     }
-    for (field, v) in [
-        ("history", &s.history),
-        ("actual", &s.actual),
-        ("forecast", &s.forecast),
+    for c in 0..k {
+        if s.history.iter().skip(c).step_by(k).all(|v| v.is_nan()) {
+            return Err(ModelError::Shape {
+                what: what("history"),
+                expected: format!("at least one observed value in column {c}"),
+                got: "only missing values".into(),
+            });
+        }
+    }
+    for (field, v, missing_ok) in [
+        ("history", &s.history, true),
+        ("actual", &s.actual, true),
+        ("forecast", &s.forecast, false),
     ] {
-        if let Some((index, &value)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+        if let Some((index, &value)) = v
+            .iter()
+            .enumerate()
+            .find(|(_, x)| !(x.is_finite() || missing_ok && x.is_nan()))
+        {
             return Err(ModelError::NonFinite {
                 what: what(field),
                 index,
@@ -199,17 +311,43 @@ fn check(s: &SeriesForecast, k: usize, h: usize) -> Result<(), ModelError> {
 }
 
 /// The MASE scale of column `c` of `history` (`[n, k]`): the mean absolute difference at lag
-/// `m`; `None` when it is 0 or the history is shorter than `m + 1`.
+/// `m` over the pairs both observed; `None` when it is 0 or there is no such pair.
 fn mase_scale(history: &[f64], k: usize, c: usize, m: usize) -> Option<f64> {
     let n = history.len() / k;
-    if n < m + 1 {
-        return None;
+    let (mut sum, mut pairs) = (0.0, 0usize);
+    for t in m..n {
+        let d = (history[t * k + c] - history[(t - m) * k + c]).abs();
+        if !d.is_nan() {
+            sum += d;
+            pairs += 1;
+        }
     }
-    let sum: f64 = (m..n)
-        .map(|t| (history[t * k + c] - history[(t - m) * k + c]).abs())
-        .sum();
-    let scale = sum / (n - m) as f64;
-    (scale > 0.0).then_some(scale)
+    let scale = sum / pairs as f64;
+    (pairs > 0 && scale > 0.0).then_some(scale)
+}
+
+/// `history` (`[n, k]`) with each missing value replaced by the last observed one of its column
+/// (the first observed one before that).
+fn filled(history: &[f64], k: usize) -> Vec<f64> {
+    let mut out = history.to_vec();
+    for c in 0..k {
+        let first = history
+            .iter()
+            .skip(c)
+            .step_by(k)
+            .copied()
+            .find(|v| !v.is_nan())
+            .unwrap_or(0.0);
+        let mut last = first;
+        for v in out.iter_mut().skip(c).step_by(k) {
+            if v.is_nan() {
+                *v = last;
+            } else {
+                last = *v;
+            }
+        }
+    }
+    out
 }
 
 /// Persistence, `[h, k]`: the last history row repeated.
@@ -284,10 +422,14 @@ fn series_metrics(
     let mut total = Sums::default();
     let (mut mae, mut rmse, mut smape) = (0.0, 0.0, 0.0);
     let (mut mase_sum, mut mase_cols) = (0.0, 0usize);
+    let mut cols = 0usize;
     for c in 0..k {
         let mut col = Sums::default();
         for j in 0..h {
             let (a, f) = (actual[j * k + c], pred[j * k + c]);
+            if a.is_nan() {
+                continue;
+            }
             let e = (f - a).abs();
             let denom = a.abs() + f.abs();
             col.points += 1;
@@ -297,10 +439,15 @@ fn series_metrics(
                 col.smape += 2.0 * e / denom;
             }
         }
-        let col_mae = col.abs / h as f64;
+        if col.points == 0 {
+            continue;
+        }
+        cols += 1;
+        let points = col.points as f64;
+        let col_mae = col.abs / points;
         mae += col_mae;
-        rmse += (col.sq / h as f64).sqrt();
-        smape += 100.0 * col.smape / h as f64;
+        rmse += (col.sq / points).sqrt();
+        smape += 100.0 * col.smape / points;
         if let Some(s) = scale[c] {
             mase_sum += col_mae / s;
             mase_cols += 1;
@@ -310,7 +457,8 @@ fn series_metrics(
         total.sq += col.sq;
         total.smape += col.smape;
     }
-    let kf = k as f64;
+    // NaN (undefined) when no column has an observed value
+    let kf = cols as f64;
     let metrics = Metrics {
         mae: mae / kf,
         rmse: rmse / kf,
@@ -323,7 +471,9 @@ fn series_metrics(
 /// A table cell: about four significant digits, scientific outside `[0.001, 1e6)`.
 fn fmt_num(v: f64) -> String {
     let a = v.abs();
-    if v == 0.0 {
+    if v.is_nan() {
+        "-".into()
+    } else if v == 0.0 {
         "0".into()
     } else if !v.is_finite() || !(1e-3..1e6).contains(&a) {
         format!("{v:.3e}")
@@ -432,6 +582,18 @@ impl Scores {
         } else {
             ")\n"
         });
+        if let Some(q) = &self.quantiles {
+            let levels: Vec<String> = q.levels.iter().map(|v| v.to_string()).collect();
+            let _ = writeln!(
+                t,
+                "quantiles {} (the model's point forecast above is its middle level): pinball loss {}, the {}% interval held {:.1}% of {} values",
+                levels.join(", "),
+                fmt_num(q.overall.pinball),
+                (1000.0 * q.interval).round() / 10.0,
+                100.0 * q.overall.coverage,
+                q.overall.points
+            );
+        }
         t
     }
 }
@@ -470,6 +632,86 @@ mod tests {
 
     fn cols(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn missing_truths_are_left_out_and_baselines_carry_over_gaps() {
+        let nan = f64::NAN;
+        // history 1, 2, -, 4, - : persistence carries 4; lag-1 pairs (1,2) only: scale 1
+        // actual 5, -, 7 against forecast 5, 100, 8: errors 0 and 1 (the middle is missing)
+        let s = [series(
+            "a",
+            &[1., 2., nan, 4., nan],
+            &[5., nan, 7.],
+            &[5., 100., 8.],
+        )];
+        let r = score(&s, &cols(&["y"]), 3, None).unwrap();
+        let row = &r.series[0].scores;
+        let model = [0.5, 0.5f64.sqrt(), 50.0 * 2.0 / 15.0];
+        check_metrics(&row.model, model, Some(0.5), "model");
+        let pers = [2.0, 5.0f64.sqrt(), 50.0 * (2.0 / 9.0 + 6.0 / 11.0)];
+        check_metrics(&row.persistence, pers, Some(2.0), "persistence");
+        // a series without any observed truth has no metrics and leaves the pooled ones alone
+        let both = [
+            s[0].clone(),
+            series("b", &[1., 2.], &[nan, nan, nan], &[1., 1., 1.]),
+        ];
+        let r = score(&both, &cols(&["y"]), 3, None).unwrap();
+        assert!(r.series[1].scores.model.mae.is_nan());
+        assert_eq!(r.series[1].scores.model.mase, None);
+        check_metrics(&r.overall.model, model, Some(0.5), "overall");
+        assert!(r.table().contains("b"), "{}", r.table());
+        // a history without any observed value, or a non-finite forecast, is an error
+        let e = score(
+            &[series("c", &[nan, nan], &[1., 1., 1.], &[1., 1., 1.])],
+            &cols(&["y"]),
+            3,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`c` history") && e.contains("observed"), "{e}");
+        let e = score(
+            &[series("d", &[1., 2.], &[1., 1., 1.], &[1., nan, 1.])],
+            &cols(&["y"]),
+            3,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`d` forecast"), "{e}");
+    }
+
+    #[test]
+    fn quantile_forecasts_score_their_pinball_loss_and_coverage() {
+        let nan = f64::NAN;
+        // levels 0.1, 0.9; actual 5 inside [4, 6], 9 above [7, 8], missing, 0 inside [0, 1]
+        let s = [series(
+            "a",
+            &[1.0],
+            &[5.0, 9.0, nan, 0.0],
+            &[5.0, 7.5, 3.0, 0.5],
+        )];
+        let fc = vec![vec![4.0, 6.0, 7.0, 8.0, 2.0, 4.0, 0.0, 1.0]];
+        let q = score_quantiles(&s, &fc, &[0.1, 0.9]);
+        // pinball: (0.1*1 + 0.1*1) + (0.1*2 + 0.9*1) + (0.9*0 + 0.1*1) over 3 points x 2 levels
+        let want = (0.2 + 1.1 + 0.1) / 6.0;
+        assert!((q.overall.pinball - want).abs() < 1e-6, "{:?}", q.overall);
+        assert!((q.overall.coverage - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(q.overall.points, 3);
+        assert!((q.interval - 0.8).abs() < 1e-6);
+        assert_eq!(q.series[0].metrics, q.overall);
+        let mut r = score(&s, &cols(&["y"]), 4, None).unwrap();
+        r.quantiles = Some(q);
+        let table = r.table();
+        assert!(
+            table.contains("quantiles 0.1, 0.9")
+                && table.contains("80% interval held 66.7% of 3 values"),
+            "{table}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["quantiles"]["series"][0]["id"], "a");
+        assert!(json["quantiles"]["overall"]["coverage"].as_f64().is_some());
     }
 
     #[test]

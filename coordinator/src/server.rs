@@ -38,7 +38,8 @@ pub(crate) fn load_data(cfg: &TrainConfig) -> Result<Data, CoordError> {
                 .series
                 .as_ref()
                 .expect("series settings for a table");
-            let (table, spec) = data::series::read(p, spec, cfg.max_data_bytes)?;
+            let (table, mut spec) = data::series::read(p, spec, cfg.max_data_bytes)?;
+            spec.fit_observed_flags(&table)?;
             let d = data::series::SeriesData::new(&table, &spec, None)?;
             return Ok(Data::Series(Arc::new(d)));
         }
@@ -107,7 +108,7 @@ pub(crate) fn trainer(cfg: &TrainConfig, data: Data) -> Result<Trainer, CoordErr
     let mut spec = cfg.spec.clone();
     spec.series = data.series().map(|d| d.spec.clone());
     spec.model.input = data.input_features();
-    spec.model.output = data.output_features();
+    spec.model.output = data.output_features() * spec.outputs_per_target();
     spec.model.cond = if cfg.init_from_cond {
         data.cond_width()
     } else {
@@ -202,13 +203,13 @@ fn init_from(
             ),
         ));
     }
-    if f.output != data.output_features() {
+    if f.output != spec.model.output {
         return Err(bad(
             "init_from",
             format!(
-                "head `{}` kernel: expected {} outputs (the data's targets), the file has {} (shape {})",
+                "head `{}` kernel: expected {} outputs (the data's targets, times the quantiles), the file has {} (shape {})",
                 names.head,
-                data.output_features(),
+                spec.model.output,
                 f.output,
                 model::error::fmt_shape(&[f.hidden, f.output])
             ),
@@ -260,12 +261,15 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, CoordError> {
 /// Runs the job described by `cfg` until it is complete, fails or `shutdown` fires. `listener` is
 /// the bound gRPC socket (bound here from `cfg.listen` when `None`; unused in-process).
 pub(crate) async fn run(
-    cfg: TrainConfig,
+    mut cfg: TrainConfig,
     listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<Summary, CoordError> {
     let run_dir = crate::rundir::prepare(&cfg)?;
     let data = load_data(&cfg)?;
+    if let Some(d) = data.series() {
+        cfg.fit_series_defaults(d.len(), &d.chunks(d.spec.timesteps.max(1)));
+    }
     let sequences = match &data {
         Data::Windows(d) => {
             let streams = model::stream::Streams::new(d.train.x.n, cfg.spec.batch_size, &d.name)?;
@@ -288,6 +292,10 @@ pub(crate) async fn run(
                 targets = %d.spec.target_columns.join(","),
                 scale = %d.spec.scale,
                 val_steps = d.spec.val_steps,
+                missing = %d.spec.missing,
+                observed_flags = d.spec.observed_flags,
+                missing_targets = d.observed.as_ref().map_or(0, |o| o.iter().filter(|&&s| !s).count()),
+                input_width = d.fi,
                 "series"
             );
             d.len()

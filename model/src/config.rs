@@ -399,6 +399,10 @@ pub struct TrainSpec {
     /// How a table of series becomes training data (`None`: `.npz` windows or synthetic data).
     #[serde(default)]
     pub series: Option<data::series::SeriesSpec>,
+    /// Quantile levels to predict (series data): one output per level per target, trained with
+    /// the pinball loss instead of `loss`; empty: point forecasts.
+    #[serde(default)]
+    pub quantiles: Vec<f32>,
 }
 
 impl Default for TrainSpec {
@@ -421,6 +425,7 @@ impl Default for TrainSpec {
             lr_gamma: default_lr_gamma(),
             lr_step_epochs: default_lr_step_epochs(),
             series: None,
+            quantiles: Vec::new(),
         }
     }
 }
@@ -480,6 +485,23 @@ impl TrainSpec {
                 ),
             );
         }
+        if !self.quantiles.is_empty() {
+            if let Err(m) = crate::engine::Quantiles::new(&self.quantiles) {
+                return bad("quantiles", m);
+            }
+            if self.series.is_none() {
+                return bad(
+                    "quantiles",
+                    "quantile forecasts are made of series data (--data FILE.csv, .csv.gz, .parquet or a ragged .npz); windows train point predictions".into(),
+                );
+            }
+            if self.model.head == Head::Softmax {
+                return bad(
+                    "quantiles",
+                    "quantiles need the linear head; the softmax head sums its outputs to 1".into(),
+                );
+            }
+        }
         if let Some(s) = &self.series {
             if s.timesteps == 0 {
                 return bad(
@@ -497,8 +519,16 @@ impl TrainSpec {
         Ok(())
     }
 
+    /// Outputs per target: one per quantile level, or 1 for point forecasts.
+    pub fn outputs_per_target(&self) -> usize {
+        self.quantiles.len().max(1)
+    }
+
     /// The per-output loss of the run.
     pub fn loss_fn(&self) -> crate::engine::Loss {
+        if let Ok(q) = crate::engine::Quantiles::new(&self.quantiles) {
+            return crate::engine::Loss::Pinball(q);
+        }
         match self.loss {
             LossKind::Mse => crate::engine::Loss::Mse,
             LossKind::Mae => crate::engine::Loss::Mae,
@@ -570,6 +600,11 @@ impl TrainSpec {
         differs("clip_norm", clip(self.clip_norm), clip(saved.clip_norm))?;
         differs("compat", self.compat.to_string(), saved.compat.to_string())?;
         differs("loss", self.loss.to_string(), saved.loss.to_string())?;
+        differs(
+            "quantiles",
+            format!("{:?}", self.quantiles),
+            format!("{:?}", saved.quantiles),
+        )?;
         differs(
             "huber_delta",
             self.huber_delta.to_string(),

@@ -71,13 +71,41 @@ pub fn rollout(
             ),
         });
     }
+    rollout_with(
+        engine,
+        cfg,
+        params,
+        histories,
+        horizon,
+        group,
+        &mut |_, _, pred, out| out.extend_from_slice(pred),
+    )
+}
+
+/// Builds the input of a roll-out step: `(row, k, prediction, out)` appends to `out` the
+/// `[input]` values of the row's step `k` (1-based: the step after the `k`-th prediction) from
+/// its `k`-th prediction `[output]`.
+pub type NextInput<'a> = dyn FnMut(usize, usize, &[f32], &mut Vec<f32>) + 'a;
+
+/// [`rollout`] with the inputs of each roll-out step built by `next` from the previous
+/// prediction (covariates known ahead, a chosen quantile fed back, flags): warms each row's state
+/// over its history, then runs `horizon - 1` more steps. Returns `[horizon, output]` per row.
+pub fn rollout_with(
+    engine: &mut dyn Engine,
+    cfg: &ModelConfig,
+    params: &[f32],
+    histories: &[&[f32]],
+    horizon: usize,
+    group: usize,
+    next: &mut NextInput<'_>,
+) -> Result<Vec<Vec<f32>>, ModelError> {
     if let Some(r) = histories.iter().position(|h| h.len() < cfg.input) {
         return Err(ModelError::Data {
             source_name: "forecast".into(),
             msg: format!("row {r}: expected at least one step of history, got none"),
         });
     }
-    let f = cfg.output;
+    let (fi, fo) = (cfg.input, cfg.output);
     let n = histories.len();
     if horizon == 0 {
         return Ok(vec![Vec::new(); n]);
@@ -86,22 +114,31 @@ pub fn rollout(
     let mut out: Vec<Vec<f32>> = preds
         .iter()
         .map(|p| {
-            let mut v = Vec::with_capacity(horizon * f);
-            v.extend_from_slice(&p[p.len() - f..]);
+            let mut v = Vec::with_capacity(horizon * fo);
+            v.extend_from_slice(&p[p.len() - fo..]);
             v
         })
         .collect();
     let all: Vec<usize> = (0..n).collect();
+    let mut x = Vec::new();
     for k in 1..horizon {
         for rows in all.chunks(group.max(1)) {
-            let x: Vec<f32> = rows
-                .iter()
-                .flat_map(|&r| out[r][(k - 1) * f..k * f].iter().copied())
-                .collect();
+            x.clear();
+            for &r in rows {
+                let before = x.len();
+                next(r, k, &out[r][(k - 1) * fo..k * fo], &mut x);
+                if x.len() - before != fi {
+                    return Err(ModelError::Shape {
+                        what: format!("roll-out input of row {r} at step {k}"),
+                        expected: format!("{fi} values"),
+                        got: format!("{} values", x.len() - before),
+                    });
+                }
+            }
             let init = states.gather(rows);
             let (p, fin) = engine.forward(params, &x, rows.len(), 1, &init)?;
             for (i, &r) in rows.iter().enumerate() {
-                out[r].extend_from_slice(&p[i * f..(i + 1) * f]);
+                out[r].extend_from_slice(&p[i * fo..(i + 1) * fo]);
             }
             states.scatter(rows, &fin);
         }

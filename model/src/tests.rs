@@ -248,6 +248,7 @@ fn gradients_match_finite_differences() {
                 step: 2,
             }),
             valid: None,
+            observed: None,
             loss: Default::default(),
         };
         let mut e = CpuEngine::new(&cfg, 1);
@@ -348,6 +349,7 @@ fn fused_cpu_engine_matches_burns_stock_lstm_across_shapes() {
                     slots: &slots,
                     dropout: Some(key),
                     valid: None,
+                    observed: None,
                     loss: Default::default(),
                 };
                 let what = format!("n={n} H={hidden} T={t} {head:?}");
@@ -391,6 +393,7 @@ fn results_do_not_depend_on_how_slots_are_split() {
                 slots: &slots,
                 dropout: key,
                 valid: None,
+                observed: None,
                 loss: Default::default(),
             },
             &init,
@@ -411,6 +414,7 @@ fn results_do_not_depend_on_how_slots_are_split() {
             slots: &slots[part.clone()],
             dropout: key,
             valid: None,
+            observed: None,
             loss: Default::default(),
         };
         let out = e.train_step(&p, &b, &init.gather(&idx), false).unwrap();
@@ -743,6 +747,7 @@ fn fused_wgpu_matches_the_cpu_engine() {
                         slots: &slots,
                         dropout,
                         valid: None,
+                        observed: None,
                         loss: Default::default(),
                     };
                     let what = format!(
@@ -805,6 +810,7 @@ fn fused_wgpu_matches_the_cpu_engine_on_wide_layers() {
                 step: 1,
             }),
             valid: None,
+            observed: None,
             loss: Default::default(),
         };
         let a = CpuEngine::new(&cfg, 1)
@@ -889,6 +895,7 @@ fn fused_wgpu_rejects_bad_shapes_without_panicking() {
         slots: &slots,
         dropout: None,
         valid: None,
+        observed: None,
         loss: Default::default(),
     };
     assert!(
@@ -1007,6 +1014,7 @@ fn bench_train_step() {
                 step: 0,
             }),
             valid: None,
+            observed: None,
             loss: Default::default(),
         };
         let engines: Vec<(Box<dyn Engine>, usize)> = vec![

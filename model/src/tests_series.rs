@@ -46,6 +46,7 @@ fn series_spec(val_steps: usize, timesteps: usize, scale: Scale) -> SeriesSpec {
         val_steps,
         shuffle: true,
         timesteps,
+        ..Default::default()
     }
 }
 
@@ -177,7 +178,7 @@ fn masked_training_equals_running_each_series_alone() {
             let init = crate::state::SlotStates::zeros(spec.model.layers, 1, spec.model.hidden);
             use crate::engine::Engine;
             let (p, _) = engine.forward(&params, x, 1, steps, &init).unwrap();
-            want += crate::trainer::loss_sum(spec.loss_fn(), &p, d.y_of(i));
+            want += crate::trainer::loss_sum(spec.loss_fn(), 2, &p, d.y_of(i));
         }
         let count: usize = d.train_steps.iter().sum::<usize>() * 2;
         assert_eq!(outputs, count, "every valid output counted once");
@@ -207,7 +208,7 @@ fn validation_continues_each_series_after_its_training_part() {
             .forward(tr.params(), d.x_of(i), 1, steps, &init)
             .unwrap();
         let a = (steps - 3) * 2;
-        sum += crate::trainer::loss_sum(Loss::Mse, &p[a..], &d.y_of(i)[a..]);
+        sum += crate::trainer::loss_sum(Loss::Mse, 2, &p[a..], &d.y_of(i)[a..]);
     }
     let want = sum / (3 * 3 * 2) as f64;
     assert!((got - want).abs() < 1e-9, "{got} vs {want}");
@@ -237,4 +238,184 @@ fn the_learning_rate_schedule_reaches_the_update() {
     // Adam moves a weight by about lr per step: 3 * 0.01 without warm-up, 6 * 1e-5 with it
     assert!(plain > 0.01, "{plain}");
     assert!(warm < 1e-4, "{warm}");
+}
+
+/// [`table`] with the cells `(row, column)` (rows counted over the whole table) missing.
+fn with_gaps(mut t: Table, gaps: &[(usize, usize)]) -> Table {
+    for &(r, c) in gaps {
+        t.values[r * 2 + c] = f32::NAN;
+    }
+    t
+}
+
+#[test]
+fn missing_inputs_are_carried_forward_and_flagged() {
+    // series 0: rows 0..7; column a missing at rows 0 and 3-4, column b at row 5
+    let t = with_gaps(table(&[7, 5]), &[(0, 0), (3, 0), (4, 0), (5, 1)]);
+    let mut s = series_spec(0, 3, Scale::Series);
+    s.fit_observed_flags(&t).unwrap();
+    assert!(s.observed_flags, "an input cell is missing");
+    let d = SeriesData::new(&t, &s, None).unwrap();
+    assert_eq!(d.fi, 4, "two inputs and their flags");
+    let st = |c: &str| d.scaler.stat("s0", c);
+    // statistics leave the missing values out
+    let obs: Vec<f64> = [1, 2, 5, 6]
+        .iter()
+        .map(|&r| f64::from(t.values[r * 2]))
+        .collect();
+    let mean = obs.iter().sum::<f64>() / 4.0;
+    assert!((st("a")[0] - mean).abs() < 1e-9);
+    let x = d.x_of(0);
+    let a = |r: usize| Scaler::apply(st("a"), t.values[r * 2]);
+    let b = |r: usize| Scaler::apply(st("b"), t.values[r * 2 + 1]);
+    // step: [a, b, a observed, b observed]
+    assert_eq!(
+        &x[0..4],
+        &[0.0, b(0), 0.0, 1.0],
+        "zero before the first observation"
+    );
+    assert_eq!(&x[4..8], &[a(1), b(1), 1.0, 1.0]);
+    assert_eq!(
+        &x[12..16],
+        &[a(2), b(3), 0.0, 1.0],
+        "last observation carried forward"
+    );
+    assert_eq!(&x[16..20], &[a(2), b(4), 0.0, 1.0]);
+    assert_eq!(&x[20..24], &[a(5), b(4), 1.0, 0.0]);
+    // targets: row 3's a is missing, so step 2's first target is masked
+    let o = d.observed_of(0).unwrap();
+    assert_eq!(&o[4..6], &[false, true]);
+    assert_eq!(d.y_of(0)[4], 0.0);
+    assert_eq!(
+        d.observed_in(0, 0..6),
+        12 - 3,
+        "three of twelve targets missing"
+    );
+    // --missing error: no flags even with gaps (the reader refuses them)
+    let mut e = series_spec(0, 3, Scale::Series);
+    e.missing = MissingPolicy::Error;
+    e.fit_observed_flags(&t).unwrap();
+    assert!(!e.observed_flags);
+    // a complete table: no flags, no mask
+    let mut c = series_spec(0, 3, Scale::Series);
+    c.fit_observed_flags(&table(&[7, 5])).unwrap();
+    assert!(!c.observed_flags);
+    let d = SeriesData::new(&table(&[7, 5]), &c, None).unwrap();
+    assert!(d.observed.is_none() && d.fi == 2);
+}
+
+#[test]
+fn a_series_with_too_few_observed_targets_is_named() {
+    // s1 (rows 6..10) has no observed value of column b among its training targets
+    let t = with_gaps(table(&[6, 4]), &[(7, 1), (8, 1), (9, 1)]);
+    let e = SeriesData::new(&t, &series_spec(0, 3, Scale::None), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"s1\"") && e.contains("\"b\"") && e.contains("no observed value"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_targets_add_nothing_and_the_divisor_counts_observed_outputs() {
+    // one epoch, no shuffle, weights held still: every step's loss times its divisor sums to
+    // the loss of each series alone over its observed targets only
+    let lens = [8, 3, 6, 5];
+    let t = with_gaps(
+        table(&lens),
+        &[(2, 0), (3, 1), (5, 0), (5, 1), (13, 1), (19, 0)],
+    );
+    let mut s = series_spec(0, 3, Scale::None);
+    s.shuffle = false;
+    s.fit_observed_flags(&t).unwrap();
+    let d = Arc::new(SeriesData::new(&t, &s, None).unwrap());
+    let mut spec = train_spec(2, &s);
+    spec.epochs = 1;
+    spec.adam.lr = 1e-12;
+    spec.model.input = d.fi;
+    let mut tr = Trainer::new(spec.clone(), d.clone()).unwrap();
+    let params = tr.params().to_vec();
+    let mut engine = CpuEngine::new(&spec.model, 1);
+    let (mut total, mut outputs) = (0.0f64, 0usize);
+    while let Some(plan) = tr.plan() {
+        let n = tr.outputs_in(&plan);
+        let shard = tr.shard(&plan, 0..2);
+        let seen = shard
+            .observed
+            .as_ref()
+            .expect("the mask travels with the shard");
+        let valid = shard.valid.as_ref().unwrap();
+        let counted: usize = (0..2)
+            .map(|r| {
+                seen[r * 3 * 2..(r * 3 + valid[r] as usize) * 2]
+                    .iter()
+                    .filter(|&&o| o)
+                    .count()
+            })
+            .sum();
+        assert_eq!(n, counted.max(1), "the divisor is the observed outputs");
+        let c = tr.step_local(&mut engine).unwrap().unwrap();
+        total += c.loss * n as f64;
+        outputs += counted;
+    }
+    let mut want = 0.0f64;
+    use crate::engine::Engine;
+    for i in 0..lens.len() {
+        let init = crate::state::SlotStates::zeros(spec.model.layers, 1, spec.model.hidden);
+        let (p, _) = engine
+            .forward(&params, d.x_of(i), 1, d.train_steps[i], &init)
+            .unwrap();
+        let o = d.observed_of(i).unwrap();
+        for ((pv, yv), _) in p.iter().zip(d.y_of(i)).zip(o).filter(|(_, seen)| **seen) {
+            want += f64::from(pv - yv).powi(2);
+        }
+    }
+    let all: usize = d.train_steps.iter().sum::<usize>() * 2;
+    assert_eq!(
+        outputs,
+        all - 6,
+        "the six missing targets of the training steps"
+    );
+    assert!(
+        (total - want).abs() <= 1e-5 * want.abs().max(1.0),
+        "{total} vs {want}"
+    );
+}
+
+#[test]
+fn a_quantile_model_repeats_each_target_once_per_level() {
+    let t = with_gaps(table(&[7, 5]), &[(3, 0)]);
+    let mut s = series_spec(2, 3, Scale::Series);
+    s.shuffle = false;
+    let d = Arc::new(SeriesData::new(&t, &s, None).unwrap());
+    let mut spec = train_spec(2, &s);
+    spec.quantiles = vec![0.1, 0.5, 0.9];
+    // two targets of three levels each
+    let e = Trainer::new(spec.clone(), d.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("6 target features") && e.contains("3 quantiles"),
+        "{e}"
+    );
+    spec.model.output = 6;
+    let mut tr = Trainer::new(spec.clone(), d.clone()).unwrap();
+    let plan = tr.plan().unwrap();
+    let shard = tr.shard(&plan, 0..2);
+    // slot 0 holds s0's first chunk: steps 0..3, targets rows 1..4 (row 3's first one missing)
+    let y0 = d.y_of(0);
+    assert_eq!(&shard.y[..6], &[y0[0], y0[0], y0[0], y0[1], y0[1], y0[1]]);
+    let seen = shard.observed.as_ref().unwrap();
+    assert_eq!(&seen[12..18], &[false, false, false, true, true, true]);
+    assert_eq!(
+        tr.outputs_in(&plan),
+        (3 * 2 - 1 + 2 * 2) * 3,
+        "s0 misses one, s1 has 2 steps"
+    );
+    let mut engine = CpuEngine::new(&spec.model, 1);
+    let c = tr.step_local(&mut engine).unwrap().unwrap();
+    assert!(c.loss.is_finite() && c.loss > 0.0);
+    assert!(tr.validate(&mut engine).unwrap().unwrap() > 0.0);
+    assert!(matches!(tr.spec().loss_fn(), Loss::Pinball(q) if q.levels() == [0.1, 0.5, 0.9]));
 }

@@ -159,6 +159,9 @@ pub struct ShardData {
     pub valid: Option<Vec<u32>>,
     /// Slots that start a new series: their initial state is zero whatever `init` holds.
     pub resets: Option<Vec<bool>>,
+    /// Whether each target was observed (`[n, t, F_out]`; `None`: every one was): unobserved
+    /// targets (missing values) add nothing to the loss or the gradients.
+    pub observed: Option<Vec<bool>>,
     /// The loss per output.
     pub loss: Loss,
 }
@@ -220,6 +223,7 @@ impl ShardData {
             slots: &self.slots,
             dropout: self.dropout,
             valid: self.valid.as_deref(),
+            observed: self.observed.as_deref(),
             loss: self.loss,
         };
         let reset_rows;
@@ -565,17 +569,24 @@ impl Trainer {
         self.at_cursor_epoch(plan).outputs
     }
 
-    /// Valid outputs of the step `a`.
+    /// Valid outputs of the step `a`: outputs of valid steps whose target was observed (one per
+    /// quantile level of a quantile model).
     fn outputs_of(&self, a: &Ahead) -> usize {
         let fo = self.data.output_features();
         match (&a.series, &self.data) {
             (None, _) => self.spec.batch_size * self.timesteps() * fo,
             (Some((_, p)), Data::Series(d)) => {
                 let t = self.timesteps();
-                (0..self.spec.batch_size)
-                    .map(|s| chunk_valid(d, &p.at(a.plan.cursor.step, s), t))
-                    .sum::<usize>()
-                    * fo
+                let observed: usize = (0..self.spec.batch_size)
+                    .map(|s| match p.at(a.plan.cursor.step, s) {
+                        w @ SlotWork::Chunk { series, chunk } => {
+                            d.observed_in(series, chunk * t..chunk * t + chunk_valid(d, &w, t))
+                        }
+                        SlotWork::Idle => 0,
+                    })
+                    .sum();
+                // a step whose every target is missing has a zero gradient; its divisor stays 1
+                (observed * self.spec.outputs_per_target()).max(1)
             }
             _ => unreachable!("series plans with series data"),
         }
@@ -719,6 +730,8 @@ impl Trainer {
                 let works: Vec<SlotWork> =
                     slots.clone().map(|s| p.at(plan.cursor.step, s)).collect();
                 let (mut x, mut y) = (Vec::new(), Vec::new());
+                let mut observed = Vec::new();
+                let masked = with_data && d.observed.is_some();
                 let mut valid = Vec::with_capacity(works.len());
                 for w in &works {
                     let len = chunk_valid(d, w, t);
@@ -727,11 +740,30 @@ impl Trainer {
                             let a = chunk * t;
                             x.extend_from_slice(&d.x_of(series)[a * d.fi..(a + len) * d.fi]);
                             y.extend_from_slice(&d.y_of(series)[a * d.fo..(a + len) * d.fo]);
+                            if let Some(o) = d.observed_of(series) {
+                                observed.extend_from_slice(&o[a * d.fo..(a + len) * d.fo]);
+                            }
                         }
                         x.resize(x.len() + (t - len) * d.fi, 0.0);
                         y.resize(y.len() + (t - len) * d.fo, 0.0);
+                        if masked {
+                            observed.resize(y.len(), false);
+                        }
                     }
                     valid.push(len as u32);
+                }
+                // a quantile model has one output per level of each target: each target is
+                // repeated once per level
+                let per = self.spec.outputs_per_target();
+                if per > 1 {
+                    y = y
+                        .iter()
+                        .flat_map(|&v| std::iter::repeat_n(v, per))
+                        .collect();
+                    observed = observed
+                        .iter()
+                        .flat_map(|&v| std::iter::repeat_n(v, per))
+                        .collect();
                 }
                 ShardData {
                     slots: slot_list.iter().map(|&s| s as u64).collect(),
@@ -744,6 +776,7 @@ impl Trainer {
                     dropout: plan.dropout,
                     valid: Some(valid),
                     resets: Some(works.iter().map(SlotWork::resets).collect()),
+                    observed: masked.then_some(observed),
                     loss,
                 }
             }
@@ -864,7 +897,7 @@ impl Trainer {
     /// Windows are laid out as `B` streams like training and start from the final training states
     /// (or zero, per `val_state`). Series continue from their state at the end of their training
     /// part: each series is run from zero over its training steps, and its last `--val-steps`
-    /// steps are scored.
+    /// steps are scored (their observed targets only).
     pub fn validate(&self, engine: &mut dyn Engine) -> Result<Option<f64>, ModelError> {
         match &self.data {
             Data::Windows(d) => self.validate_windows(d, engine),
@@ -891,13 +924,24 @@ impl Trainer {
             self.spec.batch_size,
         )?;
         let loss = self.spec.loss_fn();
-        let mut total = 0.0f64;
+        let per = self.spec.outputs_per_target();
+        let width = d.fo * per;
+        let (mut total, mut count) = (0.0f64, 0usize);
         for (i, p) in preds.iter().enumerate() {
-            let y = d.y_of(i);
-            let a = d.train_steps[i] * d.fo;
-            total += loss_sum(loss, &p[a..], &y[a..]);
+            let (y, o) = (d.y_of(i), d.observed_of(i));
+            // output j of step s predicts target j / per of that step
+            for s in d.train_steps[i]..d.train_steps[i] + k {
+                for j in 0..width {
+                    let t = s * d.fo + j / per;
+                    if o.is_none_or(|o| o[t]) {
+                        total += loss_value(loss, j, p[s * width + j], y[t]);
+                        count += 1;
+                    }
+                }
+            }
         }
-        Ok(Some(total / (d.len() * k * d.fo) as f64))
+        // every validation target missing: nothing to score
+        Ok((count > 0).then(|| total / count as f64))
     }
 
     fn validate_windows(
@@ -934,7 +978,7 @@ impl Trainer {
                 },
             };
             let (pred, fin) = net::forward(engine, model, &self.params, &x, b, t, start)?;
-            total += loss_sum(loss, &pred, &y);
+            total += loss_sum(loss, val.y.f, &pred, &y);
             states = Some(fin);
         }
         let count = streams.steps_per_epoch as f64 * (b * t * val.y.f) as f64;
@@ -1023,15 +1067,21 @@ pub fn digest(values: &[f32]) -> u64 {
     h.digest()
 }
 
-/// Sum of the loss over predictions `p` and targets `y`, in f64.
-pub fn loss_sum(loss: Loss, p: &[f32], y: &[f32]) -> f64 {
+/// Sum of the loss over predictions `p` and targets `y` of steps of `width` outputs, in f64.
+pub fn loss_sum(loss: Loss, width: usize, p: &[f32], y: &[f32]) -> f64 {
     p.iter()
         .zip(y)
-        .map(|(&a, &b)| match loss {
-            Loss::Mse => f64::from(a - b).powi(2),
-            _ => f64::from(loss.value_and_grad(a, b).0),
-        })
+        .enumerate()
+        .map(|(i, (&a, &b))| loss_value(loss, i % width, a, b))
         .sum()
+}
+
+/// The loss of output `o` of a step (the squared error in f64).
+fn loss_value(loss: Loss, o: usize, p: f32, y: f32) -> f64 {
+    match loss {
+        Loss::Mse => f64::from(p - y).powi(2),
+        _ => f64::from(loss.value_and_grad(o, p, y).0),
+    }
 }
 
 /// Steps per chunk of a series run.
@@ -1131,6 +1181,7 @@ fn gather_shard(
         dropout: plan.dropout,
         valid: None,
         resets: None,
+        observed: None,
         loss: Loss::Mse,
     }
 }
@@ -1155,12 +1206,18 @@ pub fn check_spec_fits_data(spec: &TrainSpec, data: &Data) -> Result<(), ModelEr
             ),
         );
     }
-    if m.output != data.output_features() {
+    let per = spec.outputs_per_target();
+    if m.output != data.output_features() * per {
         return err(
             "output",
             format!(
-                "expected the data's {} target features, got {}",
-                data.output_features(),
+                "expected the data's {} target features{}, got {}",
+                data.output_features() * per,
+                if per > 1 {
+                    format!(" ({} targets x {per} quantiles)", data.output_features())
+                } else {
+                    String::new()
+                },
                 m.output
             ),
         );

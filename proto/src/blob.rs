@@ -53,10 +53,15 @@ pub type Tensors<M> = fn(&mut M) -> Vec<&mut pb::Tensor>;
 
 /// The tensors of a step's work.
 pub fn assignment_tensors(a: &mut pb::Assignment) -> Vec<&mut pb::Tensor> {
-    [a.x.as_mut(), a.y.as_mut(), a.cond.as_mut()]
-        .into_iter()
-        .flatten()
-        .collect()
+    [
+        a.x.as_mut(),
+        a.y.as_mut(),
+        a.cond.as_mut(),
+        a.observed.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// The tensors of a view.

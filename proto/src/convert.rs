@@ -253,14 +253,23 @@ pub fn assignment(a: &AssignmentOut<'_>) -> pb::Assignment {
         deadline_ms: a.deadline.as_millis().try_into().unwrap_or(u64::MAX),
         valid_steps: d.valid.clone().unwrap_or_default(),
         slot_reset: d.resets.clone().unwrap_or_default(),
+        observed: d.observed.as_ref().map(|o| {
+            let w: Vec<f32> = o.iter().map(|&seen| f32::from(u8::from(seen))).collect();
+            tensor(&[n, d.t, m.output], &w)
+        }),
         loss: match d.loss {
             Loss::Mse => pb::Loss::Mse,
             Loss::Mae => pb::Loss::Mae,
             Loss::Huber(_) => pb::Loss::Huber,
+            Loss::Pinball(_) => pb::Loss::Pinball,
         } as i32,
         huber_delta: match d.loss {
             Loss::Huber(delta) => delta,
             _ => 0.0,
+        },
+        quantiles: match d.loss {
+            Loss::Pinball(q) => q.levels().to_vec(),
+            _ => Vec::new(),
         },
         view: a.view,
         lr: a.lr,
@@ -281,9 +290,12 @@ fn loss(a: &pb::Assignment) -> Result<Loss, WireError> {
             "a positive finite value".into(),
             a.huber_delta.to_string(),
         )),
+        Ok(pb::Loss::Pinball) => model::engine::Quantiles::new(&a.quantiles)
+            .map(Loss::Pinball)
+            .map_err(|m| shape_error("quantiles", m, format!("{:?}", a.quantiles))),
         Err(_) => Err(shape_error(
             "loss",
-            "LOSS_MSE, LOSS_MAE or LOSS_HUBER".into(),
+            "LOSS_MSE, LOSS_MAE, LOSS_HUBER or LOSS_PINBALL".into(),
             a.loss.to_string(),
         )),
     }
@@ -384,7 +396,33 @@ pub fn work(a: &pb::Assignment, cfg: &ModelConfig) -> Result<Work, WireError> {
         _ => None,
     };
     let (valid, resets) = slot_masks(a, n, t)?;
+    let observed = match &a.observed {
+        None => None,
+        Some(o) => {
+            let w = decode(Some(o), "observed", &[n, t, cfg.output])?;
+            if let Some((i, v)) = w.iter().enumerate().find(|(_, v)| **v != 0.0 && **v != 1.0) {
+                return Err(shape_error(
+                    "observed",
+                    "0 or 1 per target".into(),
+                    format!("{v} at index {i}"),
+                ));
+            }
+            Some(w.iter().map(|&v| v == 1.0).collect())
+        }
+    };
     let loss = loss(a)?;
+    if let Loss::Pinball(q) = loss
+        && !cfg.output.is_multiple_of(q.len())
+    {
+        return Err(shape_error(
+            "quantiles",
+            format!(
+                "a number of levels that divides the model's {} outputs",
+                cfg.output
+            ),
+            format!("{} levels", q.len()),
+        ));
+    }
     let end = a.first_slot.checked_add(n as u64).ok_or_else(|| {
         shape_error(
             "first_slot",
@@ -429,6 +467,7 @@ pub fn work(a: &pb::Assignment, cfg: &ModelConfig) -> Result<Work, WireError> {
             }),
             valid,
             resets,
+            observed,
             loss,
         },
         deadline: (a.deadline_ms > 0).then(|| Duration::from_millis(a.deadline_ms)),
@@ -681,6 +720,7 @@ mod tests {
             }),
             valid: Some(vec![3, 1]),
             resets: Some(vec![false, true]),
+            observed: Some((0..n * 3 * 2).map(|i| i % 3 != 1).collect()),
             loss: Loss::Huber(0.25),
         };
         let plan = StepPlan {
@@ -725,6 +765,24 @@ mod tests {
             (&w.data.valid, &w.data.resets, w.data.loss),
             (&data.valid, &data.resets, data.loss)
         );
+        assert_eq!(w.data.observed, data.observed);
+        let all = ShardData {
+            observed: None,
+            ..data.clone()
+        };
+        let plain = assignment(&AssignmentOut { data: &all, ..out });
+        assert!(plain.observed.is_none(), "absent when every target is seen");
+        assert_eq!(work(&plain, &cfg).unwrap().data.observed, None);
+        let mut bad = wire.clone();
+        bad.observed = Some(tensor(&[n, 3, 2], &[0.5; 12]));
+        let e = work(&bad, &cfg).unwrap_err().to_string();
+        assert!(
+            e.contains("observed") && e.contains("0 or 1") && e.contains("0.5 at index 0"),
+            "{e}"
+        );
+        bad.observed = Some(tensor(&[n, 3, 1], &[1.0; 6]));
+        let e = work(&bad, &cfg).unwrap_err().to_string();
+        assert!(e.contains("observed") && e.contains("(2, 3, 2)"), "{e}");
         let mut bad = wire.clone();
         bad.valid_steps = vec![4, 1];
         let e = work(&bad, &cfg).unwrap_err().to_string();
@@ -739,6 +797,22 @@ mod tests {
                 .to_string()
                 .contains("one per slot")
         );
+        let pinball = ShardData {
+            loss: Loss::Pinball(model::engine::Quantiles::new(&[0.1, 0.9]).unwrap()),
+            ..data.clone()
+        };
+        let wire_q = assignment(&AssignmentOut {
+            data: &pinball,
+            ..out
+        });
+        assert_eq!(work(&wire_q, &cfg).unwrap().data.loss, pinball.loss);
+        let mut bad = wire_q.clone();
+        bad.quantiles = vec![0.9, 0.1];
+        let e = work(&bad, &cfg).unwrap_err().to_string();
+        assert!(e.contains("quantiles") && e.contains("ascending"), "{e}");
+        bad.quantiles = vec![0.1, 0.5, 0.9];
+        let e = work(&bad, &cfg).unwrap_err().to_string();
+        assert!(e.contains("quantiles") && e.contains("3 levels"), "{e}");
         let mut bad = wire.clone();
         bad.loss = 9;
         assert!(

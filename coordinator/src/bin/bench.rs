@@ -235,6 +235,7 @@ fn ragged(seconds: f64, threads: usize) -> Result<Ragged, String> {
             step: 0,
         }),
         valid: None,
+        observed: None,
         loss: Loss::Mse,
     };
     let ragged_b = Batch {
@@ -325,6 +326,7 @@ fn series(threads: usize, hidden: usize) -> Result<(f64, f64, usize), String> {
             val_steps: 0,
             shuffle: true,
             timesteps: 96,
+            ..Default::default()
         };
         // each series has one more row than steps
         let rows: Vec<usize> = lens.iter().map(|l| l + 1).collect();

@@ -1,7 +1,7 @@
 //! Forecasts as an SVG (no fonts or system libraries needed): one small panel per series, up to
 //! [`MAX_PANELS`] in a grid, each with the history, the forecast drawn on from the last history
-//! point, and the actual values (a third colour, with markers) when known, the series id as
-//! caption, and one legend under the title.
+//! point, the interval of a quantile forecast as a shaded band, and the actual values (a third
+//! colour, with markers) when known, the series id as caption, and one legend under the title.
 //! Written atomically.
 //!
 //! Times are plain numbers on the x axis (seconds since the epoch for dates); the caller labels
@@ -22,6 +22,8 @@ const TITLE_H: u32 = 64;
 const HISTORY: RGBColor = RGBColor(31, 119, 180);
 const FORECAST: RGBColor = RGBColor(230, 110, 0);
 const ACTUAL: RGBColor = RGBColor(44, 160, 44);
+/// The interval band: the forecast's colour, light.
+const BAND: RGBColor = RGBColor(250, 205, 160);
 
 /// One column of one series to plot.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +42,9 @@ pub(crate) struct PlotSeries {
     pub(crate) forecast: Vec<f64>,
     /// The actual values at the forecast times, when known.
     pub(crate) actual: Option<Vec<f64>>,
+    /// The interval of a quantile forecast at the forecast times: its lower and upper bounds,
+    /// and what it is called in the legend (`10%-90%`).
+    pub(crate) band: Option<(Vec<f64>, Vec<f64>, String)>,
 }
 
 impl PlotSeries {
@@ -61,6 +66,22 @@ impl PlotSeries {
             (
                 "actual",
                 self.actual.as_ref().map_or(self.forecast_t.len(), Vec::len),
+                "forecast_t",
+                self.forecast_t.len(),
+            ),
+            (
+                "band lower",
+                self.band
+                    .as_ref()
+                    .map_or(self.forecast_t.len(), |b| b.0.len()),
+                "forecast_t",
+                self.forecast_t.len(),
+            ),
+            (
+                "band upper",
+                self.band
+                    .as_ref()
+                    .map_or(self.forecast_t.len(), |b| b.1.len()),
                 "forecast_t",
                 self.forecast_t.len(),
             ),
@@ -159,6 +180,12 @@ pub(crate) fn forecast_svg_string(
         if shown.iter().any(|s| s.actual.is_some()) {
             keys.push(("actual", ACTUAL.stroke_width(2)));
         }
+        let band_name = shown
+            .iter()
+            .find_map(|s| s.band.as_ref().map(|b| b.2.clone()));
+        if let Some(name) = &band_name {
+            keys.push((name.as_str(), BAND.stroke_width(8)));
+        }
         let mut x = (size.0 as i32 - 110 * keys.len() as i32) / 2;
         for (name, style) in keys {
             head.draw(&PathElement::new(vec![(x, 48), (x + 24, 48)], style))
@@ -184,7 +211,22 @@ pub(crate) fn forecast_svg_string(
                     actual.insert(0, p);
                 }
             }
-            let all = || history.iter().chain(&forecast).chain(&actual);
+            // the band's finite points, upper bounds then lower ones backwards: a polygon
+            let band: Vec<(f64, f64)> = s
+                .band
+                .as_ref()
+                .map(|(lo, hi, _)| {
+                    let upper = points(&s.forecast_t, hi);
+                    let mut lower = points(&s.forecast_t, lo);
+                    lower.reverse();
+                    if upper.len() == lower.len() {
+                        upper.into_iter().chain(lower).collect()
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .unwrap_or_default();
+            let all = || history.iter().chain(&forecast).chain(&actual).chain(&band);
             let (x0, x1) = range(all().map(|p| p.0), 0.0);
             let (y0, y1) = range(all().map(|p| p.1), 0.05);
 
@@ -208,6 +250,11 @@ pub(crate) fn forecast_svg_string(
             if let Some((t, _)) = start {
                 chart
                     .draw_series(LineSeries::new([(t, y0), (t, y1)], RGBColor(170, 170, 170)))
+                    .map_err(err)?;
+            }
+            if band.len() >= 2 {
+                chart
+                    .draw_series([Polygon::new(band.clone(), BAND.mix(0.6).filled())])
                     .map_err(err)?;
             }
             if let [p] = history[..] {
@@ -272,9 +319,32 @@ mod tests {
             history_t: (0..n).map(|t| t as f64 * 3600.0).collect(),
             forecast_t: (n..n + forecast.len()).map(|t| t as f64 * 3600.0).collect(),
             actual: actual.then(|| forecast.iter().map(|v| v + 0.5).collect()),
+            band: None,
             history,
             forecast,
         }
+    }
+
+    #[test]
+    fn a_quantile_forecast_draws_its_interval_as_a_band_in_the_legend() {
+        let mut s = series("q", vec![1.0, 2.0, 3.0], vec![3.5, 4.0], true);
+        s.band = Some((vec![3.0, 3.2], vec![4.0, 4.9], "10%-90%".into()));
+        let svg = forecast_svg_string("quantiles", &[s.clone()], &hours).unwrap();
+        assert!(svg.contains("10%-90%"), "the legend names the interval");
+        let fill = format!("fill=\"#{:02X}{:02X}{:02X}\"", BAND.0, BAND.1, BAND.2);
+        assert_eq!(
+            svg.lines()
+                .filter(|l| l.starts_with("<polygon") && l.contains(&fill))
+                .count(),
+            1,
+            "one band"
+        );
+        s.band = Some((vec![3.0], vec![4.0, 4.9], "10%-90%".into()));
+        assert!(
+            forecast_svg_string("t", &[s], &hours)
+                .unwrap_err()
+                .contains("band lower")
+        );
     }
 
     fn hours(v: f64) -> String {

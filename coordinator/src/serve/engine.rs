@@ -12,6 +12,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use data::series::InputLayout;
 use model::config::ModelConfig;
 use model::device::{make_engine, resolve};
 use model::engine::Engine;
@@ -42,6 +43,9 @@ pub(crate) enum Op {
     Forecast {
         /// Steps to roll out.
         horizon: usize,
+        /// The inputs known ahead of each forecast step after the first (a series model with
+        /// future covariates or calendar features), row-major, with the shape as given.
+        future: Option<(Vec<f32>, Vec<usize>)>,
     },
     /// Forget the stream.
     Reset,
@@ -537,6 +541,7 @@ impl Server {
                     h,
                     c,
                     last_y: Some(rows[(t - 1) * fo..].to_vec()),
+                    last_x: Some(s.x[(t - 1) * m.input..].to_vec()),
                     steps,
                     used: now,
                 },
@@ -574,7 +579,9 @@ impl Server {
                 c,
                 c_shape,
             } => self.set_state(&req.stream, (h, h_shape), (c, c_shape)),
-            Op::Forecast { horizon } => self.forecast(&req.stream, *horizon),
+            Op::Forecast { horizon, future } => {
+                self.forecast(&req.stream, *horizon, future.as_ref())
+            }
             Op::Predict { .. } => unreachable!("predictions are batched"),
         };
         Self::answer(req, r);
@@ -658,6 +665,7 @@ impl Server {
                 h: states.h().to_vec(),
                 c: states.c().to_vec(),
                 last_y: None,
+                last_x: None,
                 steps,
                 used: Instant::now(),
             },
@@ -665,37 +673,122 @@ impl Server {
         Ok(Answer::Done)
     }
 
-    fn forecast(&mut self, id: &str, horizon: usize) -> Result<Answer, ServeError> {
+    /// The layout of a series model's inputs, from its checkpoint (`None` for other models).
+    fn layout(&self) -> Option<InputLayout> {
+        self.model
+            .checkpoint
+            .as_ref()
+            .and_then(|c| c.spec.series.as_ref())
+            .map(InputLayout::of)
+            .filter(|l| l.width() == self.model.config.input)
+    }
+
+    fn forecast(
+        &mut self,
+        id: &str,
+        horizon: usize,
+        future: Option<&(Vec<f32>, Vec<usize>)>,
+    ) -> Result<Answer, ServeError> {
         let m = self.model.config.clone();
-        if m.input != m.output {
-            return Err(ServeError::Precondition(format!(
-                "a forecast feeds each prediction back as the next input, so the model's outputs ({}) must be its inputs ({})",
-                m.output, m.input
-            )));
-        }
         if horizon == 0 || horizon > 100_000 {
             return Err(ServeError::BadInput(format!(
                 "horizon: expected 1 to 100000 steps, got {horizon}"
             )));
         }
+        // a series model feeds its predictions back into its input columns and takes the rest of
+        // a step's inputs from the request (known ahead) and the stream's last step (held)
+        let layout = self.layout().unwrap_or(InputLayout {
+            inputs: m.input,
+            past: 0,
+            future: 0,
+            calendar: 0,
+            flags: false,
+        });
+        // a quantile model feeds back each target's middle level, its levels sorted first
+        let spec = self.model.checkpoint.as_ref().map(|c| &c.spec);
+        let per = spec.map_or(1, |s| s.outputs_per_target());
+        let mid = spec
+            .and_then(|s| model::engine::Quantiles::new(&s.quantiles).ok())
+            .map_or(0, |q| q.middle());
+        if layout.inputs * per != m.output {
+            return Err(ServeError::Precondition(format!(
+                "a forecast feeds each prediction back as the next input, so the model's targets ({}) must be its input columns ({})",
+                m.output / per,
+                layout.inputs
+            )));
+        }
+        let sorted = |y: &mut [f32]| {
+            for levels in y.chunks_mut(per) {
+                levels.sort_by(f32::total_cmp);
+            }
+        };
+        let middle = |y: &[f32]| -> Vec<f32> { y.chunks(per).map(|l| l[mid]).collect() };
+        let a = layout.ahead();
+        let ahead: Vec<f32> = match future {
+            None if a == 0 || horizon == 1 => Vec::new(),
+            None => {
+                return Err(ServeError::BadInput(format!(
+                    "future: this model takes {a} inputs known ahead at every step ({} future covariates, then sin and cos of {} calendar features); expected them for the {} forecast steps after the first, shape ({}, {a})",
+                    layout.future,
+                    layout.calendar,
+                    horizon - 1,
+                    horizon - 1
+                )));
+            }
+            Some((v, shape)) => {
+                let want = [horizon - 1, a];
+                if a == 0 && !v.is_empty() {
+                    return Err(ServeError::BadInput(
+                        "future: this model takes no inputs known ahead; send none".into(),
+                    ));
+                }
+                if shape.as_slice() != want || v.len() != want[0] * want[1] {
+                    return Err(ServeError::BadInput(format!(
+                        "future: expected shape ({}, {a}) (the {} forecast steps after the first, each with the model's inputs known ahead), got {shape:?}",
+                        want[0], want[0]
+                    )));
+                }
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(ServeError::BadInput(format!(
+                        "future: expected finite values, got {} at index {i}",
+                        v[i]
+                    )));
+                }
+                v.clone()
+            }
+        };
         let s = self.table.get(id).ok_or_else(|| Self::unknown(id))?.clone();
         let Some(first) = s.last_y.clone() else {
             return Err(ServeError::Precondition(format!(
                 "stream `{id}` has no prediction to continue from (its state was set, not computed); send at least one step first"
             )));
         };
+        let last = match (&s.last_x, layout.past) {
+            (Some(x), _) => x.clone(),
+            (None, 0) => vec![0.0; m.input],
+            (None, _) => {
+                return Err(ServeError::Precondition(format!(
+                    "stream `{id}` has no last step to hold its past covariates from (a stream restored from an older state file); send at least one step first"
+                )));
+            }
+        };
         let (l, hd) = (m.layers, m.hidden);
         let mut state = SlotStates::from_flat(l, 1, hd, s.h.clone(), s.c.clone())
             .map_err(|e| ServeError::Internal(e.to_string()))?;
-        let mut out = first.clone();
-        let mut x = first;
-        for _ in 1..horizon {
-            let (y, fin) = self
+        let mut y = first;
+        sorted(&mut y);
+        let mut out = y.clone();
+        let mut x = Vec::with_capacity(m.input);
+        for k in 1..horizon {
+            x.clear();
+            layout.roll_out_step(&middle(&y), &last, &ahead[(k - 1) * a..k * a], &mut x);
+            let (mut next, fin) = self
                 .engine
                 .forward(&self.model.params, &x, 1, 1, &state)
                 .map_err(|e| ServeError::Internal(e.to_string()))?;
-            out.extend_from_slice(&y);
-            x = y;
+            sorted(&mut next);
+            out.extend_from_slice(&next);
+            y = next;
             state = fin;
         }
         if let Some(st) = self.table.get(id).cloned() {

@@ -157,6 +157,12 @@ impl Predictor for PredictorService {
                 r.stream_id,
                 Op::Forecast {
                     horizon: r.horizon as usize,
+                    future: r
+                        .future
+                        .as_ref()
+                        .map(|t| convert::decode_any(Some(t), "future"))
+                        .transpose()
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?,
                 },
                 d,
             )

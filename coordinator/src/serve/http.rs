@@ -250,6 +250,10 @@ async fn put_state(
 #[serde(deny_unknown_fields)]
 struct ForecastBody {
     horizon: usize,
+    /// The inputs known ahead of each forecast step after the first (series models with future
+    /// covariates or calendar features).
+    #[serde(default)]
+    future: Option<Vec<Vec<f32>>>,
 }
 
 async fn forecast(
@@ -263,7 +267,22 @@ async fn forecast(
     let Json(b) = body?;
     let m = app.handle.model();
     let a = app
-        .call(&headers, &q, id, Op::Forecast { horizon: b.horizon })
+        .call(
+            &headers,
+            &q,
+            id,
+            Op::Forecast {
+                horizon: b.horizon,
+                future: b.future.map(|rows| {
+                    let shape = vec![rows.len(), rows.first().map_or(0, Vec::len)];
+                    if rows.iter().any(|r| r.len() != shape[1]) {
+                        // ragged rows: a shape that matches no model, so the error names it
+                        return (Vec::new(), vec![rows.len(), usize::MAX]);
+                    }
+                    (rows.concat(), shape)
+                }),
+            },
+        )
         .await?;
     outputs(a, m.output)
 }

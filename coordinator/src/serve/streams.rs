@@ -1,5 +1,6 @@
 //! The stream table: for every stream, the `(h, c)` of every layer after its last request, its
-//! last prediction (where a forecast starts), the steps it has seen and when it was last used.
+//! last prediction (where a forecast starts) and last input row (whose past covariates a
+//! forecast holds), the steps it has seen and when it was last used.
 //! Saved to and restored from `--state-dir/streams.safetensors` (written atomically).
 
 use std::collections::HashMap;
@@ -26,6 +27,8 @@ pub(crate) struct Stream {
     pub(crate) c: Vec<f32>,
     /// The prediction of its last step, `[F_out]`.
     pub(crate) last_y: Option<Vec<f32>>,
+    /// The inputs of its last step, `[F]`.
+    pub(crate) last_x: Option<Vec<f32>>,
     /// Steps seen.
     pub(crate) steps: u64,
     /// Last request.
@@ -85,14 +88,15 @@ impl Table {
     pub(crate) fn save(&self, dir: &Path, cfg: &ModelConfig) -> Result<usize, CoordError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| CoordError::io(format!("creating {}", dir.display()), e))?;
-        let (l, hd, fo) = (cfg.layers, cfg.hidden, cfg.output);
+        let (l, hd, fo, fi) = (cfg.layers, cfg.hidden, cfg.output, cfg.input);
         let n = self.streams.len();
         let mut ids: Vec<&String> = self.streams.keys().collect();
         ids.sort();
-        let (mut h, mut c, mut y) = (
+        let (mut h, mut c, mut y, mut x) = (
             Vec::with_capacity(n * l * hd),
             Vec::with_capacity(n * l * hd),
             Vec::with_capacity(n * fo),
+            Vec::with_capacity(n * fi),
         );
         let now = Instant::now();
         let mut meta_rows = Vec::with_capacity(n);
@@ -104,11 +108,16 @@ impl Table {
                 Some(v) => y.extend_from_slice(v),
                 None => y.extend(std::iter::repeat_n(0.0, fo)),
             }
+            match &s.last_x {
+                Some(v) => x.extend_from_slice(v),
+                None => x.extend(std::iter::repeat_n(0.0, fi)),
+            }
             meta_rows.push(serde_json::json!({
                 "id": id,
                 "steps": s.steps,
                 "idle_ms": now.saturating_duration_since(s.used).as_millis() as u64,
                 "has_y": s.last_y.is_some(),
+                "has_x": s.last_x.is_some(),
             }));
         }
         let mut meta = HashMap::new();
@@ -127,6 +136,7 @@ impl Table {
                 ("h", vec![n, l, hd], &h),
                 ("c", vec![n, l, hd], &c),
                 ("y", vec![n, fo], &y),
+                ("x", vec![n, fi], &x),
             ],
             meta,
         )?;
@@ -162,6 +172,7 @@ impl Table {
             serde_json::from_str(meta.get("streams").map_or("[]", |s| s))
                 .map_err(|e| bad(format!("metadata `streams`: {e}")))?;
         let n = rows.len();
+        let has_x = tensors.contains_key("x");
         let mut take = |k: &str, shape: &[usize]| {
             let (s, v) = tensors
                 .remove(k)
@@ -179,6 +190,13 @@ impl Table {
         let h = take("h", &[n, l, hd])?;
         let c = take("c", &[n, l, hd])?;
         let y = take("y", &[n, fo])?;
+        // tables saved before the last inputs were kept have none
+        let fi = cfg.input;
+        let x = if has_x {
+            Some(take("x", &[n, fi])?)
+        } else {
+            None
+        };
         let now = Instant::now();
         for (i, r) in rows.iter().enumerate() {
             let id = r["id"]
@@ -195,6 +213,10 @@ impl Table {
                         .as_bool()
                         .unwrap_or(false)
                         .then(|| y[i * fo..(i + 1) * fo].to_vec()),
+                    last_x: x
+                        .as_ref()
+                        .filter(|_| r["has_x"].as_bool().unwrap_or(false))
+                        .map(|x| x[i * fi..(i + 1) * fi].to_vec()),
                     steps: r["steps"].as_u64().unwrap_or(0),
                     used: now.checked_sub(idle).unwrap_or(now),
                 },
@@ -221,6 +243,7 @@ mod tests {
                     h: vec![i as f32; 16],
                     c: vec![-(i as f32); 16],
                     last_y: (i == 1).then(|| vec![0.5, 0.25]),
+                    last_x: (i == 1).then(|| vec![0.75, -0.5]),
                     steps: 7 + i as u64,
                     used: now,
                 },
@@ -232,7 +255,9 @@ mod tests {
         let b = r.get("b,with comma").unwrap();
         assert_eq!((b.h[0], b.c[0], b.steps), (1.0, -1.0, 8));
         assert_eq!(b.last_y.as_deref(), Some(&[0.5, 0.25][..]));
+        assert_eq!(b.last_x.as_deref(), Some(&[0.75, -0.5][..]));
         assert_eq!(r.get("a").unwrap().last_y, None);
+        assert_eq!(r.get("a").unwrap().last_x, None);
         let other = ModelConfig {
             hidden: 16,
             ..cfg.clone()

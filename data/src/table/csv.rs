@@ -1,5 +1,8 @@
 //! The CSV reader (`.csv`, `.csv.gz`): a header line naming the columns, then data rows with
 //! exactly as many fields. Rows are named `data row N (line L)`, L counting the header as line 1.
+//! A value cell that is empty, spells NaN or is one of the markers pandas reads as missing
+//! (`NA`, `N/A`, `null`, ...: [`MISSING_MARKERS`]) is a missing value: `NaN` with
+//! [`Missing::Keep`], an error naming the row and the column with [`Missing::Error`].
 
 use std::cell::Cell;
 use std::fs::File;
@@ -10,7 +13,9 @@ use std::rc::Rc;
 use flate2::read::MultiGzDecoder;
 
 use super::time::{TextTime, parse_value};
-use super::{Ids, Raw, RowNames, TableSpec, TimeKind, data_err, file_series_name, missing_column};
+use super::{
+    Ids, Missing, Raw, RowNames, TableSpec, TimeKind, data_err, file_series_name, missing_column,
+};
 use crate::error::DataError;
 
 /// Counts the bytes read and fails once more than the limit have been read.
@@ -139,7 +144,7 @@ pub(super) fn read(
             .filter(|&i| {
                 record
                     .get(i)
-                    .is_none_or(|c| c.is_empty() || c.parse::<f64>().is_ok())
+                    .is_none_or(|c| is_missing_marker(c) || c.parse::<f64>().is_ok())
             })
             .collect();
         if cols.is_empty() {
@@ -205,8 +210,8 @@ pub(super) fn read(
             times.push(t);
         }
         for &c in &value_cols {
-            let v =
-                parse_value(&record[c]).map_err(|m| data_err(source, format!("{}: {m}", at(c))))?;
+            let v = value_cell(&record[c], spec.missing)
+                .map_err(|m| data_err(source, format!("{}: {m}", at(c))))?;
             values.push(v);
         }
         lines.push(line);
@@ -228,6 +233,35 @@ pub(super) fn read(
         values,
         row_names: RowNames::Lines(lines),
     })
+}
+
+/// The spellings of a missing value in a CSV cell: an empty cell and the markers pandas reads as
+/// missing by default (`NA`, `N/A`, `NaN`, `null`, ...); matched exactly, after the surrounding
+/// whitespace is trimmed.
+const MISSING_MARKERS: [&str; 21] = [
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null", "+nan", "+NaN",
+];
+
+/// Whether `cell` spells a missing value (a marker, or any spelling of NaN).
+fn is_missing_marker(cell: &str) -> bool {
+    MISSING_MARKERS.contains(&cell) || cell.parse::<f32>().is_ok_and(f32::is_nan)
+}
+
+/// A value cell: a finite number, or with [`Missing::Keep`] `NaN` for a missing value.
+fn value_cell(cell: &str, missing: Missing) -> Result<f32, String> {
+    if is_missing_marker(cell) {
+        return match missing {
+            Missing::Keep => Ok(f32::NAN),
+            Missing::Error if cell.is_empty() => Err(
+                "expected a number, found an empty cell (a missing value: `--missing mask` trains through missing values)".into(),
+            ),
+            Missing::Error => Err(format!(
+                "expected a number, found {cell:?}, a missing value (`--missing mask` trains through missing values)"
+            )),
+        };
+    }
+    parse_value(cell)
 }
 
 /// The error for input past `max_bytes`.

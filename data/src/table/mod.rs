@@ -62,6 +62,7 @@ mod tests_parquet;
 mod time;
 
 pub use time::format_time;
+pub(crate) use time::{civil_from_days, days_from_civil};
 
 /// How the table's columns are chosen.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-use super::{Raw, RowNames, TableSpec, TimeKind, data_err};
+use super::{Missing, Raw, RowNames, TableSpec, TimeKind, data_err};
 use crate::error::DataError;
 use crate::npy::{Array, NpyError, parse_npy};
 
@@ -192,7 +192,16 @@ pub(super) fn read(
                 _ => (y.as_ref().expect("y exists"), fy, "y"),
             };
             let v = arr.data[r * width + j];
-            if !v.is_finite() {
+            if v.is_nan() && spec.missing == Missing::Error {
+                return Err(data_err(
+                    source,
+                    format!(
+                        "data row {}, column \"{name}{j}\": expected a finite number, found NaN, a missing value (array {name:?} [{r}, {j}]; `--missing mask` trains through missing values)",
+                        r + 1
+                    ),
+                ));
+            }
+            if v.is_infinite() {
                 return Err(data_err(
                     source,
                     format!(

@@ -148,7 +148,12 @@ fn empty_columns_mean_every_numeric_column() {
     let msg = t.unwrap_err().to_string();
     assert_has(
         &msg,
-        &["data row 2 (line 3)", "column \"v\"", "NaN", "\"nan\""],
+        &[
+            "data row 2 (line 3)",
+            "column \"v\"",
+            "missing value",
+            "\"nan\"",
+        ],
     );
     let p = csv("auto2.csv", ",k,t,label,v\n0,a,1,x,2.5\n1,a,2,y,3\n");
     let t = read_table(&p, &spec(Some("k"), Some("t"), &[]), None).unwrap();
@@ -390,9 +395,14 @@ fn bad_value_cells_name_row_column_and_cell() {
             "temp",
             "expected a number, found \"abc\"",
         ),
-        ("a,2024-01-01,1,,2\n", "load", "empty cell"),
-        ("a,2024-01-01,1,2,nan\n", "count", "NaN (\"nan\")"),
-        ("a,2024-01-01,NaN,2,3\n", "temp", "NaN (\"NaN\")"),
+        ("a,2024-01-01,1,,2\n", "load", "empty cell (a missing value"),
+        (
+            "a,2024-01-01,1,2,nan\n",
+            "count",
+            "\"nan\", a missing value",
+        ),
+        ("a,2024-01-01,NaN,2,3\n", "temp", "\"NaN\", a missing value"),
+        ("a,2024-01-01,NA,2,3\n", "temp", "\"NA\", a missing value"),
         (
             "a,2024-01-01,1,-inf,3\n",
             "load",
@@ -685,7 +695,7 @@ fn npz_errors() {
     let p = write("nan.npz", &[0.0, 1.0, 2.0, f32::NAN, 4.0, 5.0], &[3.0]);
     assert_has(
         &fails(&p, &TableSpec::default(), None),
-        &["data row 2", "column \"x1\"", "found NaN"],
+        &["data row 2", "column \"x1\"", "found NaN, a missing value"],
     );
     let p = write("inf.npz", &[0.0, 1.0, 2.0, 3.0, f32::INFINITY, 5.0], &[3.0]);
     assert_has(
@@ -711,5 +721,73 @@ fn npz_errors() {
     assert_has(
         &fails(&p, &TableSpec::default(), None),
         &["unexpected entry \"z.npy\""],
+    );
+}
+
+#[test]
+fn kept_missing_values_become_nan_in_csv_and_npz() {
+    let keep = |s: TableSpec| TableSpec {
+        missing: Missing::Keep,
+        ..s
+    };
+    // empty cells, pandas' markers and any spelling of NaN are missing; the rest reads as usual
+    let text = format!(
+        "{HEADER}a,2024-01-01,1,,NA\na,2024-01-02,NaN,2,3\nb,2024-01-01,n/a,null,nan\nb,2024-01-02,4, 5 ,<NA>\n"
+    );
+    for (name, bytes) in [
+        ("keep.csv", text.as_bytes().to_vec()),
+        ("keep.csv.gz", gzip(text.as_bytes())),
+    ] {
+        let t = read_table(&scratch(name, &bytes), &keep(long_spec()), None).unwrap();
+        let shown: Vec<String> = t.values.iter().map(|v| format!("{v}")).collect();
+        assert_eq!(
+            shown,
+            [
+                "1", "NaN", "NaN", "NaN", "2", "3", "NaN", "NaN", "NaN", "4", "5", "NaN"
+            ],
+            "{name}"
+        );
+    }
+    // a column whose first cell is missing still counts as a value column
+    let p = csv("keep-auto.csv", "id,t,v,w\na,1,NA,x\na,2,2,y\n");
+    let t = read_table(&p, &keep(spec(Some("id"), Some("t"), &[])), None).unwrap();
+    assert_eq!(t.columns, ["v"]);
+    assert!(t.values[0].is_nan() && t.values[1] == 2.0);
+    // an infinity, a word, an empty id or time are still errors
+    for (i, (row, what)) in [
+        ("a,2024-01-03,1,inf,2\n", "infinite value"),
+        ("a,2024-01-03,1,abc,2\n", "expected a number, found \"abc\""),
+        (",2024-01-03,1,2,3\n", "expected a series id"),
+        ("a,,1,2,3\n", "expected a time"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let p = csv(&format!("keep-bad{i}.csv"), &format!("{HEADER}{row}"));
+        assert_has(&fails(&p, &keep(long_spec()), None), &[what]);
+    }
+    // npz: NaN is missing, an infinity an error
+    let p = scratch("keep.npz", b"");
+    crate::npy::write_npz(
+        &p,
+        &[
+            ("x", &[3, 1], &[1.0, f32::NAN, 3.0]),
+            ("lengths", &[1], &[3.0]),
+        ],
+    )
+    .unwrap();
+    let t = read_table(&p, &keep(TableSpec::default()), None).unwrap();
+    assert!(t.values[1].is_nan() && t.values[2] == 3.0);
+    crate::npy::write_npz(
+        &p,
+        &[
+            ("x", &[3, 1], &[1.0, f32::INFINITY, 3.0]),
+            ("lengths", &[1], &[3.0]),
+        ],
+    )
+    .unwrap();
+    assert_has(
+        &fails(&p, &keep(TableSpec::default()), None),
+        &["data row 2", "found inf"],
     );
 }

@@ -8,7 +8,7 @@ use super::TimeKind;
 pub(super) const DAY: f64 = 86_400.0;
 
 /// Days since 1970-01-01 of the proleptic Gregorian date `y-m-d` (Howard Hinnant's algorithm).
-pub(super) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -19,7 +19,7 @@ pub(super) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 }
 
 /// The date `(y, m, d)` of day `z` since 1970-01-01.
-pub(super) fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;

@@ -3,8 +3,9 @@
 //! engine holds no state between steps; it is slow (Burn runs every time step as separate small
 //! ops) and exists to check the fused engines and to run where they cannot.
 //!
-//! A ragged batch ([`Batch::valid`] with a row shorter than `t`) multiplies the per-output losses
-//! by a 0/1 mask of the valid steps, and runs each layer's recurrence in segments that end at the
+//! A ragged batch ([`Batch::valid`] with a row shorter than `t`) or one with unobserved targets
+//! ([`Batch::observed`]) multiplies the per-output losses by a 0/1 mask of the valid steps and
+//! observed targets, and runs each layer's recurrence in segments that end at the
 //! rows' valid lengths, reading each row's final state where its segment ends. Padded steps still
 //! run (times a zero loss weight), so padded inputs and targets must be finite.
 
@@ -258,11 +259,28 @@ impl Engine for BurnEngine {
                 let linear = (a.clone() - 0.5 * delta) * delta;
                 (d.powi_scalar(2) * 0.5).mask_where(a.greater_elem(delta), linear)
             }
+            Loss::Pinball(levels) => {
+                // (1 - q) d where the prediction is at or above the target, else -q d
+                let q: Vec<f32> = (0..n * t * fo).map(|i| levels.level(i % fo)).collect();
+                let q = Tensor::<3>::from_data(TensorData::new(q, [n, t, fo]), &dev);
+                let below = d.clone().lower_elem(0.0);
+                let above = (q.clone().neg() + 1.0) * d.clone();
+                above.mask_where(below, q.neg() * d)
+            }
         };
-        if let Some(v) = valid {
-            let mut m = vec![0.0f32; n * t * fo];
-            for (r, &l) in v.iter().enumerate() {
-                m[r * t * fo..(r * t + l as usize) * fo].fill(1.0);
+        if valid.is_some() || batch.observed.is_some() {
+            let mut m = vec![1.0f32; n * t * fo];
+            if let Some(v) = valid {
+                for (r, &l) in v.iter().enumerate() {
+                    m[(r * t + l as usize) * fo..(r + 1) * t * fo].fill(0.0);
+                }
+            }
+            if let Some(o) = batch.observed {
+                for (w, &seen) in m.iter_mut().zip(o) {
+                    if !seen {
+                        *w = 0.0;
+                    }
+                }
             }
             per = per * Tensor::<3>::from_data(TensorData::new(m, [n, t, fo]), &dev);
         }

@@ -126,12 +126,14 @@ impl CpuEngine {
                     key,
                     want_init,
                     loss,
+                    observed,
                     ..
                 }) => {
                     let mask = key.map(|k| (DropoutMask::new(k, cfg.dropout), &slots[r0..r1]));
                     let mask = mask.filter(|_| cfg.dropout > 0.0);
                     let train = Train {
                         y: &y[r0 * t * fo..r1 * t * fo],
+                        observed: observed.map(|o| &o[r0 * t * fo..r1 * t * fo]),
                         mask,
                         want_init,
                         loss,
@@ -228,6 +230,7 @@ impl Engine for CpuEngine {
                 want_init: want_init_grad,
                 loss: batch.loss,
                 valid: batch.valid,
+                observed: batch.observed,
             }),
             init,
         );
@@ -280,6 +283,8 @@ impl Engine for CpuEngine {
 #[derive(Clone, Copy)]
 struct Train<'a> {
     y: &'a [f32],
+    /// Whether each target was observed (`None`: all).
+    observed: Option<&'a [bool]>,
     mask: Option<(DropoutMask, &'a [u64])>,
     want_init: bool,
     loss: Loss,
@@ -293,7 +298,7 @@ fn pass<const FMA: bool>(ws: &mut Workspace, c: &Chunk<'_>, train: Option<Train<
         None => ws.forward::<FMA>(c, None),
         Some(tr) => {
             ws.forward::<FMA>(c, tr.mask);
-            ws.backward::<FMA>(c, tr.y, tr.mask.is_some(), tr.want_init, tr.loss);
+            ws.backward::<FMA>(c, &tr, tr.mask.is_some());
         }
     }
 }
@@ -340,6 +345,8 @@ struct Targets<'a> {
     loss: Loss,
     /// Valid steps of each row (`None`: all `t`).
     valid: Option<&'a [u32]>,
+    /// Whether each target was observed (`None`: all).
+    observed: Option<&'a [bool]>,
 }
 
 /// The inputs of one contiguous range of slots.
@@ -615,14 +622,8 @@ impl Workspace {
     }
 
     #[inline(always)]
-    fn backward<const FMA: bool>(
-        &mut self,
-        c: &Chunk<'_>,
-        y: &[f32],
-        dropout: bool,
-        want_init: bool,
-        loss_kind: Loss,
-    ) {
+    fn backward<const FMA: bool>(&mut self, c: &Chunk<'_>, tr: &Train<'_>, dropout: bool) {
+        let (y, want_init, loss_kind) = (tr.y, tr.want_init, tr.loss);
         let cfg = c.cfg;
         let (n, t, h, fo) = (c.n, c.t, cfg.hidden, cfg.output);
         let g4 = 4 * h;
@@ -638,18 +639,35 @@ impl Workspace {
         sized_layers(&mut self.dh0, cfg.layers, n * h);
         sized_layers(&mut self.dc0, cfg.layers, n * h);
 
-        // the loss of the valid steps and its gradient at the head's output; padded steps get none
+        // the loss of the valid steps and its gradient at the head's output; padded steps and
+        // unobserved targets get none
         let mut loss = 0.0f64;
         for r in 0..n {
             let (v0, v1, end) = (r * t * fo, (r * t + c.len(r)) * fo, (r + 1) * t * fo);
-            for ((dz, &pv), &yv) in self.dz[v0..v1]
+            let outs = self.dz[v0..v1]
                 .iter_mut()
                 .zip(&self.pred[v0..v1])
-                .zip(&y[v0..v1])
-            {
-                let (l, g) = loss_kind.value_and_grad(pv, yv);
-                loss += f64::from(l);
-                *dz = g;
+                .zip(&y[v0..v1]);
+            // `j % fo` is the output's index within its step (the pinball loss's level)
+            match tr.observed {
+                None => {
+                    for (j, ((dz, &pv), &yv)) in outs.enumerate() {
+                        let (l, g) = loss_kind.value_and_grad(j % fo, pv, yv);
+                        loss += f64::from(l);
+                        *dz = g;
+                    }
+                }
+                Some(o) => {
+                    for (j, (((dz, &pv), &yv), &seen)) in outs.zip(&o[v0..v1]).enumerate() {
+                        *dz = if seen {
+                            let (l, g) = loss_kind.value_and_grad(j % fo, pv, yv);
+                            loss += f64::from(l);
+                            g
+                        } else {
+                            0.0
+                        };
+                    }
+                }
             }
             self.dz[v1..end].fill(0.0);
         }

@@ -2,16 +2,25 @@
 //! branch-free `exp`, `sigmoid` and `tanh` that the compiler vectorizes (Cephes polynomials,
 //! accurate to a few ulp); and the check of a step's [`Loss`] that every engine runs.
 
-use crate::engine::Loss;
+use crate::engine::{Loss, Quantiles};
 use crate::error::ModelError;
 
-/// Fails unless `loss` is well defined: a Huber `delta` must be positive and finite.
+/// Fails unless `loss` is well defined: a Huber `delta` must be positive and finite, pinball
+/// levels ascending within (0, 1).
 pub(crate) fn check_loss(loss: Loss) -> Result<(), ModelError> {
     match loss {
         Loss::Huber(delta) if !(delta.is_finite() && delta > 0.0) => Err(ModelError::Config {
             field: "loss".into(),
             msg: format!("the Huber loss needs a positive, finite delta, got {delta}"),
         }),
+        Loss::Pinball(q) => {
+            Quantiles::new(q.levels())
+                .map(|_| ())
+                .map_err(|msg| ModelError::Config {
+                    field: "quantiles".into(),
+                    msg,
+                })
+        }
         _ => Ok(()),
     }
 }

@@ -9,7 +9,8 @@
 //!
 //! All engines take parameters and return gradients in the flat PyTorch layout of
 //! [`crate::params`], and compute the gradient of the *sum* of the per-output losses ([`Loss`]) of
-//! their shard's valid steps, so shard results add up to the whole batch's.
+//! their shard's valid steps (and observed targets, [`Batch::observed`]), so shard results add up
+//! to the whole batch's.
 
 pub mod burn_ref;
 pub mod cpu;
@@ -43,8 +44,83 @@ pub struct Batch<'a> {
     /// padding: they add nothing to the loss or the gradients, and the row's final state is its
     /// state after its last valid step (its initial state when it has none).
     pub valid: Option<&'a [u32]>,
+    /// Whether each target was observed (`[n, t, output]`; `None`: all were). An unobserved
+    /// target (a missing value of a table) adds nothing to the loss or the gradients, like a
+    /// padded step; the states run through its step as usual.
+    pub observed: Option<&'a [bool]>,
     /// The loss whose sum is computed.
     pub loss: Loss,
+}
+
+/// Most quantiles a quantile model predicts.
+pub const MAX_QUANTILES: usize = 16;
+
+/// The quantile levels a quantile model predicts, ascending, each strictly between 0 and 1.
+/// Output `o` of a step predicts level [`Quantiles::level`]`(o)` of target `o / len`: the
+/// outputs of one target are side by side, one per level.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quantiles {
+    levels: [f32; MAX_QUANTILES],
+    len: u8,
+}
+
+impl Quantiles {
+    /// The levels `levels`; an error says what is wrong with them.
+    pub fn new(levels: &[f32]) -> Result<Self, String> {
+        if levels.is_empty() || levels.len() > MAX_QUANTILES {
+            return Err(format!(
+                "expected 1 to {MAX_QUANTILES} quantile levels, got {}",
+                levels.len()
+            ));
+        }
+        if let Some(q) = levels.iter().find(|q| !(**q > 0.0 && **q < 1.0)) {
+            return Err(format!("expected levels strictly between 0 and 1, got {q}"));
+        }
+        if let Some(w) = levels.windows(2).find(|w| w[0] >= w[1]) {
+            return Err(format!(
+                "expected ascending levels without repeats, got {} then {}",
+                w[0], w[1]
+            ));
+        }
+        let mut out = [0.0; MAX_QUANTILES];
+        out[..levels.len()].copy_from_slice(levels);
+        Ok(Self {
+            levels: out,
+            len: levels.len() as u8,
+        })
+    }
+
+    /// The levels.
+    pub fn levels(&self) -> &[f32] {
+        &self.levels[..self.len as usize]
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether there are none (never, for levels made by [`Quantiles::new`]).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The level output `o` of a step predicts.
+    pub fn level(&self, o: usize) -> f32 {
+        self.levels[o % self.len as usize]
+    }
+
+    /// The index of the level a forecast feeds back: the one closest to 0.5 (the median when
+    /// 0.5 is among them; the lower of two equally close).
+    pub fn middle(&self) -> usize {
+        let mut best = 0;
+        for (i, &q) in self.levels().iter().enumerate() {
+            if (q - 0.5).abs() < (self.levels[best] - 0.5).abs() {
+                best = i;
+            }
+        }
+        best
+    }
 }
 
 /// The per-output loss of a training step; engines return the sum over valid outputs and its
@@ -59,13 +135,27 @@ pub enum Loss {
     /// `0.5 d^2` for `|d| <= delta`, else `delta (|d| - 0.5 delta)`, with `d = p - y` (PyTorch's
     /// `HuberLoss`, Keras' `Huber`).
     Huber(f32),
+    /// The pinball (quantile) loss of output `o` at level `q = levels.level(o)`: `q (y - p)` for
+    /// `y > p`, else `(1 - q) (p - y)` (gradient `-q`, else `1 - q`), as darts'
+    /// `QuantileRegression` and neuralforecast's `MQLoss`. The targets are repeated, one per
+    /// level, so that output `o` has its own (see [`Quantiles`]).
+    Pinball(Quantiles),
 }
 
 impl Loss {
-    /// The loss of one output and its derivative with respect to the prediction.
-    pub fn value_and_grad(self, p: f32, y: f32) -> (f32, f32) {
+    /// The loss of output `o` of a step (its index within the step) and its derivative with
+    /// respect to the prediction.
+    pub fn value_and_grad(self, o: usize, p: f32, y: f32) -> (f32, f32) {
         let d = p - y;
         match self {
+            Self::Pinball(levels) => {
+                let q = levels.level(o);
+                if d < 0.0 {
+                    (-q * d, -q)
+                } else {
+                    ((1.0 - q) * d, 1.0 - q)
+                }
+            }
             Self::Mse => (d * d, 2.0 * d),
             Self::Mae => (
                 d.abs(),
@@ -168,6 +258,31 @@ pub(crate) fn check_batch(
     let (n, t) = (batch.n, batch.t);
     check_forward(cfg, params_len, expected_params, batch.x, n, t, init)?;
     check_len("targets", batch.y, n, t, cfg.output)?;
+    if let Loss::Pinball(q) = batch.loss
+        && !cfg.output.is_multiple_of(q.len())
+    {
+        return Err(ModelError::Config {
+            field: "quantiles".into(),
+            msg: format!(
+                "a model of {} outputs cannot predict {} quantile levels of each target (one output per level per target)",
+                cfg.output,
+                q.len()
+            ),
+        });
+    }
+    if let Some(o) = batch.observed
+        && o.len() != n * t * cfg.output
+    {
+        return Err(ModelError::Shape {
+            what: "observed targets".into(),
+            expected: format!(
+                "{} flags for ({n}, {t}, {})",
+                n * t * cfg.output,
+                cfg.output
+            ),
+            got: format!("{} flags", o.len()),
+        });
+    }
     if batch.slots.len() != n {
         return Err(ModelError::shape("slot ids", &[n], &[batch.slots.len()]));
     }

@@ -1,7 +1,8 @@
 //! Ragged batches and loss kinds: every engine's loss, gradient, final states and initial-state
 //! gradients against a plain f64 reference that runs each row over its valid steps only (its
 //! gradients by central finite differences), padded values that change nothing, and a batch
-//! without padding that equals the unmasked one exactly.
+//! without padding that equals the unmasked one exactly. Unobserved targets (missing values,
+//! [`Batch::observed`]) against the same reference with those terms dropped by hand.
 
 use crate::config::{Head, ModelConfig};
 use crate::dropout::{DropoutKey, DropoutMask};
@@ -14,7 +15,16 @@ use crate::rng::Rng;
 use crate::state::SlotStates;
 use crate::tests::{random, random_states};
 
-const LOSSES: [Loss; 3] = [Loss::Mse, Loss::Mae, Loss::Huber(0.5)];
+/// Every loss: squared, absolute, Huber, and the pinball loss at two levels (the model has two
+/// outputs: one target, two quantiles, or two targets of one level each when read as such).
+fn losses() -> [Loss; 4] {
+    [
+        Loss::Mse,
+        Loss::Mae,
+        Loss::Huber(0.5),
+        Loss::Pinball(crate::engine::Quantiles::new(&[0.2, 0.7]).unwrap()),
+    ]
+}
 
 /// The small model of these tests: input 2, hidden 4, 2 layers, output 2.
 fn config(head: Head, dropout: f32) -> ModelConfig {
@@ -41,6 +51,8 @@ struct Case {
     slots: Vec<u64>,
     key: Option<DropoutKey>,
     init: SlotStates,
+    /// Whether each target was observed (`None`: all).
+    observed: Option<Vec<bool>>,
 }
 
 impl Case {
@@ -59,10 +71,20 @@ impl Case {
             slots: (0..n as u64).map(|s| 11 * s + 3).collect(),
             key,
             init: random_states(&cfg, n, seed + 3),
+            observed: None,
             cfg,
             n,
             t,
         }
+    }
+
+    /// The same shard with about a third of its targets unobserved (seeded), some steps with
+    /// none of their outputs observed and some with part of them.
+    fn with_missing(mut self, seed: u64) -> Self {
+        let mut rng = Rng::new(seed, "tests-masked-observed");
+        let len = self.n * self.t * self.cfg.output;
+        self.observed = Some((0..len).map(|_| rng.range(0.0, 1.0) > 0.35).collect());
+        self
     }
 
     fn batch(&self, loss: Loss) -> Batch<'_> {
@@ -74,6 +96,7 @@ impl Case {
             slots: &self.slots,
             dropout: self.key,
             valid: Some(&self.valid),
+            observed: self.observed.as_deref(),
             loss,
         }
     }
@@ -94,9 +117,14 @@ impl Case {
     }
 }
 
-fn loss64(loss: Loss, p: f64, y: f64) -> f64 {
+/// The loss of output `o` of a step, in f64.
+fn loss64(loss: Loss, o: usize, p: f64, y: f64) -> f64 {
     let d = p - y;
     match loss {
+        Loss::Pinball(levels) => {
+            let q = f64::from(levels.level(o));
+            if d < 0.0 { -q * d } else { (1.0 - q) * d }
+        }
         Loss::Mse => d * d,
         Loss::Mae => d.abs(),
         Loss::Huber(delta) => {
@@ -193,7 +221,11 @@ fn reference(c: &Case, loss: Loss, p: &[f64], h0: &[f64], c0: &[f64]) -> (f64, V
                 z = e.iter().map(|a| a / sum).collect();
             }
             for (o, &pv) in z.iter().enumerate() {
-                total += loss64(loss, pv, f64::from(c.y[(r * t + s) * fo + o]));
+                let i = (r * t + s) * fo + o;
+                // an unobserved target's term is dropped
+                if c.observed.as_ref().is_none_or(|seen| seen[i]) {
+                    total += loss64(loss, o, pv, f64::from(c.y[i]));
+                }
             }
         }
     }
@@ -292,7 +324,7 @@ fn check_engine(make: &dyn Fn(&ModelConfig) -> Box<dyn Engine>) {
     for (ci, cfg) in configs().into_iter().enumerate() {
         let case = Case::new(cfg.clone(), 40 + 10 * ci as u64);
         let mut e = make(&cfg);
-        for loss in LOSSES {
+        for loss in losses() {
             let what = format!(
                 "{} {:?} dropout {} {loss:?}",
                 e.describe(),
@@ -330,6 +362,92 @@ fn check_engine(make: &dyn Fn(&ModelConfig) -> Box<dyn Engine>) {
             assert_same(&format!("{what} all valid"), &b, &a);
         }
     }
+}
+
+/// The same shard with other random values in every unobserved target.
+fn refilled_targets(c: &Case, seed: u64) -> Vec<f32> {
+    let other = random(c.y.len(), seed, 3.0);
+    let seen = c.observed.as_ref().expect("a case with missing targets");
+    c.y.iter()
+        .zip(&other)
+        .zip(seen)
+        .map(|((&y, &o), &s)| if s { y } else { o })
+        .collect()
+}
+
+/// For every configuration and loss, on ragged shards with a third of their targets missing:
+/// `engine`'s loss, gradient, final states and initial-state gradients equal the reference that
+/// drops the missing terms by hand, other values in the missing targets change nothing, and a
+/// mask with every target observed equals no mask exactly.
+fn check_engine_observed(make: &dyn Fn(&ModelConfig) -> Box<dyn Engine>) {
+    for (ci, cfg) in configs().into_iter().enumerate() {
+        let case = Case::new(cfg.clone(), 140 + 10 * ci as u64).with_missing(7 + ci as u64);
+        let mut e = make(&cfg);
+        for loss in losses() {
+            let what = format!(
+                "{} {:?} dropout {} {loss:?} with missing targets",
+                e.describe(),
+                cfg.head,
+                cfg.dropout
+            );
+            let want = expected(&case, loss);
+            let got = e
+                .train_step(&case.p, &case.batch(loss), &case.init, true)
+                .unwrap();
+            assert_matches(&what, &got, &want);
+            // the dropped terms really are dropped: the full loss differs
+            let full = Case {
+                observed: None,
+                ..Case::new(cfg.clone(), 140 + 10 * ci as u64)
+            };
+            let all = e
+                .train_step(&full.p, &full.batch(loss), &full.init, true)
+                .unwrap();
+            assert!(all.loss_sum > got.loss_sum, "{what}: nothing was masked");
+
+            let y = refilled_targets(&case, 600 + ci as u64);
+            let other = Batch {
+                y: &y,
+                ..case.batch(loss)
+            };
+            let again = e.train_step(&case.p, &other, &case.init, true).unwrap();
+            assert_same(&format!("{what} refilled"), &again, &got);
+
+            let seen = vec![true; case.y.len()];
+            let every = Batch {
+                observed: Some(&seen),
+                ..full.batch(loss)
+            };
+            let a = e.train_step(&full.p, &every, &full.init, true).unwrap();
+            assert_same(&format!("{what} all observed"), &a, &all);
+        }
+    }
+}
+
+#[test]
+fn missing_targets_on_the_cpu_engine_match_the_reference_without_their_terms() {
+    for threads in [1, 3] {
+        check_engine_observed(&|cfg| Box::new(CpuEngine::new(cfg, threads)));
+    }
+}
+
+#[test]
+fn missing_targets_on_the_burn_engine_match_the_reference_without_their_terms() {
+    check_engine_observed(&|cfg| {
+        Box::new(BurnEngine::new(cfg, burn::tensor::Device::flex(), "flex"))
+    });
+}
+
+/// Needs a wgpu adapter, like the other device tests.
+#[test]
+fn missing_targets_on_the_fused_wgpu_engine_match_the_reference_without_their_terms() {
+    use crate::engine::wgpu_fused::WgpuFusedEngine;
+    let compute = crate::device::resolve(crate::device::DeviceChoice::Wgpu)
+        .expect("a wgpu adapter (install mesa-vulkan-drivers for a software one)");
+    let crate::device::Compute::Wgpu { device, adapter } = compute else {
+        panic!("expected wgpu")
+    };
+    check_engine_observed(&|cfg| Box::new(WgpuFusedEngine::new(cfg, &device, &adapter).unwrap()));
 }
 
 #[test]
@@ -381,7 +499,7 @@ fn masked_cpu_engine_matches_burn_on_larger_shapes() {
             .collect();
         valid[..3].copy_from_slice(&[0, t as u32, 1]);
         let mut stock = BurnEngine::new(&cfg, burn::tensor::Device::flex(), "flex");
-        for loss in LOSSES {
+        for loss in losses() {
             let batch = Batch {
                 n,
                 t,
@@ -394,6 +512,7 @@ fn masked_cpu_engine_matches_burn_on_larger_shapes() {
                     step: 1,
                 }),
                 valid: Some(&valid),
+                observed: None,
                 loss,
             };
             let b = stock.train_step(&p, &batch, &init, true).unwrap();
@@ -455,6 +574,7 @@ fn cpu_threads_split_ragged_shards_without_changing_rows() {
                 step: trial,
             }),
             valid: Some(&valid),
+            observed: None,
             loss: Loss::Huber(0.5),
         };
         let one = CpuEngine::new(&cfg, 1)
@@ -489,7 +609,7 @@ fn cpu_engine_never_reads_padding() {
         }
         for threads in [1, 3] {
             let mut e = CpuEngine::new(&cfg, threads);
-            for loss in LOSSES {
+            for loss in losses() {
                 let clean = e
                     .train_step(&case.p, &case.batch(loss), &case.init, true)
                     .unwrap();
@@ -517,7 +637,7 @@ fn rows_without_valid_steps_change_nothing() {
         Box::new(BurnEngine::new(&cfg, burn::tensor::Device::flex(), "flex")),
     ];
     for mut e in engines {
-        for loss in LOSSES {
+        for loss in losses() {
             let b = Batch {
                 valid: Some(&none),
                 ..case.batch(loss)
@@ -551,6 +671,23 @@ fn bad_huber_deltas_and_valid_lengths_are_rejected() {
                 e.describe()
             );
         }
+        let three = Loss::Pinball(crate::engine::Quantiles::new(&[0.1, 0.5, 0.9]).unwrap());
+        let r = e.train_step(&case.p, &case.batch(three), &case.init, false);
+        assert!(
+            matches!(r, Err(ModelError::Config { ref field, .. }) if field == "quantiles"),
+            "{}: three levels of two outputs",
+            e.describe()
+        );
+        let seen = vec![true; case.y.len() - 1];
+        let b = Batch {
+            observed: Some(&seen),
+            ..case.batch(Loss::Mse)
+        };
+        assert!(
+            matches!(e.train_step(&case.p, &b, &case.init, false), Err(ModelError::Shape { ref what, .. }) if what == "observed targets"),
+            "{}",
+            e.describe()
+        );
         for v in [&long, &short] {
             let b = Batch {
                 valid: Some(v),

@@ -11,4 +11,5 @@ mod refusals;
 mod security;
 mod series;
 mod serving;
+mod tables;
 mod ui;

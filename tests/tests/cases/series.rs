@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 
 use carry_it::{TempDir, max_diff, metrics, params};
 
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
 /// A long-format CSV of `lens.len()` series (ids `st-<i>`, daily dates, two value columns),
 /// rows interleaved by date as exports list them.
-fn write_csv(path: &Path, lens: &[usize], seed: u64) {
+pub(crate) fn write_csv(path: &Path, lens: &[usize], seed: u64) {
     let mut rows = Vec::new();
     for (i, &n) in lens.iter().enumerate() {
         let start = (i * 3) as i64;
@@ -42,9 +42,9 @@ fn write_csv(path: &Path, lens: &[usize], seed: u64) {
 }
 
 /// Ragged lengths: some shorter than one chunk, some many chunks.
-const LENS: [usize; 7] = [23, 6, 41, 12, 9, 30, 17];
+pub(crate) const LENS: [usize; 7] = [23, 6, 41, 12, 9, 30, 17];
 
-fn series_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
+pub(crate) fn series_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
         "train",
         "--data",
@@ -289,9 +289,9 @@ fn malformed_tables_are_refused_with_file_row_and_column() {
             vec!["text.csv", "\"v\"", "lots", "line 3"],
         ),
         (
-            "nan.csv",
-            "store,date,v\na,2024-01-01,1\na,2024-01-02,NaN\na,2024-01-03,3\n",
-            vec!["nan.csv", "\"v\"", "NaN", "line 3"],
+            "sparse.csv",
+            "store,date,v\na,2024-01-01,1\na,2024-01-02,NaN\na,2024-01-03,\n",
+            vec!["sparse.csv", "series \"a\"", "\"v\"", "no observed value"],
         ),
         (
             "short.csv",

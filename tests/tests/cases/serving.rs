@@ -11,7 +11,7 @@ use proto::convert::{decode_any, tensor};
 use proto::pb::{self, predictor_client::PredictorClient};
 use serde_json::{Value, json};
 
-const TOKEN: &str = "serving-test-token-0123456789";
+pub(crate) const TOKEN: &str = "serving-test-token-0123456789";
 
 /// Trains a small model in `dir/run`.
 fn model(dir: &TempDir) -> String {
@@ -21,7 +21,12 @@ fn model(dir: &TempDir) -> String {
 }
 
 /// Starts `serve`; returns it with its gRPC and HTTP addresses.
-fn serve(dir: &TempDir, name: &str, model: &str, extra: &[&str]) -> (Proc, String, String) {
+pub(crate) fn serve(
+    dir: &TempDir,
+    name: &str,
+    model: &str,
+    extra: &[&str],
+) -> (Proc, String, String) {
     let mut args = vec![
         "serve",
         "--model",
@@ -43,7 +48,7 @@ fn serve(dir: &TempDir, name: &str, model: &str, extra: &[&str]) -> (Proc, Strin
 }
 
 /// One HTTP/1.1 request; returns the status and the JSON body.
-fn http(
+pub(crate) fn http(
     addr: &str,
     method: &str,
     path: &str,
@@ -75,14 +80,14 @@ fn http(
     (status, json)
 }
 
-type Client = PredictorClient<
+pub(crate) type Client = PredictorClient<
     tonic::service::interceptor::InterceptedService<
         tonic::transport::Channel,
         proto::security::AddToken,
     >,
 >;
 
-async fn client(addr: &str) -> Client {
+pub(crate) async fn client(addr: &str) -> Client {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -303,6 +308,7 @@ fn state_forecast_eviction_shapes_and_tokens() {
             .forecast(pb::ForecastRequest {
                 stream_id: "f".into(),
                 horizon: 4,
+                future: None,
             })
             .await
             .unwrap()

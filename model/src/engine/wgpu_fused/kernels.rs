@@ -389,7 +389,10 @@ pub(super) fn lstm_backward<V: Size>(
 /// gradient at the head's pre-activation into `dz`. The loss is the squared error, or with `mae`
 /// the absolute error, or with `huber` the Huber loss with threshold `delta`. When `ragged`, row
 /// `slot * t + s` counts only if `s` is below the slot's valid step count (`[n]` as f32 in
-/// `data` at `valid_off`); padded rows get a zero loss and gradient.
+/// `data` at `valid_off`); padded rows get a zero loss and gradient. When `observed`, each
+/// output's loss and gradient are weighted by its 0/1 weight (`[rows, o]` in `data` at
+/// `observed_off`): an unobserved target adds nothing. With `pinball`, output `q` has the
+/// pinball loss at the level in `data` at `levels_off + q`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn head_kernel(
@@ -407,14 +410,18 @@ pub(super) fn head_kernel(
     loss_off: u32,
     t: u32,
     valid_off: u32,
+    observed_off: u32,
+    levels_off: u32,
     delta: f32,
     #[comptime] h: usize,
     #[comptime] o: usize,
     #[comptime] softmax: bool,
     #[comptime] train: bool,
     #[comptime] ragged: bool,
+    #[comptime] observed: bool,
     #[comptime] mae: bool,
     #[comptime] huber: bool,
+    #[comptime] pinball: bool,
 ) {
     let row = linear_pos();
     if row < rows as usize {
@@ -455,33 +462,47 @@ pub(super) fn head_kernel(
                 let mut loss = 0.0f32;
                 for q in 0..o {
                     let e = pred[p + q] - data[y + q];
+                    let mut l = e * e;
+                    let mut g = 2.0 * e;
                     if mae {
-                        loss += f32::abs(e);
-                        let mut g = 0.0f32;
+                        l = f32::abs(e);
+                        g = 0.0f32;
                         if e > 0.0f32 {
                             g = 1.0f32;
                         }
                         if e < 0.0f32 {
                             g = -1.0f32;
                         }
-                        dz[p + q] = g;
+                    } else if pinball {
+                        let lv = data[levels_off as usize + q];
+                        if e < 0.0f32 {
+                            l = -lv * e;
+                            g = -lv;
+                        } else {
+                            l = (1.0f32 - lv) * e;
+                            g = 1.0f32 - lv;
+                        }
                     } else if huber {
                         let a = f32::abs(e);
                         if a <= delta {
-                            loss += 0.5f32 * e * e;
-                            dz[p + q] = e;
+                            l = 0.5f32 * e * e;
+                            g = e;
                         } else {
-                            loss += delta * (a - 0.5f32 * delta);
+                            l = delta * (a - 0.5f32 * delta);
                             if e < 0.0f32 {
-                                dz[p + q] = -delta;
+                                g = -delta;
                             } else {
-                                dz[p + q] = delta;
+                                g = delta;
                             }
                         }
-                    } else {
-                        loss += e * e;
-                        dz[p + q] = 2.0 * e;
                     }
+                    if observed {
+                        let w = data[observed_off as usize + p + q];
+                        l *= w;
+                        g *= w;
+                    }
+                    loss += l;
+                    dz[p + q] = g;
                 }
                 res[loss_off as usize + row] = loss;
                 if softmax {

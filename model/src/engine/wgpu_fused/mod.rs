@@ -31,7 +31,9 @@
 //! gives padded steps a zero loss and gradient (so their gate gradients come out exactly zero
 //! in the backward, which needs no change), and the forward recurrence writes each slot's final
 //! state at its last valid step. Padded steps still run, so padded inputs must be finite. A
-//! batch without padding takes the unflagged kernels.
+//! batch without padding takes the unflagged kernels. Unobserved targets ([`Batch::observed`])
+//! upload a 0/1 weight per output and compile the head with the `observed` flag: an unobserved
+//! output gets a zero loss and gradient.
 
 use cubecl::bytes::Bytes;
 use cubecl::prelude::*;
@@ -80,12 +82,15 @@ impl Buf {
 /// Offsets inside the packed upload and result buffers for one shard shape.
 #[derive(Debug, Clone, Copy)]
 struct Packing {
-    /// `[x n*t*I | y n*t*O | h0 L*n*H | c0 L*n*H | mask n*t*H | valid n]`.
+    /// `[x n*t*I | y n*t*O | h0 L*n*H | c0 L*n*H | mask n*t*H | valid n | observed n*t*O |
+    /// levels O]`.
     y: usize,
     h0: usize,
     c0: usize,
     mask: usize,
     valid: usize,
+    observed: usize,
+    levels: usize,
     data_len: usize,
     /// `[grad P | loss n*t | hT L*n*H | cT L*n*H | dh0 L*n*H | dc0 L*n*H]`.
     loss: usize,
@@ -104,7 +109,9 @@ impl Packing {
         let c0 = h0 + st;
         let mask = c0 + st;
         let valid = mask + nt * cfg.hidden;
-        let data_len = valid + n;
+        let observed = valid + n;
+        let levels = observed + nt * cfg.output;
+        let data_len = levels + cfg.output;
         let loss = params;
         let ht = loss + nt;
         let ct = ht + st;
@@ -116,6 +123,8 @@ impl Packing {
             c0,
             mask,
             valid,
+            observed,
+            levels,
             data_len,
             loss,
             ht,
@@ -155,6 +164,8 @@ struct Workspace {
 struct Step {
     /// Some rows have padded steps (their valid step counts are uploaded).
     ragged: bool,
+    /// Some targets are unobserved (a 0/1 weight per output is uploaded).
+    observed: bool,
     loss: Loss,
 }
 
@@ -430,10 +441,12 @@ impl WgpuFusedEngine {
     /// Forward of every layer and the head; with `train`, also the loss and backward.
     fn run(&self, ws: &Workspace, train: Option<Step>, masked: bool) -> Result<(), ModelError> {
         let ragged = train.is_some_and(|s| s.ragged);
-        let (mae, huber, delta) = match train.map_or(Loss::Mse, |s| s.loss) {
-            Loss::Mse => (false, false, 0.0),
-            Loss::Mae => (true, false, 0.0),
-            Loss::Huber(d) => (false, true, d),
+        let observed = train.is_some_and(|s| s.observed);
+        let (mae, huber, pinball, delta) = match train.map_or(Loss::Mse, |s| s.loss) {
+            Loss::Mse => (false, false, false, 0.0),
+            Loss::Mae => (true, false, false, 0.0),
+            Loss::Huber(d) => (false, true, false, d),
+            Loss::Pinball(_) => (false, false, true, 0.0),
         };
         let cfg = &self.cfg;
         let (n, t, h, fo) = (ws.n, ws.t, cfg.hidden, cfg.output);
@@ -511,14 +524,18 @@ impl WgpuFusedEngine {
                 pk.loss as u32,
                 t as u32,
                 pk.valid as u32,
+                pk.observed as u32,
+                pk.levels as u32,
                 delta,
                 h,
                 fo,
                 cfg.head == Head::Softmax,
                 train.is_some(),
                 ragged,
+                observed,
                 mae,
                 huber,
+                pinball,
             );
         }
         if train.is_none() {
@@ -740,9 +757,26 @@ impl Engine for WgpuFusedEngine {
                 *dst = l as f32;
             }
         }
+        let observed = batch.observed.filter(|o| o.iter().any(|&seen| !seen));
+        if let Some(o) = observed {
+            let off = ws.pack.observed;
+            for (dst, &seen) in ws.staging[off..off + o.len()].iter_mut().zip(o) {
+                *dst = if seen { 1.0 } else { 0.0 };
+            }
+        }
+        if let Loss::Pinball(q) = batch.loss {
+            let off = ws.pack.levels;
+            for (o, dst) in ws.staging[off..off + self.cfg.output]
+                .iter_mut()
+                .enumerate()
+            {
+                *dst = q.level(o);
+            }
+        }
         self.upload(&mut ws, params, batch.x, Some(batch.y), init);
         let step = Step {
             ragged: lens.is_some(),
+            observed: observed.is_some(),
             loss: batch.loss,
         };
         let out = self
