@@ -22,4 +22,7 @@ pub mod security;
 pub mod step;
 
 /// Protocol version spoken by this build; registration with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 3;
+///
+/// 4: an `Assignment` may carry `observed` (masked targets) and `LOSS_PINBALL` with its
+/// `quantiles`, which a protocol-3 worker would ignore or refuse, so it must not join.
+pub const PROTOCOL_VERSION: u32 = 4;

@@ -1,4 +1,4 @@
-//! Wire forms of the step path (protocol 3): views, the directive stream, reports and the chunks
+//! Wire forms of the step path (protocols 3 and 4): views, the directive stream, reports and the chunks
 //! members exchange over their direct connections (and their framing). Every tensor that comes in is checked for shape and
 //! finiteness before anything uses it ([`crate::convert::decode`]).
 
