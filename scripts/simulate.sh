@@ -19,7 +19,8 @@
 #
 # Prints, per W: the median step time, the ideal step (the calibrated compute of B/W slots),
 # the per-step overhead (step - ideal), the scaling efficiency (ideal / step), the coordinator's
-# own time per step, and the bytes the busiest process moves per step (the coordinator's link,
+# own CPU time per step (decoding, screening, committing; measured in CPU time, so neither the
+# dilation nor a wait for a core changes it), and the bytes the busiest process moves per step (the coordinator's link,
 # or one worker's peer plus coordinator share, whichever is larger).
 #
 # Usage (root; needs iproute2): scripts/simulate.sh [--workers "1 2 4 8 16 32"]
@@ -187,14 +188,15 @@ if not rows:
 def median(col):
     v = sorted(float(r[col]) for r in rows)
     return v[len(v) // 2]
-step, coord_ms = median("step_ms") / k, median("coord_ms") / k
+# coord_ms is CPU time (a wait for a core is not in it), so it is not dilated
+step, coord_ms = median("step_ms") / k, median("coord_ms")
 coord_b, peer_b = median("coord_bytes"), median("peer_bytes")
 ideal = ms_slot * b / w
 busiest = max(coord_b, (peer_b + coord_b) / w)
 busy = 100 * (busy1 - busy0) / max(total1 - total0, 1)
 print(f"B={b:<5} H={h:<4} W={w:<3} K={k:<3} step {step:8.2f} ms  ideal {ideal:8.2f} ms  "
       f"overhead {step - ideal:6.2f} ms  efficiency {100 * ideal / step:5.1f}%  "
-      f"coordinator {coord_ms:5.2f} ms/step  busiest process {busiest / 1e3:7.1f} KB/step  "
+      f"coordinator {coord_ms:5.2f} ms CPU/step  busiest process {busiest / 1e3:7.1f} KB/step  "
       f"cores busy {busy:3.0f}%")
 EOF
 }

@@ -240,7 +240,8 @@ pub(crate) struct Breakdown {
     pub wait_ms: f64,
     /// Longest update of a replica.
     pub update_ms: f64,
-    /// Coordinator time spent on the step: decoding its records, screening, committing.
+    /// Coordinator CPU time spent on the step: decoding its records, screening, committing
+    /// ([`runtime::clock::Stopwatch`]: time waiting for a core is not counted).
     pub coordinator_ms: f64,
     /// From the step's last record arriving to its commit (second opinions, earlier steps).
     pub commit_lag_ms: f64,

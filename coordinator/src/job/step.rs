@@ -11,6 +11,7 @@ use model::replica::{
     owned_chunks,
 };
 use model::trainer::Ahead;
+use runtime::clock::Stopwatch;
 use sha2::{Digest, Sha256};
 
 use super::screen;
@@ -548,7 +549,7 @@ impl Job {
         }
         let share = decode_ms / records.len().max(1) as f64;
         for r in records {
-            let t0 = Instant::now();
+            let t0 = Stopwatch::start();
             let v = self.current_view(view)?;
             let i = v.index_of(key).ok_or_else(|| {
                 Refusal::NotAssigned(format!(
@@ -568,7 +569,7 @@ impl Job {
             self.check_step(step)?;
             self.take(key, i, rec, now)?;
             if let Some(s) = self.view.as_mut().and_then(|v| v.steps.get_mut(&step)) {
-                s.coordinator_ms += share + ms(t0.elapsed());
+                s.coordinator_ms += share + t0.ms();
                 s.last_record = Some(now);
             }
             if self.view.as_ref().is_none_or(|v| v.id != view) {
@@ -727,7 +728,7 @@ impl Job {
             .map(|(i, _)| i)
             .collect();
         for i in todo {
-            let t0 = Instant::now();
+            let t0 = Stopwatch::start();
             let v = self.view.as_ref().expect("a view");
             let key = v.keys[i];
             let s = &v.steps[&step];
@@ -752,7 +753,7 @@ impl Job {
             let why = self.suspicion(norm, step, i);
             let v = self.view.as_mut().expect("a view");
             let s = v.steps.get_mut(&step).expect("handed out");
-            s.coordinator_ms += ms(t0.elapsed());
+            s.coordinator_ms += t0.ms();
             match why {
                 None => s.shards[i].phase = Phase::Done,
                 Some(why) => {
@@ -929,7 +930,7 @@ impl Job {
 
     /// Commits step `step` (complete and screened): sums, updates, stores, checks digests.
     fn commit(&mut self, step: u64, now: Instant) {
-        let t0 = Instant::now();
+        let t0 = Stopwatch::start();
         let v = self.view.as_mut().expect("a view");
         let s = v.steps.remove(&step).expect("complete");
         let ranges = v.ranges.clone();
@@ -987,7 +988,7 @@ impl Job {
                 (d != want).then_some((k, d))
             })
             .collect();
-        b.coordinator_ms = s.coordinator_ms + ms(t0.elapsed());
+        b.coordinator_ms = s.coordinator_ms + t0.ms();
         b.commit_lag_ms = s
             .last_record
             .map_or(0.0, |t| ms(now.saturating_duration_since(t)));

@@ -18,8 +18,8 @@ pub(crate) const METRICS_FILE: &str = "metrics.csv";
 /// Prometheus show at that step). Where a distributed step's time went: `compute_ms` (the slowest shard),
 /// `sum_ms` (the longest gradient sum among the workers, of which `sum_wait_ms` waiting for the
 /// others' chunks), `update_ms` (the longest replica update), `idle_ms` (the rest: reports,
-/// work arriving, a stall); off the workers' path: `coord_ms` (the coordinator decoding,
-/// screening and committing the step) and `commit_lag_ms` (from its last record to its commit);
+/// work arriving, a stall); off the workers' path: `coord_ms` (the CPU time the coordinator spent
+/// decoding, screening and committing the step, apart from any wait for a core) and `commit_lag_ms` (from its last record to its commit);
 /// `peer_bytes` the most one worker sent and received among the workers, `coord_bytes` what the
 /// coordinator received and sent for the step; `unix_ms` when the step committed, on the wall
 /// clock.

@@ -511,7 +511,7 @@ impl Shared {
             .expect(&who.caller(), view)
             .map_err(|e| self.refused(&e))?;
         let bytes = r.encoded_len() as u64;
-        let t0 = Instant::now();
+        let t0 = runtime::clock::Stopwatch::start();
         let first = r.records.first().map_or(0, |x| x.step);
         let records = match blob::resolve(&mut r, blob::report_tensors, |id| {
             self.blobs.take_upload(&who.id, id)
@@ -519,7 +519,7 @@ impl Shared {
             Ok(()) => wire::records(&r, &expect),
             Err(m) => vec![Err((first, convert::WireError::Missing { what: m }))],
         };
-        let decode_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let decode_ms = t0.ms();
         let per = bytes / records.len().max(1) as u64;
         for rec in records.iter().flatten() {
             self.count(rec.step, per, 0);
