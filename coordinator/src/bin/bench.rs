@@ -658,7 +658,7 @@ fn main() -> std::process::ExitCode {
             let breakdown = match mid.breakdown {
                 Some(b) => {
                     eprintln!(
-                        "{:<22} {:<6} per step: compute {:.2} ms, sum {:.2} ms (waiting {:.2}), update {:.2} ms, coordinator {:.2} ms; bytes: peer {:.0}, coordinator {:.0}",
+                        "{:<22} {:<6} per step: compute {:.2} ms, sum {:.2} ms (waiting {:.2}), update {:.2} ms, coordinator {:.2} ms CPU; bytes: peer {:.0}, coordinator {:.0}",
                         "",
                         c.name,
                         b.compute_ms,
