@@ -152,7 +152,7 @@ run_one() {
     local cpu0
     cpu0=$(cpu_now)
     ip netns exec "${PREFIX}0" "$BIN/coordinator" train --listen "$(addr 0):7000" --workers "$w" \
-        --token "$TOKEN" --batch-size "$b" --hidden "$h" --sequences $((b * 4)) --epochs "$STEPS" --steps "$STEPS" \
+        --token "$TOKEN" --batch-size "$b" --hidden "$h" --sequences $((b * 4)) --val-sequences 0 --epochs "$STEPS" --steps "$STEPS" \
         --simulate-ms-per-slot "$ms_dilated" --link-delay-us "$delay_us" --lease-ms $((3000 * k)) \
         --out "$out" >"$logs/coordinator.log" 2>&1 &
     local coord=$!

@@ -116,7 +116,7 @@ pub(crate) struct TrainArgs {
     /// Synthetic training sequences [default: 2000].
     #[arg(long, env = "CARRY_SEQUENCES")]
     pub sequences: Option<usize>,
-    /// Synthetic validation sequences [default: 400].
+    /// Synthetic validation sequences, 0 for none [default: 400, or one batch if larger].
     #[arg(long, env = "CARRY_VAL_SEQUENCES")]
     pub val_sequences: Option<usize>,
     /// Time steps per sequence for flat data and synthetic data [default: 96].
@@ -521,6 +521,9 @@ pub(crate) struct SeriesDefaults {
 /// in every step (one gradient step sees the whole panel, as forecasting libraries train);
 /// past it, an epoch keeps several steps and a step's cost stops growing.
 pub(crate) const SERIES_MAX_BATCH: usize = 64;
+
+/// Synthetic validation sequences unless given (or one batch, if that is more).
+const DEFAULT_VAL_SEQUENCES: usize = 400;
 /// The dropout of series data: small recurrent forecasters are trained without it (it mostly
 /// adds noise to their predictions); the windows default, 0.2, is the seed model's.
 pub(crate) const SERIES_DROPOUT: f32 = 0.0;
@@ -720,10 +723,25 @@ impl TrainArgs {
             },
         };
         let lease = Duration::from_millis(self.lease_ms.unwrap_or(3000));
+        // synthetic validation runs in whole batches: the default holds at least one, and a
+        // given count that holds none would fail every validation, so it is refused here
+        let val_sequences = match self.val_sequences {
+            None => DEFAULT_VAL_SEQUENCES.max(spec.batch_size),
+            Some(n) if n > 0 && n < spec.batch_size && matches!(data, DataSource::Synthetic) => {
+                return Err(bad(
+                    "val_sequences",
+                    format!(
+                        "expected 0 (no validation) or at least one batch ({} sequences), got {n}",
+                        spec.batch_size
+                    ),
+                ));
+            }
+            Some(n) => n,
+        };
         let cfg = TrainConfig {
             data,
             sequences: self.sequences.unwrap_or(2000),
-            val_sequences: self.val_sequences.unwrap_or(400),
+            val_sequences,
             timesteps: self.timesteps.unwrap_or(96),
             features: self.features.unwrap_or(2),
             max_data_bytes: self.max_data_mb.map(|mb| mb.saturating_mul(1 << 20)),
@@ -1109,6 +1127,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("tls_key"), "{e}");
+    }
+
+    #[test]
+    fn synthetic_validation_holds_at_least_one_batch() {
+        assert_eq!(args(&[]).resolve().unwrap().val_sequences, 400);
+        let c = args(&["--batch-size", "1024"]).resolve().unwrap();
+        assert_eq!(c.val_sequences, 1024, "the default grows to one batch");
+        let c = args(&["--batch-size", "1024", "--val-sequences", "0"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.val_sequences, 0, "0 turns validation off");
+        let e = error(&["--batch-size", "64", "--val-sequences", "10"]);
+        assert!(
+            e.contains("val_sequences") && e.contains("64") && e.contains("got 10"),
+            "{e}"
+        );
     }
 
     #[test]
