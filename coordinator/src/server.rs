@@ -638,7 +638,7 @@ async fn serve(
         let j = shared.job();
         (j.failure().map(str::to_string), j.trainer().clone())
     };
-    shared.close_events();
+    shared.finish_events().await;
     drop(shared);
     drop(spawn_tls);
     if let Some(f) = spawn_failure {

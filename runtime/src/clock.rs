@@ -71,9 +71,9 @@ mod tests {
         let s = Stopwatch::start();
         let t = std::time::Instant::now();
         let mut x = 0u64;
-        while t.elapsed() < Duration::from_millis(30) {
+        while s.ms() < 5.0 && t.elapsed() < Duration::from_secs(10) {
             x = std::hint::black_box(x.wrapping_add(1));
         }
-        assert!(s.ms() > 5.0, "30 ms of spinning was charged {} ms", s.ms());
+        assert!(s.ms() >= 5.0, "10 s of spinning was charged {} ms", s.ms());
     }
 }

@@ -15,14 +15,14 @@ pub(crate) const METRICS_FILE: &str = "metrics.csv";
 
 /// The header row. `step_ms` runs from the previous step's commit to this one's, and `seq_per_s`
 /// is the sequences committed over the last 20 steps' time (what progress, the live page and
-/// Prometheus show at that step). Where a distributed step's time went: `compute_ms` (the slowest shard),
-/// `sum_ms` (the longest gradient sum among the workers, of which `sum_wait_ms` waiting for the
-/// others' chunks), `update_ms` (the longest replica update), `idle_ms` (the rest: reports,
-/// work arriving, a stall); off the workers' path: `coord_ms` (the CPU time the coordinator spent
-/// decoding, screening and committing the step, apart from any wait for a core) and `commit_lag_ms` (from its last record to its commit);
-/// `peer_bytes` the most one worker sent and received among the workers, `coord_bytes` what the
-/// coordinator received and sent for the step; `unix_ms` when the step committed, on the wall
-/// clock.
+/// Prometheus show at that step). Where a distributed step's time went: `compute_ms` (the
+/// slowest shard), `sum_ms` (the longest gradient sum among the workers, of which `sum_wait_ms`
+/// waiting for the others' chunks), `update_ms` (the longest replica update), `idle_ms` (the
+/// rest: reports, work arriving, a stall); off the workers' path: `coord_ms` (the CPU time the
+/// coordinator spent decoding, screening and committing the step, apart from any wait for a
+/// core) and `commit_lag_ms` (from its last record to its commit); `peer_bytes` the most one
+/// worker sent and received among the workers, `coord_bytes` what the coordinator received and
+/// sent for the step; `unix_ms` when the step committed, on the wall clock.
 pub(crate) const HEADER: &str = "step,epoch,step_in_epoch,loss,val_loss,seq_per_s,workers,step_ms,compute_ms,shards,worker_ms,sum_ms,sum_wait_ms,update_ms,coord_ms,commit_lag_ms,idle_ms,peer_bytes,coord_bytes,unix_ms";
 
 /// Writes attempted per row before the job stops.

@@ -183,10 +183,27 @@ impl Shared {
     }
 
     /// Sends everything queued to the reporter, in order, waiting while it is behind (dropped
-    /// once the job is closed).
+    /// once the job is closed). Cancellation-safe: a flush whose call is dropped while it waits
+    /// (its client's connection closed) leaves every event it has not handed over queued for the
+    /// next flush, since an event leaves the queue only with a slot in the channel to go to.
     async fn flush(&self) {
         let _order = self.sending.lock().await;
         loop {
+            if self
+                .outbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                break;
+            }
+            let tx = self
+                .events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let Some(tx) = tx else { break };
+            let Ok(slot) = tx.reserve().await else { break };
             let next = self
                 .outbox
                 .lock()
@@ -201,24 +218,20 @@ impl Shared {
                 t.retain(|&s, _| s > step);
                 report.breakdown.coordinator_bytes = mine.received + mine.sent;
             }
-            let tx = self
-                .events
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            match tx {
-                Some(tx) => {
-                    if tx.send(ev).await.is_err() {
-                        break;
-                    }
-                }
-                None => break,
-            }
+            slot.send(ev);
         }
     }
 
+    /// Sends what is still queued for the reporter, then closes the event channel: the reporter
+    /// finishes what it has and ends. (A call cut off at shutdown may have queued the last
+    /// commits without sending them.)
+    pub(crate) async fn finish_events(&self) {
+        self.flush().await;
+        self.close_events();
+    }
+
     /// Closes the event channel: the reporter finishes what it has and ends.
-    pub(crate) fn close_events(&self) {
+    fn close_events(&self) {
         self.events.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
@@ -764,5 +777,57 @@ mod tests {
         assert_eq!(clean("a,b\nc\r\x1b[31m", 100), "a,bc[31m");
         assert_eq!(clean(&"x".repeat(500), MAX_NAME).len(), MAX_NAME);
         assert_eq!(clean("  pod-1  ", 10), "pod-1");
+    }
+
+    /// A call whose connection closes while its flush waits for the reporter (a worker that
+    /// exits as the job ends) must not take the last commits with it: the run would end short of
+    /// its last rows and without its final checkpoint.
+    #[tokio::test]
+    async fn a_flush_cut_off_while_the_reporter_is_behind_loses_nothing() {
+        use data::windows::{SyntheticSpec, synthetic};
+        let data = synthetic(&SyntheticSpec {
+            sequences: 8,
+            val_sequences: 0,
+            timesteps: 4,
+            ..SyntheticSpec::new(2, 1)
+        });
+        let spec = model::config::TrainSpec {
+            batch_size: 2,
+            ..Default::default()
+        };
+        let trainer = model::trainer::Trainer::new(spec, std::sync::Arc::new(data)).unwrap();
+        // the reporter's channel holds one event and nobody reads it yet
+        let (tx, mut rx) = mpsc::channel(1);
+        let shared = Shared::new(
+            Job::new(trainer, crate::job::JobConfig::default()),
+            tx,
+            ServiceConfig {
+                job_id: "flush-test".into(),
+                heartbeat: Duration::from_secs(1),
+                max_message_bytes: 1 << 20,
+                tls: false,
+                link_delay: runtime::net::LinkDelay(Duration::ZERO),
+            },
+        )
+        .unwrap();
+        for i in 0..3 {
+            shared.outbox.lock().unwrap().push_back(Event::Joined {
+                name: format!("w{i}"),
+                device: "cpu".into(),
+            });
+        }
+        let cut = tokio::time::timeout(Duration::from_millis(50), shared.flush()).await;
+        assert!(cut.is_err(), "the flush waits for the reporter");
+        let read = async {
+            let mut names = Vec::new();
+            while let Some(ev) = rx.recv().await {
+                if let Event::Joined { name, .. } = ev {
+                    names.push(name);
+                }
+            }
+            names
+        };
+        let ((), names) = tokio::join!(shared.finish_events(), read);
+        assert_eq!(names, ["w0", "w1", "w2"], "every event, once, in order");
     }
 }
