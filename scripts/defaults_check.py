@@ -26,6 +26,11 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# the README's tuning of a series model, apart from the chunk length
+TUNING = ["--batch-size", "8", "--hidden", "32", "--epochs", "150", "--lr", "0.005",
+          "--lr-schedule", "cosine", "--warmup-steps", "20", "--loss", "huber",
+          "--dropout", "0.1", "--patience", "10"]
+
 TABLES = [
     {
         "name": "stores (daily)",
@@ -34,9 +39,7 @@ TABLES = [
         "holdout": 14,
         "season": 7,
         # the README's tuned command, less its --val-steps (given to both runs) and workers
-        "tuned": ["--timesteps", "28", "--batch-size", "8", "--hidden", "32", "--epochs", "150",
-                  "--lr", "0.005", "--lr-schedule", "cosine", "--warmup-steps", "20",
-                  "--loss", "huber", "--dropout", "0.1", "--patience", "10"],
+        "tuned": ["--timesteps", "28"] + TUNING,
     },
     {
         "name": "monthly",
@@ -45,9 +48,7 @@ TABLES = [
         "holdout": 12,
         "season": 12,
         # the same tuning, with a chunk of two years
-        "tuned": ["--timesteps", "24", "--batch-size", "8", "--hidden", "32", "--epochs", "150",
-                  "--lr", "0.005", "--lr-schedule", "cosine", "--warmup-steps", "20",
-                  "--loss", "huber", "--dropout", "0.1", "--patience", "10"],
+        "tuned": ["--timesteps", "24"] + TUNING,
     },
 ]
 

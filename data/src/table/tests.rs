@@ -13,8 +13,8 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A fresh file `name` holding `bytes`, in a directory of its own.
-fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
+/// A fresh file `name` holding `bytes`, in a directory of its own (the Parquet tests use it too).
+pub(super) fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "carry-table-{}-{}",

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::tests::scratch;
 use super::*;
 
 fn fixture(name: &str) -> PathBuf {
@@ -53,21 +54,6 @@ fn assert_has(msg: &str, parts: &[&str]) {
     for p in parts {
         assert!(msg.contains(p), "message lacks {p:?}: {msg}");
     }
-}
-
-/// A fresh file holding `bytes`, in a directory of its own.
-fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "carry-parquet-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, bytes).unwrap();
-    path
 }
 
 /// Every writer and option: codecs, encodings, page versions, row groups, pandas and polars.
