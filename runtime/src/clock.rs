@@ -8,28 +8,27 @@ use std::time::{Duration, Instant};
 /// Measures one synchronous piece of work on the current thread: its thread CPU time where the
 /// platform has a per-thread CPU clock (every Unix), else its wall time.
 #[derive(Debug, Clone, Copy)]
-pub struct Stopwatch {
-    cpu: Option<Duration>,
-    wall: Instant,
+pub enum Stopwatch {
+    /// The thread's CPU time at the start.
+    Cpu(Duration),
+    /// The wall time at the start, where there is no CPU clock.
+    Wall(Instant),
 }
 
 impl Stopwatch {
     /// Starts measuring.
     #[must_use]
     pub fn start() -> Self {
-        Self {
-            cpu: thread_cpu(),
-            wall: Instant::now(),
-        }
+        thread_cpu().map_or_else(|| Self::Wall(Instant::now()), Self::Cpu)
     }
 
     /// Milliseconds of work since [`Stopwatch::start`]. Only meaningful on the thread that
     /// started it, with no `.await` in between (a task may resume on another thread).
     #[must_use]
     pub fn ms(&self) -> f64 {
-        let d = match (self.cpu, thread_cpu()) {
-            (Some(a), Some(b)) => b.saturating_sub(a),
-            _ => self.wall.elapsed(),
+        let d = match *self {
+            Self::Cpu(a) => thread_cpu().map_or(Duration::ZERO, |b| b.saturating_sub(a)),
+            Self::Wall(t) => t.elapsed(),
         };
         d.as_secs_f64() * 1e3
     }

@@ -67,39 +67,53 @@ pub(crate) fn check_bounds(
     Ok(())
 }
 
-fn median(v: &VecDeque<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
+/// The last [`WINDOW`] values in arrival order and the same values sorted, so that recording
+/// one costs a binary search and a short move rather than a sort (it runs for every member's
+/// result of every step).
+#[derive(Debug, Default)]
+struct Window {
+    arrived: VecDeque<f64>,
+    sorted: Vec<f64>,
+}
+
+impl Window {
+    fn push(&mut self, x: f64) {
+        if self.arrived.len() == WINDOW
+            && let Some(old) = self.arrived.pop_front()
+            && let Ok(i) = self.sorted.binary_search_by(|v| v.total_cmp(&old))
+        {
+            self.sorted.remove(i);
+        }
+        self.arrived.push_back(x);
+        let at = self.sorted.partition_point(|v| v.total_cmp(&x).is_lt());
+        self.sorted.insert(at, x);
     }
-    let mut s: Vec<f64> = v.iter().copied().collect();
-    s.sort_by(f64::total_cmp);
-    Some(s[s.len() / 2])
+
+    fn median(&self) -> Option<f64> {
+        self.sorted.get(self.sorted.len() / 2).copied()
+    }
 }
 
 /// Running statistics of accepted results: gradient norms per slot and shard times per slot,
-/// with their medians kept up to date as results are recorded (they are read at every step).
+/// with their medians (read at every step).
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
-    norms: VecDeque<f64>,
-    ms_per_slot: VecDeque<f64>,
-    norm_median: Option<f64>,
-    ms_median: Option<f64>,
+    norms: Window,
+    ms_per_slot: Window,
 }
 
 impl Stats {
     /// Records an accepted result.
     pub(crate) fn record(&mut self, norm_per_slot: f64, ms_per_slot: Option<f64>) {
-        push(&mut self.norms, norm_per_slot);
-        self.norm_median = median(&self.norms);
+        self.norms.push(norm_per_slot);
         if let Some(ms) = ms_per_slot {
-            push(&mut self.ms_per_slot, ms);
-            self.ms_median = median(&self.ms_per_slot);
+            self.ms_per_slot.push(ms);
         }
     }
 
     /// Why a result with this gradient norm per slot needs a second opinion, if it does.
     pub(crate) fn suspicion(&self, norm: f64) -> Option<String> {
-        let m = self.norm_median?;
+        let m = self.norms.median()?;
         (norm > SPIKE_RATIO * m).then(|| {
             format!(
                 "its gradient norm per slot {norm:.3e} is {:.0}x the median {m:.3e} of recent results",
@@ -110,15 +124,8 @@ impl Stats {
 
     /// Median milliseconds per slot of accepted shards, once there is one.
     pub(crate) fn ms_per_slot(&self) -> Option<f64> {
-        self.ms_median
+        self.ms_per_slot.median()
     }
-}
-
-fn push(v: &mut VecDeque<f64>, x: f64) {
-    if v.len() == WINDOW {
-        v.pop_front();
-    }
-    v.push_back(x);
 }
 
 /// Whether two results of the same shard agree within what different engines and devices
@@ -203,5 +210,33 @@ mod tests {
                 .unwrap_err()
                 .contains("final c")
         );
+    }
+
+    #[test]
+    fn the_running_median_is_the_median_of_the_last_window_of_values() {
+        let mut w = Window::default();
+        let mut all = Vec::new();
+        let mut x = 7u64;
+        for i in 0..5 * WINDOW {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            // repeated values and a NaN now and then, as a broken gradient norm would be
+            let v = match i % 17 {
+                0 => f64::NAN,
+                1 | 2 => 0.5,
+                _ => (x >> 11) as f64 / (1u64 << 53) as f64,
+            };
+            w.push(v);
+            all.push(v);
+            let mut last: Vec<f64> = all[all.len().saturating_sub(WINDOW)..].to_vec();
+            last.sort_by(f64::total_cmp);
+            let want = last[last.len() / 2];
+            assert_eq!(
+                w.median().map(f64::to_bits),
+                Some(want.to_bits()),
+                "after {} values",
+                i + 1
+            );
+            assert_eq!(w.sorted.len(), last.len());
+        }
     }
 }
