@@ -102,11 +102,30 @@ where
     E: ExitStatus,
     F: Future<Output = Result<(), E>>,
 {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
         builder.worker_threads(n);
     }
+    run_on(builder, work)
+}
+
+/// [`run`] on a runtime whose tasks all run on the calling thread: for a process whose async
+/// work is a little I/O beside threads of its own that do the computing, where every hand-off
+/// between runtime threads would be one more wake-up taking a core from them.
+pub fn run_on_this_thread<E, F>(work: F) -> ExitCode
+where
+    E: ExitStatus,
+    F: Future<Output = Result<(), E>>,
+{
+    run_on(tokio::runtime::Builder::new_current_thread(), work)
+}
+
+fn run_on<E, F>(mut builder: tokio::runtime::Builder, work: F) -> ExitCode
+where
+    E: ExitStatus,
+    F: Future<Output = Result<(), E>>,
+{
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

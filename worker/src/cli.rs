@@ -60,5 +60,5 @@ pub fn main() -> std::process::ExitCode {
     unsafe { runtime::process::set_runtime_dir_if_missing() };
     let args = WorkerArgs::parse();
     runtime::process::init_tracing_to(std::io::stderr);
-    runtime::process::run(Some(2), main_async(args))
+    runtime::process::run_on_this_thread(main_async(args))
 }

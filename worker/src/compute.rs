@@ -37,19 +37,101 @@ pub(crate) struct ViewStart {
     pub(crate) exchange: Exchange,
 }
 
-/// What the compute thread tells the session.
+/// What the compute thread tells the session besides its records.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// A record to report for view `view`.
-    Record {
-        /// The view.
-        view: u64,
-        /// The record.
-        record: StepRecord,
-    },
     /// This worker cannot take part in the view it was given (its replica is not the committed
     /// one and the view sent none): it should register again and start fresh.
     Resync(String),
+}
+
+/// Records waiting to be reported, each with its view: the compute thread's, and those the
+/// session adds itself (work or a view it could not read). Records go out in batches, one report
+/// call carrying several steps: once half the pipeline's steps are done, at once for a record
+/// that is not routine (a failure, a fault, a gradient asked for), or when the oldest has waited
+/// `REPORT_DELAY`. The session is woken only when it has to act: for the first record since the
+/// last report (to start that wait) and when a batch is due. A step thus costs the session no
+/// wake-up of its own; on a machine whose cores are all computing, each wake-up takes a core
+/// from a compute thread.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    queue: Mutex<Waiting>,
+    ready: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Waiting {
+    records: Vec<(u64, StepRecord)>,
+    /// When the oldest record arrived.
+    since: Option<tokio::time::Instant>,
+    /// Steps done (`Reduced`) among them.
+    done: usize,
+    /// A record that is not routine is among them.
+    urgent: bool,
+}
+
+/// What the records waiting in an [`Outbox`] ask of the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// Nothing waits.
+    Nothing,
+    /// Report them now.
+    Now,
+    /// Report them at this instant, unless more arrive first.
+    At(tokio::time::Instant),
+}
+
+impl Outbox {
+    /// Adds `record` of `view`; `batch` steps done make a batch worth reporting at once.
+    pub(crate) fn put(&self, view: u64, record: StepRecord, batch: usize) {
+        let wake = {
+            let mut q = self.lock();
+            let first = q.records.is_empty();
+            if first {
+                q.since = Some(tokio::time::Instant::now());
+            }
+            match record.record {
+                Record::Reduced(_) => q.done += 1,
+                Record::Computed(_) => {}
+                _ => q.urgent = true,
+            }
+            q.records.push((view, record));
+            first || q.urgent || q.done >= batch
+        };
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+
+    /// When the records waiting should be reported, with `batch` steps done making a batch.
+    pub(crate) fn due(&self, delay: std::time::Duration, batch: usize) -> Due {
+        let q = self.lock();
+        match q.since {
+            None => Due::Nothing,
+            Some(_) if q.urgent || q.done >= batch => Due::Now,
+            Some(t) if t.elapsed() >= delay => Due::Now,
+            Some(t) => Due::At(t + delay),
+        }
+    }
+
+    /// Takes every record waiting, in the order they were put.
+    pub(crate) fn take(&self) -> Vec<(u64, StepRecord)> {
+        let mut q = self.lock();
+        q.since = None;
+        q.done = 0;
+        q.urgent = false;
+        std::mem::take(&mut q.records)
+    }
+
+    /// Resolves when records ask the session to act (at once when they asked since the last
+    /// call).
+    pub(crate) async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 enum Msg {
@@ -109,6 +191,7 @@ impl Computer {
         device: DeviceChoice,
         settings: Settings,
         events: mpsc::UnboundedSender<Event>,
+        outbox: Arc<Outbox>,
     ) -> Result<Self, WorkerError> {
         let compute = resolve(device)?;
         let desc = format!("{} {}", compute.describe(), settings.engine);
@@ -122,6 +205,7 @@ impl Computer {
                     compute,
                     settings,
                     events,
+                    outbox,
                     busy: b,
                     engine: None,
                     cur: None,
@@ -200,6 +284,7 @@ struct Runner {
     compute: Compute,
     settings: Settings,
     events: mpsc::UnboundedSender<Event>,
+    outbox: Arc<Outbox>,
     busy: Arc<Mutex<Option<Busy>>>,
     engine: Option<(ModelConfig, Box<dyn Engine>)>,
     cur: Option<Current>,
@@ -223,10 +308,9 @@ impl Runner {
     }
 
     fn emit(&self, view: u64, step: u64, record: Record) {
-        let _ = self.events.send(Event::Record {
-            view,
-            record: StepRecord { step, record },
-        });
+        let depth = self.cur.as_ref().map_or(1, |c| c.view.depth);
+        self.outbox
+            .put(view, StepRecord { step, record }, (depth / 2).max(1));
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -472,5 +556,86 @@ impl Runner {
         }
         self.set_busy(None);
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Due, Outbox};
+    use model::replica::{Computed, Record, Reduced, StepRecord};
+    use model::state::SlotStates;
+    use std::time::Duration;
+
+    fn computed(step: u64) -> StepRecord {
+        StepRecord {
+            step,
+            record: Record::Computed(Computed {
+                loss_sum: 1.0,
+                finals: SlotStates::zeros(1, 1, 1),
+                grad_norm: 1.0,
+                compute_ms: 1.0,
+            }),
+        }
+    }
+
+    fn reduced(step: u64) -> StepRecord {
+        StepRecord {
+            step,
+            record: Record::Reduced(Reduced::default()),
+        }
+    }
+
+    /// Whether the session would be woken now.
+    async fn woken(o: &Outbox) -> bool {
+        tokio::time::timeout(Duration::from_millis(20), o.ready())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn records_wake_the_session_only_when_it_has_something_to_do() {
+        let o = Outbox::default();
+        let delay = Duration::from_secs(60);
+        assert_eq!(o.due(delay, 2), Due::Nothing);
+        assert!(!woken(&o).await, "nothing waits");
+        // the first record starts the wait for a batch
+        o.put(7, computed(1), 2);
+        assert!(woken(&o).await);
+        assert!(matches!(o.due(delay, 2), Due::At(_)));
+        // routine records short of a batch wake nobody
+        o.put(7, reduced(1), 2);
+        o.put(7, computed(2), 2);
+        assert!(
+            !woken(&o).await,
+            "woken for a routine record short of a batch"
+        );
+        assert!(matches!(o.due(delay, 2), Due::At(_)));
+        // half the pipeline done: due now
+        o.put(7, reduced(2), 2);
+        assert!(woken(&o).await);
+        assert_eq!(o.due(delay, 2), Due::Now);
+        let steps: Vec<u64> = o.take().iter().map(|(_, r)| r.step).collect();
+        assert_eq!(steps, [1, 1, 2, 2], "every record, in order");
+        assert_eq!(o.due(delay, 2), Due::Nothing);
+        // after a report the next record wakes the session again
+        o.put(7, computed(3), 2);
+        assert!(woken(&o).await);
+        // a record that is not routine is due at once and wakes the session
+        o.put(
+            7,
+            StepRecord {
+                step: 3,
+                record: Record::Failure("engine".into()),
+            },
+            2,
+        );
+        assert!(woken(&o).await);
+        assert_eq!(o.due(delay, 2), Due::Now);
+        o.take();
+        // a lone record is due once it has waited the delay
+        o.put(8, computed(4), 2);
+        assert!(matches!(o.due(Duration::from_millis(5), 2), Due::At(_)));
+        std::thread::sleep(Duration::from_millis(10));
+        assert_eq!(o.due(Duration::from_millis(5), 2), Due::Now);
     }
 }

@@ -23,7 +23,7 @@ use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
 use crate::client::{Client, Retry, connect, fetch_blobs, send_blobs};
-use crate::compute::{Computer, Event, Settings, ViewStart};
+use crate::compute::{Computer, Due, Event, Outbox, Settings, ViewStart};
 use crate::config::WorkerConfig;
 use crate::error::WorkerError;
 use crate::exchange::Exchange;
@@ -262,6 +262,7 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<Outcome, WorkerError> {
     let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let outbox = Arc::new(Outbox::default());
     let computer = Arc::new(Computer::start(
         cfg.device,
         Settings {
@@ -271,6 +272,7 @@ pub(crate) async fn run(
             throttle: cfg.throttle,
         },
         ev_tx,
+        outbox.clone(),
     )?);
     info!(name = %cfg.name, device = computer.device(), url = %cfg.coordinator, "worker starting");
     watchdog(computer.clone(), health, shutdown.clone());
@@ -389,33 +391,27 @@ pub(crate) async fn run(
                     }
                 }
             };
-            let mut pending: Vec<(u64, StepRecord)> = Vec::new();
-            let mut oldest: Option<tokio::time::Instant> = None;
             let mut depth = 1usize;
             let mut in_flight: Option<ReportCall> = None;
             let next = loop {
-                // records go out in batches: once half the pipeline's steps are done, when one
-                // is not routine (a failure, a fault, a gradient asked for), or when the oldest
-                // has waited REPORT_DELAY
-                let done = pending
-                    .iter()
-                    .filter(|(_, r)| matches!(r.record, Record::Reduced(_)))
-                    .count();
-                let urgent = pending
-                    .iter()
-                    .any(|(_, r)| !matches!(r.record, Record::Reduced(_) | Record::Computed(_)));
-                let due = urgent
-                    || done >= (depth / 2).max(1)
-                    || oldest.is_some_and(|t| t.elapsed() >= REPORT_DELAY);
-                if in_flight.is_none() && !pending.is_empty() && due {
-                    oldest = None;
-                    // one call at a time, carrying everything of the newest view
+                // one report call at a time, carrying every record of the newest view (see
+                // `Outbox` for when they are due)
+                let due = outbox.due(REPORT_DELAY, (depth / 2).max(1));
+                if in_flight.is_none() && due == Due::Now {
+                    let pending = outbox.take();
                     let view = pending.last().map(|(v, _)| *v).unwrap_or_default();
                     let records: Vec<StepRecord> = pending
-                        .drain(..)
+                        .into_iter()
                         .filter(|(v, _)| *v == view)
                         .map(|(_, r)| r)
                         .collect();
+                    for r in &records {
+                        if let Record::Failure(reason) = &r.record
+                            && let Some(n) = limiter.check("failed", Instant::now())
+                        {
+                            warn!(step = r.step, cause = %reason, repeats_not_logged = n, "could not compute the step; telling the coordinator");
+                        }
+                    }
                     let mut c = client.clone();
                     let id2 = id.clone();
                     let delay = cfg.link_delay;
@@ -435,7 +431,7 @@ pub(crate) async fn run(
                         info!("left the job");
                         return Ok(Outcome::Stopped);
                     }
-                    _ = tokio::time::sleep_until(oldest.map_or_else(tokio::time::Instant::now, |t| t + REPORT_DELAY)), if oldest.is_some() && in_flight.is_none() => {}
+                    () = tokio::time::sleep_until(match due { Due::At(t) => t, _ => tokio::time::Instant::now() }), if matches!(due, Due::At(_)) && in_flight.is_none() => {}
                     r = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
                         in_flight = None;
                         if let Err(s) = r {
@@ -451,16 +447,8 @@ pub(crate) async fn run(
                             }
                         }
                     }
+                    () = outbox.ready() => {}
                     ev = events.recv() => match ev {
-                        Some(Event::Record { view, record }) => {
-                            if let Record::Failure(reason) = &record.record
-                                && let Some(n) = limiter.check("failed", Instant::now())
-                            {
-                                warn!(step = record.step, cause = %reason, repeats_not_logged = n, "could not compute the step; telling the coordinator");
-                            }
-                            oldest.get_or_insert_with(tokio::time::Instant::now);
-                            pending.push((view, record));
-                        }
                         Some(Event::Resync(why)) => {
                             warn!(%why, "registering again to start from the committed state");
                             peers.stop();
@@ -492,10 +480,10 @@ pub(crate) async fn run(
                                     Err(e) => {
                                         warn!(cause = %e, "a view this worker cannot read");
                                         peers.stop();
-                                        pending.push((v.id, StepRecord {
+                                        outbox.put(v.id, StepRecord {
                                             step: v.start_step,
                                             record: Record::Failure(format!("a view it cannot read: {e}")),
-                                        }));
+                                        }, 1);
                                     }
                                 }
                             }
@@ -507,10 +495,10 @@ pub(crate) async fn run(
                                     Ok(w) => computer.work(w)?,
                                     Err(e) => {
                                         warn!(step = a.step, cause = %e, "work this worker cannot read");
-                                        pending.push((a.view, StepRecord {
+                                        outbox.put(a.view, StepRecord {
                                             step: a.step,
                                             record: Record::Failure(format!("a malformed assignment: {e}")),
-                                        }));
+                                        }, 1);
                                     }
                                 }
                             }
