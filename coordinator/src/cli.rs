@@ -157,5 +157,14 @@ pub fn main() -> std::process::ExitCode {
     unsafe { runtime::process::set_runtime_dir_if_missing() };
     let cli = Cli::parse();
     runtime::process::init_tracing_to(crate::report::LogWriter::default);
-    runtime::process::run(None, dispatch(cli.command))
+    if matches!(cli.command, Command::Serve(_)) {
+        // many concurrent prediction streams: every core handles requests
+        runtime::process::run(None, dispatch(cli.command))
+    } else {
+        // a training job's async work is its workers' calls and its bookkeeping, the heavy
+        // pieces (validation, checkpoints, second opinions, the in-process trainer) run on the
+        // blocking pool; one runtime thread saves the wake-ups of handing each call between
+        // runtime threads, which take cores from the workers where they share a machine
+        runtime::process::run_on_this_thread(dispatch(cli.command))
+    }
 }
