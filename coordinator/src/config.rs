@@ -262,7 +262,7 @@ pub(crate) struct TrainArgs {
     #[arg(long, env = "CARRY_VERIFY_FRACTION")]
     pub verify_fraction: Option<f64>,
     /// Steps of work handed to the workers past the last committed one, so that they never wait
-    /// for the coordinator between steps; a fault recomputes at most this many [default: 8].
+    /// for the coordinator between steps; a fault recomputes at most this many [default: 16].
     #[arg(long, env = "CARRY_PIPELINE_DEPTH")]
     pub pipeline_depth: Option<usize>,
     /// Benchmark aid (scripts/simulate.sh): workers sleep this many milliseconds per slot
@@ -786,7 +786,7 @@ impl TrainArgs {
                 evict_backoff: Duration::from_millis(self.evict_backoff_ms.unwrap_or(5000)),
                 deadline,
                 verify_fraction: self.verify_fraction.unwrap_or(0.0),
-                depth: self.pipeline_depth.unwrap_or(8),
+                depth: self.pipeline_depth.unwrap_or(16),
                 max_message_bytes: self.max_message_mb.unwrap_or(64).saturating_mul(1 << 20),
                 simulate_ms_per_slot: self.simulate_ms_per_slot.unwrap_or(0.0),
                 checkpoint_every: self.checkpoint_every.unwrap_or(50),

@@ -113,7 +113,7 @@ impl Default for JobConfig {
             },
             verify_fraction: 0.0,
             verify_first: 3,
-            depth: 8,
+            depth: 16,
             max_message_bytes: 64 << 20,
             simulate_ms_per_slot: 0.0,
             checkpoint_every: 50,
