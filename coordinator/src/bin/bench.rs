@@ -10,7 +10,9 @@
 //! the update, the coordinator's handling, and the bytes moved), and every configuration ends
 //! with the ratios the project tracks: 2 workers against the in-process trainer and against 1
 //! worker. `--reps N` repeats the measurements N times, interleaved, and reports medians, which
-//! is what to compare on a shared or noisy machine.
+//! is what to compare on a shared or noisy machine; a ratio is the median of the repetitions'
+//! own ratios (each repetition runs the engines one after the other, so a slow spell of the
+//! machine cancels out of it).
 //!
 //! `--only calibrate --batch B --hidden H` (not in the default set) times the fused CPU engine on
 //! one thread at that size and prints the milliseconds one slot costs per step: the figure
@@ -617,14 +619,22 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
-        let mut rates: Vec<(&str, f64)> = Vec::new();
+        // each engine's rate in every repetition, in order (None where it failed)
+        let mut rates: Vec<(&str, Vec<Option<f64>>)> = Vec::new();
         for (engine, note, reps) in runs {
             let mut ok: Vec<Rep> = Vec::new();
             let mut errors = Vec::new();
+            let mut in_order = Vec::new();
             for r in reps {
                 match r {
-                    Ok(r) => ok.push(r),
-                    Err(e) => errors.push(e),
+                    Ok(r) => {
+                        in_order.push(Some(r.rate));
+                        ok.push(r);
+                    }
+                    Err(e) => {
+                        in_order.push(None);
+                        errors.push(e);
+                    }
                 }
             }
             if ok.is_empty() {
@@ -673,7 +683,7 @@ fn main() -> std::process::ExitCode {
                 }
                 None => String::new(),
             };
-            rates.push((engine, rate));
+            rates.push((engine, in_order));
             results.push(format!(
                 "{{\"engine\": \"{engine}\", \"config\": \"{}\", \"batch\": {}, \"hidden\": {}, \"seq_per_s\": {rate:.2}, \"steps\": {steps}, \"reps\": [{}], \"note\": \"{note}\"{breakdown}}}",
                 c.name,
@@ -682,23 +692,48 @@ fn main() -> std::process::ExitCode {
                 all.join(", ")
             ));
         }
-        let rate = |e: &str| rates.iter().find(|(n, _)| *n == e).map(|(_, r)| *r);
+        // A ratio is the median of the repetitions' ratios: the two engines of one repetition
+        // ran minutes apart at most, so a slow spell of the machine cancels out of each ratio,
+        // where a ratio of the two medians could pair a fast spell with a slow one.
+        let rate = |e: &str| rates.iter().find(|(n, _)| *n == e).map(|(_, r)| r);
         for (num, den, what) in [
             ("carry-dist-2", "carry-fused-cpu", "2 workers / in process"),
             ("carry-dist-2", "carry-dist-1", "2 workers / 1 worker"),
             ("carry-dist-1", "carry-fused-cpu", "1 worker / in process"),
         ] {
-            if let (Some(n), Some(d)) = (rate(num), rate(den)) {
-                let ratio = n / d;
-                eprintln!(
-                    "{:<22} {:<6} {ratio:>12.3}           {what}",
-                    "ratio", c.name
-                );
-                results.push(format!(
-                    "{{\"ratio\": \"{num}/{den}\", \"config\": \"{}\", \"value\": {ratio:.4}}}",
-                    c.name
-                ));
+            let (Some(n), Some(d)) = (rate(num), rate(den)) else {
+                continue;
+            };
+            let mut each: Vec<f64> = n
+                .iter()
+                .zip(d)
+                .filter_map(|(n, d)| Some((*n)? / (*d)?))
+                .collect();
+            if each.is_empty() {
+                continue;
             }
+            each.sort_by(f64::total_cmp);
+            let ratio = each[each.len() / 2];
+            let range = if each.len() > 1 {
+                format!(
+                    " (median of {} repetitions' ratios, {:.3} to {:.3})",
+                    each.len(),
+                    each[0],
+                    each[each.len() - 1]
+                )
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "{:<22} {:<6} {ratio:>12.3}           {what}{range}",
+                "ratio", c.name
+            );
+            let all: Vec<String> = each.iter().map(|r| format!("{r:.4}")).collect();
+            results.push(format!(
+                "{{\"ratio\": \"{num}/{den}\", \"config\": \"{}\", \"value\": {ratio:.4}, \"reps\": [{}]}}",
+                c.name,
+                all.join(", ")
+            ));
         }
     }
     if wanted("calibrate") {
