@@ -65,7 +65,7 @@ impl Exchange {
     /// value short (an injected fault: a broken client).
     pub(crate) fn sum(&self, step: u64, mine: &[f32], short: bool) -> Result<Summed, Missing> {
         let t0 = Instant::now();
-        self.inbox.advance(step);
+        self.inbox.advance(self.view, step);
         let mut sent = 0u64;
         let mut wait = 0.0f64;
         let mut grad = vec![0.0f32; self.len];

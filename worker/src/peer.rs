@@ -113,9 +113,15 @@ impl Inbox {
         self.arrived.notify_all();
     }
 
-    /// The compute thread sums step `step` now: earlier steps' leftovers go.
-    pub(crate) fn advance(&self, step: u64) {
+    /// The compute thread sums step `step` of view `view` now: earlier steps' leftovers go.
+    /// Nothing changes once the session has moved the inbox to a newer view: the compute thread
+    /// can still be finishing a step of the old one, and must not move the new view's window
+    /// past the steps its members are about to send.
+    pub(crate) fn advance(&self, view: u64, step: u64) {
         let mut s = self.lock();
+        if s.view != view {
+            return;
+        }
         s.low = step;
         s.items.retain(|k, _| k.0 >= step);
         s.received.retain(|k, _| *k >= step);
@@ -679,6 +685,25 @@ mod tests {
     }
 
     #[test]
+    fn a_step_of_an_ended_view_does_not_move_the_next_views_window() {
+        // the session starts view 4 at step 2 while the compute thread, still in view 3,
+        // starts summing step 3: view 4's members then send step 2, which must be taken
+        let inbox = Inbox::default();
+        inbox.reset(3, 0);
+        inbox.advance(3, 2);
+        inbox.reset(4, 2);
+        inbox.advance(3, 3);
+        inbox.put(4, 1, chunk(2, 0), 8).unwrap();
+        inbox.advance(4, 2);
+        assert_eq!(
+            inbox
+                .take(4, (2, Phase::Contribution, 0, 1), &|| 4)
+                .unwrap(),
+            [1.0]
+        );
+    }
+
+    #[test]
     fn the_inbox_hands_out_what_arrived_and_refuses_the_rest() {
         let inbox = Inbox::default();
         inbox.reset(3, 10);
@@ -828,7 +853,7 @@ mod latency {
         let n = 2000u64;
         let t = std::thread::spawn(move || {
             for step in 0..n {
-                ib.advance(step);
+                ib.advance(1, step);
                 let v = ib.take(1, (step, Phase::Contribution, 0, 0), &now).unwrap();
                 let f = proto::step::chunk_frame(proto::step::peer_chunk(
                     step,
@@ -841,7 +866,7 @@ mod latency {
         });
         let mut times = Vec::new();
         for step in 0..n {
-            ia.advance(step);
+            ia.advance(1, step);
             let t0 = Instant::now();
             let f = proto::step::chunk_frame(proto::step::peer_chunk(
                 step,
